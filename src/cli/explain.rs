@@ -1,0 +1,77 @@
+//! `nftpol explain`: the verdict for one connection and the policies and rules behind it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use super::InputError;
+use crate::compile::{Scope, compile};
+use crate::index::ClusterIndex;
+use crate::model::{ObjectKey, Protocol};
+use crate::verdict::{explain_text, judge, judge_pods};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Manifest files or folders (YAML or JSON).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// The client pod, as NAMESPACE/POD.
+    #[arg(long)]
+    pub from: String,
+    /// The server: NAMESPACE/POD or an IP address.
+    #[arg(long)]
+    pub to: String,
+    #[arg(long)]
+    pub port: u16,
+    #[arg(long, default_value = "TCP")]
+    pub protocol: Protocol,
+}
+
+pub fn execute(args: Args) -> anyhow::Result<()> {
+    let loaded = super::load_input(&args.files)?;
+    let index = ClusterIndex::from_state(&loaded.state);
+    let plan = compile(&index, &Scope::Cluster);
+    let endpoint = |s: &str| -> anyhow::Result<_> {
+        let key = ObjectKey::parse(s)
+            .ok_or_else(|| InputError(format!("{s:?} is not NAMESPACE/POD")))?;
+        if let Some(reason) = plan.skipped.get(&key) {
+            return Err(InputError(format!(
+                "pod {key} takes no part in enforcement ({})",
+                reason.as_str()
+            ))
+            .into());
+        }
+        plan.endpoint(&key)
+            .ok_or_else(|| InputError(format!("no pod {key} in the manifests")).into())
+    };
+    let from = endpoint(&args.from)?;
+    let verdict = match args.to.parse::<IpAddr>() {
+        Ok(ip) => {
+            let src = from
+                .ips
+                .iter()
+                .copied()
+                .find(|s| s.is_ipv4() == ip.is_ipv4())
+                .ok_or_else(|| {
+                    InputError(format!("{} has no address of the family of {ip}", from.pod))
+                })?;
+            judge(&plan, src, ip, args.protocol, args.port)
+        }
+        Err(_) => {
+            let to = endpoint(&args.to)?;
+            judge_pods(from, to, args.protocol, args.port).ok_or_else(|| {
+                InputError(format!(
+                    "{} and {} share no address family",
+                    from.pod, to.pod
+                ))
+            })?
+        }
+    };
+    print!(
+        "{}",
+        explain_text(&index, &plan, &args.from, &args.to, &verdict)
+    );
+    for s in &loaded.invalid {
+        println!("note: invalid policy skipped (not enforced): {s}");
+    }
+    Ok(())
+}

@@ -1,0 +1,585 @@
+//! The policy compiler: cluster index + node name in, desired enforcement state out. Pure: no I/O.
+//!
+//! For every pod endpoint on the node (every pod when the scope is the whole cluster, as
+//! `simulate` uses it) it decides whether the pod is isolated for ingress and for egress, by
+//! which policies, and what traffic the union of their rules allows, as merged, non-overlapping
+//! address and port intervals (`intervals::Allowed`). Each rule's own contribution is kept beside
+//! the union (provenance) so that `explain`, drop logs and counters can name the policy and rule.
+//!
+//! [`Compiler`] also keeps what it resolved per policy, so that a change of one pod, namespace or
+//! policy recompiles only the endpoints it can affect.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::index::ClusterIndex;
+use crate::intervals::{AddrSet, Allowed, AllowedBuilder};
+use crate::model::{
+    Direction, Namespace, ObjectKey, Peer, Pod, Policy, PortMatch, Rule, SkipReason,
+};
+
+/// Which pods are endpoints: those of one node, or all of them (for `simulate` and `explain`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Node(String),
+    Cluster,
+}
+
+impl Scope {
+    fn includes(&self, pod: &Pod) -> bool {
+        match self {
+            Scope::Node(node) => pod.node.as_deref() == Some(node.as_str()),
+            Scope::Cluster => true,
+        }
+    }
+}
+
+/// What one rule of one policy allows for one endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleAllow {
+    pub policy: ObjectKey,
+    /// Index of the rule in the policy's `ingress` or `egress` list.
+    pub rule: usize,
+    pub allowed: Allowed,
+}
+
+/// An isolated direction of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Isolation {
+    /// The policies that select the pod for this direction, sorted.
+    pub policies: Vec<ObjectKey>,
+    /// Each rule's contribution, in policy then rule order.
+    pub rules: Vec<RuleAllow>,
+    /// The union of `rules`, in normal form: what the dataplane programs.
+    pub allowed: Allowed,
+    /// Some selecting policy asks for its allowed connections to be logged.
+    pub log_allowed: bool,
+}
+
+impl Isolation {
+    /// The rules that allow this connection (empty when the connection is dropped).
+    pub fn allowing_rules(
+        &self,
+        peer: IpAddr,
+        protocol: crate::model::Protocol,
+        port: u16,
+    ) -> impl Iterator<Item = &RuleAllow> {
+        self.rules
+            .iter()
+            .filter(move |r| r.allowed.allows(peer, protocol, port))
+    }
+}
+
+/// The desired state of one pod endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub pod: ObjectKey,
+    pub ips: Vec<IpAddr>,
+    /// `None`: not isolated for ingress, everything is allowed in.
+    pub ingress: Option<Isolation>,
+    /// `None`: not isolated for egress, everything is allowed out.
+    pub egress: Option<Isolation>,
+}
+
+impl Endpoint {
+    pub fn isolation(&self, direction: Direction) -> Option<&Isolation> {
+        match direction {
+            Direction::Ingress => self.ingress.as_ref(),
+            Direction::Egress => self.egress.as_ref(),
+        }
+    }
+
+    pub fn is_isolated(&self) -> bool {
+        self.ingress.is_some() || self.egress.is_some()
+    }
+}
+
+/// The compiler's output for one scope.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodePlan {
+    /// Every endpoint in scope, isolated or not, sorted by pod.
+    pub endpoints: BTreeMap<ObjectKey, Endpoint>,
+    /// Pods in scope that take no part in enforcement, and why.
+    pub skipped: BTreeMap<ObjectKey, SkipReason>,
+}
+
+impl NodePlan {
+    pub fn endpoint(&self, pod: &ObjectKey) -> Option<&Endpoint> {
+        self.endpoints.get(pod)
+    }
+
+    /// Endpoints isolated in at least one direction: the only ones that get chains.
+    pub fn isolated(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.values().filter(|e| e.is_isolated())
+    }
+
+    /// Endpoint that owns this address, if any.
+    pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
+        self.endpoints.values().find(|e| e.ips.contains(&ip))
+    }
+
+    pub fn skipped_counts(&self) -> BTreeMap<SkipReason, usize> {
+        let mut counts = BTreeMap::new();
+        for reason in self.skipped.values() {
+            *counts.entry(*reason).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// Summary numbers, for logs and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PlanStats {
+    pub endpoints: usize,
+    pub isolated_ingress: usize,
+    pub isolated_egress: usize,
+    pub policies: usize,
+}
+
+impl NodePlan {
+    pub fn stats(&self) -> PlanStats {
+        let mut policies = BTreeSet::new();
+        let mut stats = PlanStats {
+            endpoints: self.endpoints.len(),
+            ..Default::default()
+        };
+        for e in self.endpoints.values() {
+            if let Some(i) = &e.ingress {
+                stats.isolated_ingress += 1;
+                policies.extend(i.policies.iter());
+            }
+            if let Some(i) = &e.egress {
+                stats.isolated_egress += 1;
+                policies.extend(i.policies.iter());
+            }
+        }
+        stats.policies = policies.len();
+        stats
+    }
+}
+
+/// Compiles the whole scope from scratch.
+pub fn compile(index: &ClusterIndex, scope: &Scope) -> NodePlan {
+    let mut compiler = Compiler::new(scope.clone());
+    compiler.full(index);
+    compiler.into_plan()
+}
+
+/// A rule's peers, resolved against the index once and shared by every endpoint it applies to.
+#[derive(Debug)]
+struct ResolvedRule {
+    /// `None`: the rule allows every peer (empty or absent `from`/`to`).
+    peers: Option<AddrSet>,
+    /// For egress rules with named ports: the pods the peers select (named ports are resolved on
+    /// each of them) and the ipBlock addresses (pods inside them count too).
+    dest_pods: Vec<ObjectKey>,
+    blocks: AddrSet,
+}
+
+#[derive(Debug)]
+struct ResolvedPolicy {
+    ingress: Vec<ResolvedRule>,
+    egress: Vec<ResolvedRule>,
+}
+
+/// Incremental compiler: owns the current plan and per-policy resolutions.
+#[derive(Debug)]
+pub struct Compiler {
+    scope: Scope,
+    plan: NodePlan,
+    resolved: HashMap<ObjectKey, Arc<ResolvedPolicy>>,
+    /// policy -> endpoints it selects, to know what a policy change touches.
+    selected_by: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+}
+
+fn has_named_ports(rule: &Rule) -> bool {
+    rule.ports
+        .iter()
+        .flatten()
+        .any(|p| matches!(p.port, PortMatch::Named(_)))
+}
+
+fn eligible(pod: &Pod) -> bool {
+    pod.skip_reason().is_none()
+}
+
+fn resolve_rule(index: &ClusterIndex, rule: &Rule, direction: Direction) -> ResolvedRule {
+    let Some(peers) = &rule.peers else {
+        return ResolvedRule {
+            peers: None,
+            dest_pods: Vec::new(),
+            blocks: AddrSet::new(),
+        };
+    };
+    let keep_pods = direction == Direction::Egress && has_named_ports(rule);
+    let mut addrs = Vec::new();
+    let mut blocks = Vec::new();
+    let mut dest_pods = Vec::new();
+    for peer in peers {
+        match peer {
+            Peer::Pods { namespaces, pods } => {
+                let selected: Vec<&Pod> = index
+                    .select_pods(namespaces, pods)
+                    .into_iter()
+                    .filter(|p| eligible(p))
+                    .collect();
+                addrs.extend(selected.iter().flat_map(|p| p.ips.iter().copied()));
+                if keep_pods {
+                    dest_pods.extend(selected.iter().map(|p| p.key.clone()));
+                }
+            }
+            Peer::IpBlock { cidr, except } => blocks.push(AddrSet::from_ip_block(cidr, except)),
+        }
+    }
+    let blocks = AddrSet::union_all(&blocks);
+    dest_pods.sort();
+    dest_pods.dedup();
+    ResolvedRule {
+        peers: Some(AddrSet::from_addrs(addrs).union(&blocks)),
+        dest_pods,
+        blocks,
+    }
+}
+
+/// What one rule allows for one endpoint (`target` is the endpoint's pod).
+fn rule_allowed(
+    index: &ClusterIndex,
+    rule: &Rule,
+    resolved: &ResolvedRule,
+    direction: Direction,
+    target: &Pod,
+) -> Allowed {
+    let peers = resolved.peers.clone().unwrap_or_else(AddrSet::all);
+    let mut b = AllowedBuilder::default();
+    let Some(ports) = &rule.ports else {
+        b.add_any_port(peers);
+        return b.finish();
+    };
+    for spec in ports {
+        match &spec.port {
+            PortMatch::All => b.add_ports(spec.protocol, 0, u16::MAX, peers.clone()),
+            PortMatch::Range(lo, hi) => b.add_ports(spec.protocol, *lo, *hi, peers.clone()),
+            PortMatch::Named(name) => match direction {
+                // Ingress: the destination is the endpoint itself.
+                Direction::Ingress => {
+                    if let Some(port) = target.named_port(name, spec.protocol) {
+                        b.add_ports(spec.protocol, port, port, peers.clone());
+                    }
+                }
+                // Egress: resolved on each destination pod; never matches a non-pod address.
+                Direction::Egress => {
+                    let mut add = |pod: &Pod, only_in: Option<&AddrSet>| {
+                        if let Some(port) = pod.named_port(name, spec.protocol) {
+                            let ips = pod
+                                .ips
+                                .iter()
+                                .copied()
+                                .filter(|ip| only_in.is_none_or(|s| s.contains(*ip)));
+                            b.add_ports(spec.protocol, port, port, AddrSet::from_addrs(ips));
+                        }
+                    };
+                    if resolved.peers.is_none() {
+                        for pod in index.pods_with_port_name(name).filter(|p| eligible(p)) {
+                            add(pod, None);
+                        }
+                    } else {
+                        for key in &resolved.dest_pods {
+                            if let Some(pod) = index.pod(key) {
+                                add(pod, None);
+                            }
+                        }
+                        if !resolved.blocks.is_empty() {
+                            for pod in index.pods_with_port_name(name).filter(|p| eligible(p)) {
+                                add(pod, Some(&resolved.blocks));
+                            }
+                        }
+                    }
+                }
+            },
+        }
+    }
+    b.finish()
+}
+
+impl Compiler {
+    pub fn new(scope: Scope) -> Self {
+        Self {
+            scope,
+            plan: NodePlan::default(),
+            resolved: HashMap::new(),
+            selected_by: HashMap::new(),
+        }
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    pub fn plan(&self) -> &NodePlan {
+        &self.plan
+    }
+
+    pub fn into_plan(self) -> NodePlan {
+        self.plan
+    }
+
+    /// Recompiles everything; used on start and on periodic resyncs.
+    pub fn full(&mut self, index: &ClusterIndex) -> &NodePlan {
+        self.resolved.clear();
+        self.selected_by.clear();
+        self.plan = NodePlan::default();
+        let pods: Vec<&Pod> = match &self.scope {
+            Scope::Node(node) => index.pods_on_node(node).collect(),
+            Scope::Cluster => index.pods().collect(),
+        };
+        for pod in pods {
+            self.compile_pod(index, pod);
+        }
+        &self.plan
+    }
+
+    fn resolved(&mut self, index: &ClusterIndex, policy: &Policy) -> Arc<ResolvedPolicy> {
+        self.resolved
+            .entry(policy.key.clone())
+            .or_insert_with(|| {
+                let side = |d: Direction| {
+                    if policy.isolates(d) {
+                        policy.rules(d).iter().map(|r| resolve_rule(index, r, d)).collect()
+                    } else {
+                        Vec::new()
+                    }
+                };
+                Arc::new(ResolvedPolicy {
+                    ingress: side(Direction::Ingress),
+                    egress: side(Direction::Egress),
+                })
+            })
+            .clone()
+    }
+
+    /// (Re)computes one pod's endpoint; returns whether the plan changed.
+    fn compile_pod(&mut self, index: &ClusterIndex, pod: &Pod) -> bool {
+        let key = pod.key.clone();
+        for set in self.selected_by.values_mut() {
+            set.remove(&key);
+        }
+        if let Some(reason) = pod.skip_reason() {
+            let changed = self.plan.endpoints.remove(&key).is_some()
+                | (self.plan.skipped.insert(key, reason) != Some(reason));
+            return changed;
+        }
+        self.plan.skipped.remove(&key);
+        let mut policies: Vec<&Policy> = index.policies_selecting(pod).collect();
+        policies.sort_by(|a, b| a.key.cmp(&b.key));
+        for p in &policies {
+            self.selected_by
+                .entry(p.key.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        let mut side = |direction: Direction| -> Option<Isolation> {
+            let isolating: Vec<&Policy> = policies
+                .iter()
+                .copied()
+                .filter(|p| p.isolates(direction))
+                .collect();
+            if isolating.is_empty() {
+                return None;
+            }
+            let mut rules = Vec::new();
+            for policy in &isolating {
+                let resolved = self.resolved(index, policy);
+                let resolved_rules = match direction {
+                    Direction::Ingress => &resolved.ingress,
+                    Direction::Egress => &resolved.egress,
+                };
+                for (i, (rule, res)) in policy.rules(direction).iter().zip(resolved_rules).enumerate()
+                {
+                    rules.push(RuleAllow {
+                        policy: policy.key.clone(),
+                        rule: i,
+                        allowed: rule_allowed(index, rule, res, direction, pod),
+                    });
+                }
+            }
+            let allowed = Allowed::union_all(rules.iter().map(|r| &r.allowed));
+            Some(Isolation {
+                policies: isolating.iter().map(|p| p.key.clone()).collect(),
+                log_allowed: isolating.iter().any(|p| p.log_allowed),
+                rules,
+                allowed,
+            })
+        };
+        let endpoint = Endpoint {
+            pod: key.clone(),
+            ips: pod.ips.clone(),
+            ingress: side(Direction::Ingress),
+            egress: side(Direction::Egress),
+        };
+        let changed = self.plan.endpoints.get(&key) != Some(&endpoint);
+        self.plan.endpoints.insert(key, endpoint);
+        changed
+    }
+
+    fn remove_endpoint(&mut self, key: &ObjectKey) -> bool {
+        for set in self.selected_by.values_mut() {
+            set.remove(key);
+        }
+        self.plan.endpoints.remove(key).is_some() | self.plan.skipped.remove(key).is_some()
+    }
+
+    /// Recompiles the endpoints that use any of `policies`, after dropping their resolutions.
+    fn recompile_users(
+        &mut self,
+        index: &ClusterIndex,
+        policies: &BTreeSet<ObjectKey>,
+        changed: &mut BTreeSet<ObjectKey>,
+    ) {
+        let mut users = BTreeSet::new();
+        for p in policies {
+            self.resolved.remove(p);
+            users.extend(self.selected_by.get(p).into_iter().flatten().cloned());
+        }
+        for key in users {
+            if let Some(pod) = index.pod(&key)
+                && self.scope.includes(pod)
+                && self.compile_pod(index, pod)
+            {
+                changed.insert(key);
+            }
+        }
+    }
+
+    /// Cached policies whose peers could match a pod with these labels in this namespace, or
+    /// whose rules name a port the pod declares (egress named ports resolve on it).
+    fn policies_touching_pod(&self, index: &ClusterIndex, pods: &[&Pod]) -> BTreeSet<ObjectKey> {
+        let mut out = BTreeSet::new();
+        for key in self.resolved.keys() {
+            let Some(policy) = index.policy(key) else {
+                out.insert(key.clone());
+                continue;
+            };
+            let touches = [Direction::Ingress, Direction::Egress]
+                .into_iter()
+                .filter(|d| policy.isolates(*d))
+                .flat_map(|d| policy.rules(d).iter().map(move |r| (d, r)))
+                .any(|(d, rule)| {
+                    pods.iter().any(|pod| {
+                        let named = d == Direction::Egress
+                            && rule.ports.iter().flatten().any(|s| match &s.port {
+                                PortMatch::Named(n) => pod.named_port(n, s.protocol).is_some(),
+                                _ => false,
+                            });
+                        named
+                            || rule.peers.iter().flatten().any(|peer| match peer {
+                                Peer::Pods { namespaces, pods: sel } => index.peer_matches(
+                                    namespaces,
+                                    sel,
+                                    &pod.key.namespace,
+                                    &pod.labels,
+                                ),
+                                Peer::IpBlock { cidr, except } => pod
+                                    .ips
+                                    .iter()
+                                    .any(|ip| AddrSet::from_ip_block(cidr, except).contains(*ip)),
+                            })
+                    })
+                });
+            if touches {
+                out.insert(key.clone());
+            }
+        }
+        out
+    }
+
+    /// A pod was added, changed or deleted (the index already holds the new state). Returns the
+    /// endpoints whose desired state changed.
+    pub fn pod_changed(
+        &mut self,
+        index: &ClusterIndex,
+        old: Option<&Pod>,
+        new: Option<&Pod>,
+    ) -> BTreeSet<ObjectKey> {
+        let mut changed = BTreeSet::new();
+        let pods: Vec<&Pod> = old.into_iter().chain(new).collect();
+        let affected = self.policies_touching_pod(index, &pods);
+        self.recompile_users(index, &affected, &mut changed);
+        if let Some(old) = old
+            && new.is_none_or(|n| !self.scope.includes(n))
+            && self.remove_endpoint(&old.key)
+        {
+            changed.insert(old.key.clone());
+        }
+        if let Some(new) = new
+            && self.scope.includes(new)
+            && self.compile_pod(index, new)
+        {
+            changed.insert(new.key.clone());
+        }
+        changed
+    }
+
+    /// A policy was added, changed or deleted (the index holds the new state).
+    pub fn policy_changed(&mut self, index: &ClusterIndex, key: &ObjectKey) -> BTreeSet<ObjectKey> {
+        let mut changed = BTreeSet::new();
+        // Previously selected endpoints, plus the pods the new version selects.
+        self.recompile_users(index, &BTreeSet::from([key.clone()]), &mut changed);
+        if let Some(policy) = index.policy(key) {
+            let candidates: Vec<&Pod> = index
+                .select_pods(
+                    &crate::model::NamespaceScope::Own(key.namespace.clone()),
+                    &policy.pod_selector,
+                )
+                .into_iter()
+                .filter(|p| self.scope.includes(p))
+                .collect();
+            for pod in candidates {
+                if self.compile_pod(index, pod) {
+                    changed.insert(pod.key.clone());
+                }
+            }
+        }
+        changed
+    }
+
+    /// A namespace was added, relabelled or deleted: namespace selectors may change meaning.
+    pub fn namespace_changed(
+        &mut self,
+        index: &ClusterIndex,
+        old: Option<&Namespace>,
+        new: Option<&Namespace>,
+    ) -> BTreeSet<ObjectKey> {
+        let mut changed = BTreeSet::new();
+        let empty = Default::default();
+        let (old_labels, new_labels) = (
+            old.map_or(&empty, |n| &n.labels),
+            new.map_or(&empty, |n| &n.labels),
+        );
+        let affected: BTreeSet<ObjectKey> = self
+            .resolved
+            .keys()
+            .filter(|key| {
+                index.policy(key).is_none_or(|policy| {
+                    [&policy.ingress, &policy.egress]
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|r| r.peers.iter().flatten())
+                        .any(|peer| match peer {
+                            Peer::Pods {
+                                namespaces: crate::model::NamespaceScope::Selected(sel),
+                                ..
+                            } => sel.matches(old_labels) != sel.matches(new_labels)
+                                || old.is_none() != new.is_none(),
+                            _ => false,
+                        })
+                })
+            })
+            .cloned()
+            .collect();
+        self.recompile_users(index, &affected, &mut changed);
+        changed
+    }
+}

@@ -1,0 +1,512 @@
+//! Conversion from k8s-openapi objects to the validated model, applying the NetworkPolicy v1
+//! defaulting rules and rejecting what the API server would reject (invalid CIDRs, an except
+//! outside its CIDR, unknown protocols or selector operators, ports out of range).
+//!
+//! This is the only module that knows the Kubernetes wire types; errors name the object and the
+//! field (`spec.ingress[0].from[1].ipBlock.except[0]`) so that a user can find the mistake.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::index::NAMESPACE_NAME_LABEL;
+use crate::model::{
+    ContainerPort, Labels, Namespace, NamespaceScope, ObjectKey, Peer, Pod, Policy, PortMatch,
+    PortSpec, Protocol, Requirement, Rule, Selector,
+};
+
+/// Annotation on a NetworkPolicy: also log the new connections its rules allow.
+pub const LOG_ANNOTATION: &str = "nftpol.io/log";
+
+/// An object the API server would reject, or that nftpol cannot enforce.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {object}: {field}: {message}")]
+pub struct InvalidObject {
+    pub kind: &'static str,
+    /// `namespace/name`, or `name` for cluster-scoped objects.
+    pub object: String,
+    pub field: String,
+    pub message: String,
+}
+
+struct Ctx<'a> {
+    kind: &'static str,
+    object: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: impl Into<String>, message: impl Into<String>) -> InvalidObject {
+        InvalidObject {
+            kind: self.kind,
+            object: self.object.to_string(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+fn name_of(meta: &ObjectMeta, kind: &'static str) -> Result<String, InvalidObject> {
+    match meta.name.as_deref() {
+        Some(n) if !n.is_empty() => Ok(n.to_string()),
+        _ => Err(InvalidObject {
+            kind,
+            object: "<unnamed>".into(),
+            field: "metadata.name".into(),
+            message: "is required".into(),
+        }),
+    }
+}
+
+/// Namespace of a namespaced object; absent means `default`, as for `kubectl apply`.
+pub fn namespace_of(meta: &ObjectMeta) -> String {
+    meta.namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_string())
+}
+
+fn labels(meta: &ObjectMeta) -> Labels {
+    meta.labels.clone().unwrap_or_default()
+}
+
+pub fn namespace(ns: &core::Namespace) -> Result<Namespace, InvalidObject> {
+    let name = name_of(&ns.metadata, "Namespace")?;
+    let mut labels = labels(&ns.metadata);
+    // The API server sets this label on every namespace since 1.21; older servers and
+    // hand-written manifests may lack it, and policies select on it.
+    labels
+        .entry(NAMESPACE_NAME_LABEL.to_string())
+        .or_insert_with(|| name.clone());
+    Ok(Namespace { name, labels })
+}
+
+/// A namespace known only because objects live in it.
+pub fn implied_namespace(name: &str) -> Namespace {
+    Namespace {
+        name: name.to_string(),
+        labels: Labels::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())]),
+    }
+}
+
+fn protocol(ctx: &Ctx, field: &str, p: Option<&str>) -> Result<Protocol, InvalidObject> {
+    match p {
+        None => Ok(Protocol::Tcp),
+        Some("TCP") => Ok(Protocol::Tcp),
+        Some("UDP") => Ok(Protocol::Udp),
+        Some("SCTP") => Ok(Protocol::Sctp),
+        Some(other) => Err(ctx.err(
+            field,
+            format!("unsupported protocol {other:?}: must be TCP, UDP or SCTP"),
+        )),
+    }
+}
+
+fn port_number(ctx: &Ctx, field: &str, n: i32) -> Result<u16, InvalidObject> {
+    u16::try_from(n)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| ctx.err(field, format!("port {n} is out of range 1-65535")))
+}
+
+/// IANA_SVC_NAME: at most 15 characters, lowercase alphanumerics and '-', at least one letter,
+/// no leading, trailing or double '-'.
+fn valid_port_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+pub fn pod(pod: &core::Pod) -> Result<Pod, InvalidObject> {
+    let name = name_of(&pod.metadata, "Pod")?;
+    let key = ObjectKey::new(namespace_of(&pod.metadata), name);
+    let object = key.to_string();
+    let ctx = Ctx {
+        kind: "Pod",
+        object: &object,
+    };
+    let spec = pod.spec.as_ref();
+    let mut ports = Vec::new();
+    for (ci, c) in spec.map(|s| s.containers.as_slice()).unwrap_or_default().iter().enumerate() {
+        for (pi, p) in c.ports.iter().flatten().enumerate() {
+            let field = format!("spec.containers[{ci}].ports[{pi}]");
+            let port = port_number(&ctx, &format!("{field}.containerPort"), p.container_port)?;
+            let protocol = protocol(&ctx, &format!("{field}.protocol"), p.protocol.as_deref())?;
+            ports.push(ContainerPort {
+                name: p.name.clone().filter(|n| !n.is_empty()),
+                port,
+                protocol,
+            });
+        }
+    }
+    let status = pod.status.as_ref();
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let listed = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .map(|v| v.iter().map(|p| p.ip.as_str()).collect::<Vec<_>>())
+        .filter(|v| !v.is_empty())
+        .or_else(|| status.and_then(|s| s.pod_ip.as_deref()).map(|ip| vec![ip]))
+        .unwrap_or_default();
+    for (i, s) in listed.into_iter().enumerate() {
+        let ip: IpAddr = s
+            .parse()
+            .map_err(|_| ctx.err(format!("status.podIPs[{i}].ip"), format!("invalid IP {s:?}")))?;
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    Ok(Pod {
+        key,
+        labels: labels(&pod.metadata),
+        node: spec.and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()),
+        ips,
+        ports,
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        phase: status.and_then(|s| s.phase.clone()),
+    })
+}
+
+fn selector(
+    ctx: &Ctx,
+    field: &str,
+    sel: Option<&LabelSelector>,
+) -> Result<Selector, InvalidObject> {
+    let Some(sel) = sel else {
+        return Ok(Selector::everything());
+    };
+    let mut requirements = Vec::new();
+    for (k, v) in sel.match_labels.iter().flatten() {
+        requirements.push(Requirement::In(k.clone(), vec![v.clone()]));
+    }
+    for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
+        let f = format!("{field}.matchExpressions[{i}]");
+        let values = e.values.clone().unwrap_or_default();
+        let need_values = |op: &str| {
+            if values.is_empty() {
+                Err(ctx.err(format!("{f}.values"), format!("must be non-empty for operator {op}")))
+            } else {
+                Ok(())
+            }
+        };
+        let no_values = |op: &str| {
+            if values.is_empty() {
+                Ok(())
+            } else {
+                Err(ctx.err(format!("{f}.values"), format!("must be empty for operator {op}")))
+            }
+        };
+        let r = match e.operator.as_str() {
+            "In" => need_values("In").map(|_| Requirement::In(e.key.clone(), values.clone()))?,
+            "NotIn" => {
+                need_values("NotIn").map(|_| Requirement::NotIn(e.key.clone(), values.clone()))?
+            }
+            "Exists" => no_values("Exists").map(|_| Requirement::Exists(e.key.clone()))?,
+            "DoesNotExist" => {
+                no_values("DoesNotExist").map(|_| Requirement::DoesNotExist(e.key.clone()))?
+            }
+            other => {
+                return Err(ctx.err(
+                    format!("{f}.operator"),
+                    format!(
+                        "unknown selector operator {other:?}: must be In, NotIn, Exists or DoesNotExist"
+                    ),
+                ));
+            }
+        };
+        requirements.push(r);
+    }
+    Ok(Selector { requirements })
+}
+
+fn ip_block(ctx: &Ctx, field: &str, block: &net::IPBlock) -> Result<Peer, InvalidObject> {
+    // The API server accepts host bits in the CIDR (upstream tests write "<pod IP>/4").
+    let cidr: IpNet = block
+        .cidr
+        .parse()
+        .map_err(|_| ctx.err(format!("{field}.cidr"), format!("invalid CIDR {:?}", block.cidr)))?;
+    let cidr = cidr.trunc();
+    let mut except = Vec::new();
+    for (i, e) in block.except.iter().flatten().enumerate() {
+        let f = format!("{field}.except[{i}]");
+        let n: IpNet = e
+            .parse()
+            .map_err(|_| ctx.err(&f, format!("invalid CIDR {e:?}")))?;
+        let n = n.trunc();
+        if !cidr.contains(&n) || n.prefix_len() <= cidr.prefix_len() {
+            return Err(ctx.err(&f, format!("{e} is not strictly inside the cidr {cidr}")));
+        }
+        except.push(n);
+    }
+    Ok(Peer::IpBlock { cidr, except })
+}
+
+fn peers(
+    ctx: &Ctx,
+    field: &str,
+    namespace: &str,
+    list: Option<&Vec<net::NetworkPolicyPeer>>,
+) -> Result<Option<Vec<Peer>>, InvalidObject> {
+    let Some(list) = list.filter(|l| !l.is_empty()) else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, p) in list.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let peer = match (&p.ip_block, &p.namespace_selector, &p.pod_selector) {
+            (Some(block), None, None) => ip_block(ctx, &format!("{f}.ipBlock"), block)?,
+            (Some(_), _, _) => {
+                return Err(ctx.err(
+                    &f,
+                    "ipBlock may not be combined with podSelector or namespaceSelector",
+                ));
+            }
+            (None, None, None) => {
+                return Err(ctx.err(
+                    &f,
+                    "must specify podSelector, namespaceSelector or ipBlock",
+                ));
+            }
+            (None, ns_sel, pod_sel) => {
+                let pods = selector(ctx, &format!("{f}.podSelector"), pod_sel.as_ref())?;
+                let namespaces = match ns_sel {
+                    Some(s) => NamespaceScope::Selected(selector(
+                        ctx,
+                        &format!("{f}.namespaceSelector"),
+                        Some(s),
+                    )?),
+                    None => NamespaceScope::Own(namespace.to_string()),
+                };
+                Peer::Pods { namespaces, pods }
+            }
+        };
+        out.push(peer);
+    }
+    Ok(Some(out))
+}
+
+fn ports(
+    ctx: &Ctx,
+    field: &str,
+    list: Option<&Vec<net::NetworkPolicyPort>>,
+) -> Result<Option<Vec<PortSpec>>, InvalidObject> {
+    let Some(list) = list.filter(|l| !l.is_empty()) else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, p) in list.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let protocol = protocol(ctx, &format!("{f}.protocol"), p.protocol.as_deref())?;
+        let port = match (&p.port, p.end_port) {
+            (None, None) => PortMatch::All,
+            (None, Some(_)) => {
+                return Err(ctx.err(format!("{f}.endPort"), "may only be set together with port"));
+            }
+            (Some(IntOrString::Int(n)), end) => {
+                let lo = port_number(ctx, &format!("{f}.port"), *n)?;
+                let hi = match end {
+                    None => lo,
+                    Some(e) => {
+                        let hi = port_number(ctx, &format!("{f}.endPort"), e)?;
+                        if hi < lo {
+                            return Err(ctx.err(
+                                format!("{f}.endPort"),
+                                format!("{hi} must be greater than or equal to port {lo}"),
+                            ));
+                        }
+                        hi
+                    }
+                };
+                PortMatch::Range(lo, hi)
+            }
+            (Some(IntOrString::String(name)), end) => {
+                if end.is_some() {
+                    return Err(ctx.err(
+                        format!("{f}.endPort"),
+                        "may not be set when port is a named port",
+                    ));
+                }
+                // A numeric string ("80") is a number on the wire of some tools.
+                if let Ok(n) = name.parse::<i32>() {
+                    let p = port_number(ctx, &format!("{f}.port"), n)?;
+                    PortMatch::Range(p, p)
+                } else if valid_port_name(name) {
+                    PortMatch::Named(name.clone())
+                } else {
+                    return Err(ctx.err(
+                        format!("{f}.port"),
+                        format!("{name:?} is not a valid port name (IANA_SVC_NAME)"),
+                    ));
+                }
+            }
+        };
+        out.push(PortSpec { protocol, port });
+    }
+    Ok(Some(out))
+}
+
+pub fn policy(np: &net::NetworkPolicy) -> Result<Policy, InvalidObject> {
+    let name = name_of(&np.metadata, "NetworkPolicy")?;
+    let key = ObjectKey::new(namespace_of(&np.metadata), name);
+    let object = key.to_string();
+    let ctx = Ctx {
+        kind: "NetworkPolicy",
+        object: &object,
+    };
+    let default_spec = net::NetworkPolicySpec::default();
+    let spec = np.spec.as_ref().unwrap_or(&default_spec);
+    let pod_selector = selector(&ctx, "spec.podSelector", spec.pod_selector.as_ref())?;
+    let mut ingress = Vec::new();
+    for (i, r) in spec.ingress.iter().flatten().enumerate() {
+        let f = format!("spec.ingress[{i}]");
+        ingress.push(Rule {
+            peers: peers(&ctx, &format!("{f}.from"), &key.namespace, r.from.as_ref())?,
+            ports: ports(&ctx, &format!("{f}.ports"), r.ports.as_ref())?,
+        });
+    }
+    let mut egress = Vec::new();
+    for (i, r) in spec.egress.iter().flatten().enumerate() {
+        let f = format!("spec.egress[{i}]");
+        egress.push(Rule {
+            peers: peers(&ctx, &format!("{f}.to"), &key.namespace, r.to.as_ref())?,
+            ports: ports(&ctx, &format!("{f}.ports"), r.ports.as_ref())?,
+        });
+    }
+    let (isolates_ingress, isolates_egress) = match &spec.policy_types {
+        // Omitted: Ingress always, Egress when the spec has egress rules.
+        None => (true, !egress.is_empty()),
+        Some(types) => {
+            let mut seen = BTreeSet::new();
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" | "Egress" => {
+                        seen.insert(t.as_str());
+                    }
+                    other => {
+                        return Err(ctx.err(
+                            format!("spec.policyTypes[{i}]"),
+                            format!("unknown policy type {other:?}: must be Ingress or Egress"),
+                        ));
+                    }
+                }
+            }
+            (seen.contains("Ingress"), seen.contains("Egress"))
+        }
+    };
+    let log_allowed = np
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LOG_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    Ok(Policy {
+        key,
+        pod_selector,
+        isolates_ingress,
+        isolates_egress,
+        ingress,
+        egress,
+        log_allowed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn np(json: serde_json::Value) -> net::NetworkPolicy {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn policy_types_default() {
+        let p = policy(&np(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {}, "egress": [{}]}
+        })))
+        .unwrap();
+        assert!(p.isolates_ingress && p.isolates_egress);
+        let p = policy(&np(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {}}
+        })))
+        .unwrap();
+        assert!(p.isolates_ingress && !p.isolates_egress);
+    }
+
+    #[test]
+    fn except_outside_cidr_is_rejected() {
+        let err = policy(&np(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/24", "except": ["10.1.0.0/25"]}}]}]}
+        })))
+        .unwrap_err();
+        assert_eq!(err.field, "spec.ingress[0].from[0].ipBlock.except[0]");
+        assert_eq!(err.object, "x/p");
+    }
+
+    #[test]
+    fn host_bits_are_accepted() {
+        let p = policy(&np(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.244.1.10/4", "except": ["10.244.1.11/32"]}}]}]}
+        })))
+        .unwrap();
+        let Some(Some(peers)) = p.egress.first().map(|r| r.peers.clone()) else {
+            panic!("no peers")
+        };
+        assert_eq!(
+            peers[0],
+            Peer::IpBlock {
+                cidr: "0.0.0.0/4".parse().unwrap(),
+                except: vec!["10.244.1.11/32".parse().unwrap()]
+            }
+        );
+    }
+
+    #[test]
+    fn bad_operator_and_protocol() {
+        let err = policy(&np(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Like", "values": ["b"]}]}}
+        })))
+        .unwrap_err();
+        assert_eq!(err.field, "spec.podSelector.matchExpressions[0].operator");
+        let err = policy(&np(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP", "port": 1}]}]}
+        })))
+        .unwrap_err();
+        assert_eq!(err.field, "spec.ingress[0].ports[0].protocol");
+    }
+
+    #[test]
+    fn end_port_range() {
+        let p = policy(&np(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 8000, "endPort": 8080}]}]}
+        })))
+        .unwrap();
+        assert_eq!(
+            p.ingress[0].ports.as_ref().unwrap()[0],
+            PortSpec {
+                protocol: Protocol::Tcp,
+                port: PortMatch::Range(8000, 8080)
+            }
+        );
+        let err = policy(&np(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 8000, "endPort": 70000}]}]}
+        })))
+        .unwrap_err();
+        assert_eq!(err.field, "spec.ingress[0].ports[0].endPort");
+    }
+}

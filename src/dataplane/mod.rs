@@ -1,0 +1,1 @@
+//! The dataplane: programs a compiled `NodePlan` into the kernel's nftables (work in progress).

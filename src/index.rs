@@ -1,0 +1,286 @@
+//! The cluster index: the current Namespaces, Pods and NetworkPolicies with the lookups the
+//! compiler needs (pods by namespace, by label, by node, by named port and by address; policies
+//! by namespace), so that resolving a selector never scans every pod of the cluster.
+//!
+//! The index is plain data owned by one task; watchers and the file source feed it with
+//! upserts and deletes, and the compiler only reads it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use crate::model::{
+    ClusterState, Labels, Namespace, NamespaceScope, ObjectKey, Pod, Policy, Requirement, Selector,
+};
+
+/// The label the API server puts on every namespace (Kubernetes 1.21 and later).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+#[derive(Debug, Default, Clone)]
+pub struct ClusterIndex {
+    namespaces: BTreeMap<String, Namespace>,
+    pods: BTreeMap<ObjectKey, Pod>,
+    policies: BTreeMap<ObjectKey, Policy>,
+    pods_by_ns: HashMap<String, BTreeSet<ObjectKey>>,
+    pods_by_label: HashMap<(String, String), BTreeSet<ObjectKey>>,
+    pods_by_node: HashMap<String, BTreeSet<ObjectKey>>,
+    pods_by_port_name: HashMap<String, BTreeSet<ObjectKey>>,
+    pods_by_ip: HashMap<IpAddr, BTreeSet<ObjectKey>>,
+    policies_by_ns: HashMap<String, BTreeSet<ObjectKey>>,
+}
+
+fn add<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<ObjectKey>>, k: K, v: &ObjectKey) {
+    map.entry(k).or_default().insert(v.clone());
+}
+
+fn remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<ObjectKey>>, k: K, v: &ObjectKey) {
+    if let Some(set) = map.get_mut(&k) {
+        set.remove(v);
+        if set.is_empty() {
+            map.remove(&k);
+        }
+    }
+}
+
+impl ClusterIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn from_state(state: &ClusterState) -> Self {
+        let mut index = Self::new();
+        for ns in &state.namespaces {
+            index.upsert_namespace(ns.clone());
+        }
+        for pod in &state.pods {
+            index.upsert_pod(pod.clone());
+        }
+        for policy in &state.policies {
+            index.upsert_policy(policy.clone());
+        }
+        index
+    }
+
+    // --- writes -----------------------------------------------------------------------------
+
+    /// Inserts or replaces a namespace; returns the previous version.
+    pub fn upsert_namespace(&mut self, ns: Namespace) -> Option<Namespace> {
+        self.namespaces.insert(ns.name.clone(), ns)
+    }
+
+    pub fn remove_namespace(&mut self, name: &str) -> Option<Namespace> {
+        self.namespaces.remove(name)
+    }
+
+    /// Inserts or replaces a pod; returns the previous version.
+    pub fn upsert_pod(&mut self, pod: Pod) -> Option<Pod> {
+        let old = self.remove_pod(&pod.key);
+        let key = pod.key.clone();
+        add(&mut self.pods_by_ns, key.namespace.clone(), &key);
+        for (k, v) in &pod.labels {
+            add(&mut self.pods_by_label, (k.clone(), v.clone()), &key);
+        }
+        if let Some(node) = &pod.node {
+            add(&mut self.pods_by_node, node.clone(), &key);
+        }
+        for port in &pod.ports {
+            if let Some(name) = &port.name {
+                add(&mut self.pods_by_port_name, name.clone(), &key);
+            }
+        }
+        for ip in &pod.ips {
+            add(&mut self.pods_by_ip, *ip, &key);
+        }
+        self.pods.insert(key, pod);
+        old
+    }
+
+    pub fn remove_pod(&mut self, key: &ObjectKey) -> Option<Pod> {
+        let pod = self.pods.remove(key)?;
+        remove(&mut self.pods_by_ns, key.namespace.clone(), key);
+        for (k, v) in &pod.labels {
+            remove(&mut self.pods_by_label, (k.clone(), v.clone()), key);
+        }
+        if let Some(node) = &pod.node {
+            remove(&mut self.pods_by_node, node.clone(), key);
+        }
+        for port in &pod.ports {
+            if let Some(name) = &port.name {
+                remove(&mut self.pods_by_port_name, name.clone(), key);
+            }
+        }
+        for ip in &pod.ips {
+            remove(&mut self.pods_by_ip, *ip, key);
+        }
+        Some(pod)
+    }
+
+    pub fn upsert_policy(&mut self, policy: Policy) -> Option<Policy> {
+        add(
+            &mut self.policies_by_ns,
+            policy.key.namespace.clone(),
+            &policy.key,
+        );
+        self.policies.insert(policy.key.clone(), policy)
+    }
+
+    pub fn remove_policy(&mut self, key: &ObjectKey) -> Option<Policy> {
+        let old = self.policies.remove(key)?;
+        remove(&mut self.policies_by_ns, key.namespace.clone(), key);
+        Some(old)
+    }
+
+    // --- reads ------------------------------------------------------------------------------
+
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.get(name)
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.namespaces.values()
+    }
+
+    pub fn pod(&self, key: &ObjectKey) -> Option<&Pod> {
+        self.pods.get(key)
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+        self.pods.values()
+    }
+
+    pub fn policy(&self, key: &ObjectKey) -> Option<&Policy> {
+        self.policies.get(key)
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.values()
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Labels of a namespace; a namespace nobody has described has none.
+    pub fn namespace_labels(&self, name: &str) -> Option<&Labels> {
+        self.namespaces.get(name).map(|ns| &ns.labels)
+    }
+
+    /// Pods scheduled on `node`.
+    pub fn pods_on_node<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.pods_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
+    }
+
+    /// Pods whose status lists `ip` (more than one only while an address is being reused).
+    pub fn pods_with_ip(&self, ip: IpAddr) -> impl Iterator<Item = &Pod> {
+        self.pods_by_ip
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
+    }
+
+    /// Pods that declare a container port with this name (any protocol).
+    pub fn pods_with_port_name<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.pods_by_port_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
+    }
+
+    /// Policies of a namespace.
+    pub fn policies_in<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a Policy> + 'a {
+        self.policies_by_ns
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.policies.get(k))
+    }
+
+    /// Policies of the pod's namespace whose podSelector selects it.
+    pub fn policies_selecting<'a>(&'a self, pod: &'a Pod) -> impl Iterator<Item = &'a Policy> + 'a {
+        self.policies_in(&pod.key.namespace)
+            .filter(|p| p.pod_selector.matches(&pod.labels))
+    }
+
+    /// Namespaces in the scope of a peer.
+    pub fn namespaces_in_scope<'a>(&'a self, scope: &'a NamespaceScope) -> Vec<&'a str> {
+        match scope {
+            NamespaceScope::Own(ns) => vec![ns.as_str()],
+            NamespaceScope::Selected(sel) => self
+                .namespaces
+                .values()
+                .filter(|ns| sel.matches(&ns.labels))
+                .map(|ns| ns.name.as_str())
+                .collect(),
+        }
+    }
+
+    /// Pods matching `pods` inside the namespaces of `scope`, found through the label index when
+    /// the selector has an equality requirement, so that no selector scans the whole cluster.
+    pub fn select_pods(&self, scope: &NamespaceScope, pods: &Selector) -> Vec<&Pod> {
+        let namespaces = self.namespaces_in_scope(scope);
+        let mut out = Vec::new();
+        let narrowest = pods
+            .requirements
+            .iter()
+            .filter_map(|r| match r {
+                Requirement::In(k, vs) => Some(
+                    vs.iter()
+                        .filter_map(|v| self.pods_by_label.get(&(k.clone(), v.clone())))
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+            .min_by_key(|sets| sets.iter().map(|s| s.len()).sum::<usize>());
+        match narrowest {
+            Some(sets) => {
+                let wanted: BTreeSet<&str> = namespaces.into_iter().collect();
+                for key in sets.into_iter().flatten() {
+                    if wanted.contains(key.namespace.as_str())
+                        && let Some(pod) = self.pods.get(key)
+                        && pods.matches(&pod.labels)
+                    {
+                        out.push(pod);
+                    }
+                }
+            }
+            None => {
+                for ns in namespaces {
+                    for key in self.pods_by_ns.get(ns).into_iter().flatten() {
+                        if let Some(pod) = self.pods.get(key)
+                            && pods.matches(&pod.labels)
+                        {
+                            out.push(pod);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether a pod (with these labels, in this namespace) falls under a peer's selectors.
+    pub fn peer_matches(
+        &self,
+        scope: &NamespaceScope,
+        pods: &Selector,
+        namespace: &str,
+        labels: &Labels,
+    ) -> bool {
+        let ns_ok = match scope {
+            NamespaceScope::Own(ns) => ns == namespace,
+            NamespaceScope::Selected(sel) => self
+                .namespace_labels(namespace)
+                .is_some_and(|l| sel.matches(l)),
+        };
+        ns_ok && pods.matches(labels)
+    }
+}

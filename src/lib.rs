@@ -1,0 +1,25 @@
+//! nftpol: Kubernetes NetworkPolicy enforcement with nftables.
+//!
+//! The data flows one way: sources (manifest files, later the Kubernetes API) feed the
+//! [`index`]; the pure [`compile`] step turns the index into the desired state of each pod
+//! endpoint of a node; [`verdict`] answers `simulate` and `explain` from that same state; the
+//! [`dataplane`] programs it into the kernel as one atomic nftables transaction.
+//!
+//! - [`model`]: validated domain types (no Kubernetes wire format).
+//! - [`convert`]: k8s-openapi objects to the model, with field-level errors.
+//! - [`manifest`]: reading YAML/JSON manifests from files and folders.
+//! - [`index`]: the cluster state and its lookups.
+//! - [`intervals`]: merged address and port intervals.
+//! - [`compile`]: the policy compiler.
+//! - [`verdict`]: connection verdicts and their explanation.
+
+pub mod cli;
+pub mod compile;
+pub mod convert;
+pub mod dataplane;
+pub mod index;
+pub mod intervals;
+pub mod manifest;
+pub mod model;
+pub mod testbed;
+pub mod verdict;

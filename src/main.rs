@@ -1,0 +1,53 @@
+//! The `nftpol` binary: parses the command line and hands over to `nftpol::cli`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use nftpol::cli;
+
+#[derive(Debug, Parser)]
+#[command(name = "nftpol", version, about = "Kubernetes NetworkPolicy enforcement with nftables")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Predict, for every pair of pods, whether a new connection would be allowed.
+    Simulate(cli::simulate::Args),
+    /// Explain the verdict for one connection: which policies isolate, which rule allows.
+    Explain(cli::explain::Args),
+    /// Print the nftables ruleset nftpol would program on a node, as nft text.
+    Render(cli::render::Args),
+    /// Enforce a folder of manifests on this node and follow its changes.
+    Run(cli::run::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Simulate(args) => cli::simulate::execute(args),
+        Command::Explain(args) => cli::explain::execute(args),
+        Command::Render(args) => cli::render::execute(args),
+        Command::Run(args) => cli::run::execute(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if err.downcast_ref::<cli::InputError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The testbed: a node made of network namespaces, with real packets (work in progress).
