@@ -347,7 +347,11 @@ impl Compiler {
             .or_insert_with(|| {
                 let side = |d: Direction| {
                     if policy.isolates(d) {
-                        policy.rules(d).iter().map(|r| resolve_rule(index, r, d)).collect()
+                        policy
+                            .rules(d)
+                            .iter()
+                            .map(|r| resolve_rule(index, r, d))
+                            .collect()
                     } else {
                         Vec::new()
                     }
@@ -396,7 +400,11 @@ impl Compiler {
                     Direction::Ingress => &resolved.ingress,
                     Direction::Egress => &resolved.egress,
                 };
-                for (i, (rule, res)) in policy.rules(direction).iter().zip(resolved_rules).enumerate()
+                for (i, (rule, res)) in policy
+                    .rules(direction)
+                    .iter()
+                    .zip(resolved_rules)
+                    .enumerate()
                 {
                     rules.push(RuleAllow {
                         policy: policy.key.clone(),
@@ -453,46 +461,70 @@ impl Compiler {
         }
     }
 
-    /// Cached policies whose peers could match a pod with these labels in this namespace, or
-    /// whose rules name a port the pod declares (egress named ports resolve on it).
-    fn policies_touching_pod(&self, index: &ClusterIndex, pods: &[&Pod]) -> BTreeSet<ObjectKey> {
-        let mut out = BTreeSet::new();
-        for key in self.resolved.keys() {
-            let Some(policy) = index.policy(key) else {
-                out.insert(key.clone());
-                continue;
+    /// Cached policies whose resolved peers change when `old` becomes `new`: a peer selector
+    /// that starts or stops matching the pod, or one that keeps matching it while the pod's
+    /// addresses, ports (for egress named ports) or eligibility change. A label change that moves
+    /// no selector touches nothing.
+    fn policies_touching_pod(
+        &self,
+        index: &ClusterIndex,
+        old: Option<&Pod>,
+        new: Option<&Pod>,
+    ) -> BTreeSet<ObjectKey> {
+        let addresses_changed = match (old, new) {
+            (Some(o), Some(n)) => o.ips != n.ips || eligible(o) != eligible(n),
+            _ => true,
+        };
+        let ports_changed = match (old, new) {
+            (Some(o), Some(n)) => o.ports != n.ports,
+            _ => true,
+        };
+        let pods: Vec<&Pod> = old.into_iter().chain(new).filter(|p| eligible(p)).collect();
+        let peer_matches = |peer: &Peer, pod: Option<&Pod>| -> bool {
+            let Some(pod) = pod.filter(|p| eligible(p)) else {
+                return false;
             };
-            let touches = [Direction::Ingress, Direction::Egress]
-                .into_iter()
-                .filter(|d| policy.isolates(*d))
-                .flat_map(|d| policy.rules(d).iter().map(move |r| (d, r)))
-                .any(|(d, rule)| {
-                    pods.iter().any(|pod| {
-                        let named = d == Direction::Egress
-                            && rule.ports.iter().flatten().any(|s| match &s.port {
-                                PortMatch::Named(n) => pod.named_port(n, s.protocol).is_some(),
-                                _ => false,
-                            });
-                        named
-                            || rule.peers.iter().flatten().any(|peer| match peer {
-                                Peer::Pods { namespaces, pods: sel } => index.peer_matches(
-                                    namespaces,
-                                    sel,
-                                    &pod.key.namespace,
-                                    &pod.labels,
-                                ),
-                                Peer::IpBlock { cidr, except } => pod
-                                    .ips
-                                    .iter()
-                                    .any(|ip| AddrSet::from_ip_block(cidr, except).contains(*ip)),
-                            })
-                    })
-                });
-            if touches {
-                out.insert(key.clone());
+            match peer {
+                Peer::Pods { namespaces, pods } => {
+                    index.peer_matches(namespaces, pods, &pod.key.namespace, &pod.labels)
+                }
+                Peer::IpBlock { .. } => false,
             }
-        }
-        out
+        };
+        let rule_touched = |direction: Direction, rule: &Rule| -> bool {
+            let named = direction == Direction::Egress && has_named_ports(rule);
+            let Some(peers) = &rule.peers else {
+                // Every pod is a peer already; only egress named ports resolve on pods.
+                return named && (addresses_changed || ports_changed);
+            };
+            peers.iter().any(|peer| match peer {
+                Peer::Pods { .. } => {
+                    let (was, is) = (peer_matches(peer, old), peer_matches(peer, new));
+                    was != is || ((was || is) && (addresses_changed || (named && ports_changed)))
+                }
+                // Block addresses do not depend on pods, except through egress named ports.
+                Peer::IpBlock { cidr, except } => {
+                    named
+                        && (addresses_changed || ports_changed)
+                        && pods.iter().any(|p| {
+                            let block = AddrSet::from_ip_block(cidr, except);
+                            p.ips.iter().any(|ip| block.contains(*ip))
+                        })
+                }
+            })
+        };
+        self.resolved
+            .keys()
+            .filter(|key| {
+                index.policy(key).is_none_or(|policy| {
+                    [Direction::Ingress, Direction::Egress]
+                        .into_iter()
+                        .filter(|d| policy.isolates(*d))
+                        .any(|d| policy.rules(d).iter().any(|r| rule_touched(d, r)))
+                })
+            })
+            .cloned()
+            .collect()
     }
 
     /// A pod was added, changed or deleted (the index already holds the new state). Returns the
@@ -504,8 +536,7 @@ impl Compiler {
         new: Option<&Pod>,
     ) -> BTreeSet<ObjectKey> {
         let mut changed = BTreeSet::new();
-        let pods: Vec<&Pod> = old.into_iter().chain(new).collect();
-        let affected = self.policies_touching_pod(index, &pods);
+        let affected = self.policies_touching_pod(index, old, new);
         self.recompile_users(index, &affected, &mut changed);
         if let Some(old) = old
             && new.is_none_or(|n| !self.scope.includes(n))
@@ -571,8 +602,10 @@ impl Compiler {
                             Peer::Pods {
                                 namespaces: crate::model::NamespaceScope::Selected(sel),
                                 ..
-                            } => sel.matches(old_labels) != sel.matches(new_labels)
-                                || old.is_none() != new.is_none(),
+                            } => {
+                                sel.matches(old_labels) != sel.matches(new_labels)
+                                    || old.is_none() != new.is_none()
+                            }
                             _ => false,
                         })
                 })

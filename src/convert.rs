@@ -136,7 +136,12 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, InvalidObject> {
     };
     let spec = pod.spec.as_ref();
     let mut ports = Vec::new();
-    for (ci, c) in spec.map(|s| s.containers.as_slice()).unwrap_or_default().iter().enumerate() {
+    for (ci, c) in spec
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         for (pi, p) in c.ports.iter().flatten().enumerate() {
             let field = format!("spec.containers[{ci}].ports[{pi}]");
             let port = port_number(&ctx, &format!("{field}.containerPort"), p.container_port)?;
@@ -157,9 +162,12 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, InvalidObject> {
         .or_else(|| status.and_then(|s| s.pod_ip.as_deref()).map(|ip| vec![ip]))
         .unwrap_or_default();
     for (i, s) in listed.into_iter().enumerate() {
-        let ip: IpAddr = s
-            .parse()
-            .map_err(|_| ctx.err(format!("status.podIPs[{i}].ip"), format!("invalid IP {s:?}")))?;
+        let ip: IpAddr = s.parse().map_err(|_| {
+            ctx.err(
+                format!("status.podIPs[{i}].ip"),
+                format!("invalid IP {s:?}"),
+            )
+        })?;
         if !ips.contains(&ip) {
             ips.push(ip);
         }
@@ -167,7 +175,9 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, InvalidObject> {
     Ok(Pod {
         key,
         labels: labels(&pod.metadata),
-        node: spec.and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()),
+        node: spec
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty()),
         ips,
         ports,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
@@ -192,7 +202,10 @@ fn selector(
         let values = e.values.clone().unwrap_or_default();
         let need_values = |op: &str| {
             if values.is_empty() {
-                Err(ctx.err(format!("{f}.values"), format!("must be non-empty for operator {op}")))
+                Err(ctx.err(
+                    format!("{f}.values"),
+                    format!("must be non-empty for operator {op}"),
+                ))
             } else {
                 Ok(())
             }
@@ -201,7 +214,10 @@ fn selector(
             if values.is_empty() {
                 Ok(())
             } else {
-                Err(ctx.err(format!("{f}.values"), format!("must be empty for operator {op}")))
+                Err(ctx.err(
+                    format!("{f}.values"),
+                    format!("must be empty for operator {op}"),
+                ))
             }
         };
         let r = match e.operator.as_str() {
@@ -229,10 +245,12 @@ fn selector(
 
 fn ip_block(ctx: &Ctx, field: &str, block: &net::IPBlock) -> Result<Peer, InvalidObject> {
     // The API server accepts host bits in the CIDR (upstream tests write "<pod IP>/4").
-    let cidr: IpNet = block
-        .cidr
-        .parse()
-        .map_err(|_| ctx.err(format!("{field}.cidr"), format!("invalid CIDR {:?}", block.cidr)))?;
+    let cidr: IpNet = block.cidr.parse().map_err(|_| {
+        ctx.err(
+            format!("{field}.cidr"),
+            format!("invalid CIDR {:?}", block.cidr),
+        )
+    })?;
     let cidr = cidr.trunc();
     let mut except = Vec::new();
     for (i, e) in block.except.iter().flatten().enumerate() {
@@ -270,10 +288,7 @@ fn peers(
                 ));
             }
             (None, None, None) => {
-                return Err(ctx.err(
-                    &f,
-                    "must specify podSelector, namespaceSelector or ipBlock",
-                ));
+                return Err(ctx.err(&f, "must specify podSelector, namespaceSelector or ipBlock"));
             }
             (None, ns_sel, pod_sel) => {
                 let pods = selector(ctx, &format!("{f}.podSelector"), pod_sel.as_ref())?;

@@ -385,7 +385,11 @@ pub fn range_to_cidrs_v4(lo: u32, hi: u32) -> Vec<Ipv4Net> {
     let mut cur = lo as u64;
     let end = hi as u64;
     while cur <= end {
-        let align = if cur == 0 { 32 } else { cur.trailing_zeros().min(32) };
+        let align = if cur == 0 {
+            32
+        } else {
+            cur.trailing_zeros().min(32)
+        };
         let mut bits = align;
         while bits > 0 && cur + (1u64 << bits) - 1 > end {
             bits -= 1;
@@ -461,6 +465,9 @@ mod tests {
             u32::from("10.0.0.6".parse::<Ipv4Addr>().unwrap()),
         );
         let s: Vec<String> = c.iter().map(|n| n.to_string()).collect();
-        assert_eq!(s, ["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"]);
+        assert_eq!(
+            s,
+            ["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"]
+        );
     }
 }

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use nftpol::cli;
 
 #[derive(Debug, Parser)]
-#[command(name = "nftpol", version, about = "Kubernetes NetworkPolicy enforcement with nftables")]
+#[command(
+    name = "nftpol",
+    version,
+    about = "Kubernetes NetworkPolicy enforcement with nftables"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -88,7 +88,9 @@ impl std::str::FromStr for Protocol {
             "TCP" => Ok(Protocol::Tcp),
             "UDP" => Ok(Protocol::Udp),
             "SCTP" => Ok(Protocol::Sctp),
-            _ => Err(format!("unknown protocol {s:?} (expected TCP, UDP or SCTP)")),
+            _ => Err(format!(
+                "unknown protocol {s:?} (expected TCP, UDP or SCTP)"
+            )),
         }
     }
 }

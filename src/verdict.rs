@@ -81,13 +81,7 @@ impl Verdict {
 }
 
 /// Judges a connection between two addresses, each side by the endpoint owning it (if any).
-pub fn judge(
-    plan: &NodePlan,
-    src: IpAddr,
-    dst: IpAddr,
-    protocol: Protocol,
-    port: u16,
-) -> Verdict {
+pub fn judge(plan: &NodePlan, src: IpAddr, dst: IpAddr, protocol: Protocol, port: u16) -> Verdict {
     let egress = match plan.endpoint_by_ip(src) {
         Some(e) => SideVerdict::judge(e.egress.as_ref(), dst, protocol, port),
         None => SideVerdict::NotAPod,
@@ -280,13 +274,33 @@ pub fn explain_text(
         verdict.dst,
         verdict.port,
         verdict.protocol,
-        if verdict.allowed() { "ALLOWED" } else { "DENIED" }
+        if verdict.allowed() {
+            "ALLOWED"
+        } else {
+            "DENIED"
+        }
     );
-    let src_iso = plan.endpoint_by_ip(verdict.src).and_then(|e| e.egress.as_ref());
+    let src_iso = plan
+        .endpoint_by_ip(verdict.src)
+        .and_then(|e| e.egress.as_ref());
     let dst_iso = plan
         .endpoint_by_ip(verdict.dst)
         .and_then(|e| e.ingress.as_ref());
-    side_words(&mut out, index, Direction::Egress, from, &verdict.egress, src_iso);
-    side_words(&mut out, index, Direction::Ingress, to, &verdict.ingress, dst_iso);
+    side_words(
+        &mut out,
+        index,
+        Direction::Egress,
+        from,
+        &verdict.egress,
+        src_iso,
+    );
+    side_words(
+        &mut out,
+        index,
+        Direction::Ingress,
+        to,
+        &verdict.ingress,
+        dst_iso,
+    );
     out
 }

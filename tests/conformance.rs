@@ -88,7 +88,16 @@ fn upstream_corpus_matches_off_the_diagonal() {
                 probes += 1;
                 let protocol: Protocol = probe.protocol.parse().expect("protocol");
                 let got = Matrix::predict(&plan, probe.port, protocol);
-                assert_eq!(got.pods, model.pod_order.iter().cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+                assert_eq!(
+                    got.pods,
+                    model
+                        .pod_order
+                        .iter()
+                        .cloned()
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                );
                 let bad = corpus::mismatches(&probe.expect, &got.allowed);
                 if !bad.is_empty() {
                     failures.push(format!(

@@ -31,8 +31,8 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     let index = ClusterIndex::from_state(&loaded.state);
     let plan = compile(&index, &Scope::Cluster);
     let endpoint = |s: &str| -> anyhow::Result<_> {
-        let key = ObjectKey::parse(s)
-            .ok_or_else(|| InputError(format!("{s:?} is not NAMESPACE/POD")))?;
+        let key =
+            ObjectKey::parse(s).ok_or_else(|| InputError(format!("{s:?} is not NAMESPACE/POD")))?;
         if let Some(reason) = plan.skipped.get(&key) {
             return Err(InputError(format!(
                 "pod {key} takes no part in enforcement ({})",

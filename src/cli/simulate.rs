@@ -48,8 +48,7 @@ impl Matrix {
                 .endpoints
                 .iter()
                 .map(|(tk, to)| {
-                    let ok = judge_pods(from, to, protocol, port)
-                        .is_some_and(|v| v.allowed());
+                    let ok = judge_pods(from, to, protocol, port).is_some_and(|v| v.allowed());
                     (tk.to_string(), ok)
                 })
                 .collect();
@@ -107,7 +106,11 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                 println!(
                     "\n{} invalid polic{} skipped (not enforced):",
                     loaded.invalid.len(),
-                    if loaded.invalid.len() == 1 { "y" } else { "ies" }
+                    if loaded.invalid.len() == 1 {
+                        "y"
+                    } else {
+                        "ies"
+                    }
                 );
                 for s in &loaded.invalid {
                     println!("  {s}");

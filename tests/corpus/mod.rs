@@ -106,7 +106,12 @@ fn relabel(labels: &mut BTreeMap<String, String>, op: &Value) {
             labels.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
         }
     }
-    for k in op.get("remove").and_then(|v| v.as_array()).into_iter().flatten() {
+    for k in op
+        .get("remove")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
         if let Some(k) = k.as_str() {
             labels.remove(k);
         }
@@ -163,7 +168,8 @@ impl State {
                     .flatten()
                     .filter_map(|v| v.as_str())
                     .collect();
-                self.policies.retain(|(ns, _), _| !nss.contains(&ns.as_str()));
+                self.policies
+                    .retain(|(ns, _), _| !nss.contains(&ns.as_str()));
             } else if let Some(op) = item.get("delete_pod") {
                 let pod = op["pod"].as_str().unwrap_or_default();
                 self.pods.remove(pod);

@@ -1,0 +1,285 @@
+//! The `nftpol` binary end to end: simulate's JSON schema, explain's words, and bad input
+//! (exit code 2 for unusable input; invalid policies reported, skipped, and said so).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A scratch folder removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "nftpol-cli-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nftpol(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nftpol"))
+        .args(args)
+        .output()
+        .expect("run nftpol")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn demo() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/demo")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn simulate_json_has_the_documented_schema() {
+    let out = nftpol(&["simulate", "-f", &demo(), "--port", "8080", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    assert_eq!(keys, ["allowed", "pods", "port", "protocol"]);
+    assert_eq!(v["port"], 8080);
+    assert_eq!(v["protocol"], "TCP");
+    let pods: Vec<&str> = v["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let mut sorted = pods.clone();
+    sorted.sort();
+    assert_eq!(pods, sorted);
+    assert_eq!(pods.len(), 6);
+    // Every ordered pair, a pod to itself included.
+    for from in &pods {
+        assert_eq!(v["allowed"][from].as_object().unwrap().len(), pods.len());
+    }
+    assert_eq!(v["allowed"]["production/frontend"]["production/api"], true);
+    assert_eq!(v["allowed"]["staging/stranger"]["production/api"], false);
+    assert_eq!(
+        v["allowed"]["staging/stranger"]["production/frontend"],
+        true
+    );
+}
+
+#[test]
+fn explain_names_the_policies_and_rules() {
+    let out = nftpol(&[
+        "explain",
+        "-f",
+        &demo(),
+        "--from",
+        "production/api",
+        "--to",
+        "production/postgres",
+        "--port",
+        "5432",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.starts_with(
+            "production/api (10.244.0.11) -> production/postgres (10.244.0.12) 5432/TCP: ALLOWED"
+        ),
+        "{s}"
+    );
+    assert!(s.contains("production/api egress rule 0"), "{s}");
+    assert!(s.contains("production/postgres ingress rule 0"), "{s}");
+
+    let out = nftpol(&[
+        "explain",
+        "-f",
+        &demo(),
+        "--from",
+        "production/frontend",
+        "--to",
+        "production/postgres",
+        "--port",
+        "5432",
+    ]);
+    let s = text(&out.stdout);
+    assert!(s.contains("DENIED"), "{s}");
+    assert!(
+        s.contains("egress of production/frontend: DENIED: isolated by"),
+        "{s}"
+    );
+}
+
+#[test]
+fn invalid_yaml_is_unusable_input() {
+    let dir = Scratch::new();
+    let f = dir.file("bad.yaml", "kind: Pod\nmetadata: {name: [oops\n");
+    let out = nftpol(&["simulate", "-f", f.to_str().unwrap(), "--port", "80"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad.yaml") && err.contains("invalid YAML"),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_objects_are_unusable_input() {
+    let dir = Scratch::new();
+    let pod =
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.1}\n";
+    dir.file("one.yaml", pod);
+    dir.file("two.yaml", pod);
+    let out = nftpol(&["simulate", "-f", dir.0.to_str().unwrap(), "--port", "80"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("Pod x/a is defined twice")
+            && err.contains("one.yaml")
+            && err.contains("two.yaml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_pod_fields_name_the_object_and_field() {
+    let dir = Scratch::new();
+    let f = dir.file(
+        "pods.json",
+        r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "x"},
+             "spec": {"containers": [{"name": "c", "ports": [{"containerPort": 70000}]}]}}]}"#,
+    );
+    let out = nftpol(&["simulate", "-f", f.to_str().unwrap(), "--port", "80"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("Pod x/a: spec.containers[0].ports[0].containerPort"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_policy_is_reported_and_skipped_while_valid_ones_apply() {
+    let dir = Scratch::new();
+    let f = dir.file(
+        "all.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ignored, namespace: x}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad-cidr, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad-proto, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{ports: [{protocol: ICMP, port: 1}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+"#,
+    );
+    let out = nftpol(&["simulate", "-f", f.to_str().unwrap(), "--port", "80"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "NetworkPolicy x/bad-cidr: spec.ingress[0].from[0].ipBlock.cidr: invalid CIDR"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("NetworkPolicy x/bad-proto: spec.ingress[0].ports[0].protocol: unsupported protocol \"ICMP\""), "{err}");
+    assert!(err.contains("ignoring ConfigMap x/ignored"), "{err}");
+    let s = text(&out.stdout);
+    assert!(s.contains("2 invalid policies skipped"), "{s}");
+    // deny-b still applies: a -> b denied, b -> a open.
+    let json = nftpol(&[
+        "simulate",
+        "-f",
+        f.to_str().unwrap(),
+        "--port",
+        "80",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(v["allowed"]["x/a"]["x/b"], false);
+    assert_eq!(v["allowed"]["x/b"]["x/a"], true);
+}
+
+#[test]
+fn unknown_protocol_and_bad_pod_reference_exit_2() {
+    let out = nftpol(&[
+        "simulate",
+        "-f",
+        &demo(),
+        "--port",
+        "80",
+        "--protocol",
+        "ICMP",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = nftpol(&[
+        "explain",
+        "-f",
+        &demo(),
+        "--from",
+        "nope",
+        "--to",
+        "production/api",
+        "--port",
+        "80",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not NAMESPACE/POD"));
+    let out = nftpol(&[
+        "explain",
+        "-f",
+        &demo(),
+        "--from",
+        "x/missing",
+        "--to",
+        "production/api",
+        "--port",
+        "80",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = nftpol(&["simulate", "-f", "/nonexistent/nftpol", "--port", "80"]);
+    assert_eq!(out.status.code(), Some(2));
+}
