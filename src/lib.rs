@@ -17,6 +17,7 @@ pub mod cli;
 pub mod compile;
 pub mod convert;
 pub mod dataplane;
+pub mod enforce;
 pub mod index;
 pub mod intervals;
 pub mod manifest;

@@ -26,6 +26,8 @@ enum Command {
     Render(cli::render::Args),
     /// Enforce a folder of manifests on this node and follow its changes.
     Run(cli::run::Args),
+    /// Remove everything nftpol programmed on this node (the uninstall path).
+    Cleanup(cli::cleanup::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => cli::explain::execute(args),
         Command::Render(args) => cli::render::execute(args),
         Command::Run(args) => cli::run::execute(args),
+        Command::Cleanup(args) => cli::cleanup::execute(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,26 @@
-//! `nftpol run`: enforce a folder of manifests on this node and follow its changes
-//! (owned by the dataplane work).
+//! `nftpol run`: enforce a folder of manifests on this node and follow its changes.
+//!
+//! One thread owns the dataplane and reacts to events from a channel: file changes (from a
+//! `notify` watcher, debounced so that an editor's or `kubectl cp`'s burst is one update),
+//! resync ticks (drift check, repaired by a full replace), retry ticks after a failed apply,
+//! and SIGTERM/SIGINT (taken by a `sigwait` thread; the rules stay in place on exit so that a
+//! restart does not open a window).
+//!
+//! Input that does not load keeps the last good state enforced; what happens when the kernel
+//! rejects a transaction is the enforcer's business (`crate::enforce`).
 
 use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use notify::Watcher;
+
+use crate::compile::{Scope, compile};
+use crate::dataplane::{Options, Ruleset};
+use crate::enforce::{self, Desired, Enforcer};
+use crate::index::ClusterIndex;
+use crate::manifest;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -11,8 +30,154 @@ pub struct Args {
     /// The node whose pods are enforced.
     #[arg(long, env = "NODE_NAME")]
     pub node: String,
+    /// Also check node-to-pod traffic (kubelet probes included) against ingress policies.
+    #[arg(long)]
+    pub police_node_traffic: bool,
+    /// Written atomically after every successful apply:
+    /// `{"generation", "fingerprint", "applied_at_unix_ms"}`.
+    #[arg(long)]
+    pub status_file: Option<PathBuf>,
+    /// Seconds between drift checks (the kernel table against what was applied).
+    #[arg(long, default_value_t = 30)]
+    pub resync_interval: u64,
+    /// Quiet period that ends a burst of file changes, in milliseconds.
+    #[arg(long, default_value_t = 75)]
+    pub debounce_ms: u64,
 }
 
-pub fn execute(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("run is not implemented yet")
+enum Event {
+    Changed,
+    WatchError(String),
+    Shutdown(i32),
+}
+
+/// A burst of changes is cut after this long even if files keep changing.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// Reads the folder and compiles what it asks for this node.
+fn load_desired(args: &Args, options: Options, since: Instant) -> anyhow::Result<Desired> {
+    let paths = [args.manifests.clone()];
+    // Fingerprint first: if the files change while we read them, we report the older digest
+    // and the watcher's next event brings us to the newer one, never the other way round.
+    let fingerprint = manifest::fingerprint(&paths)
+        .with_context(|| format!("fingerprinting {}", args.manifests.display()))?;
+    let loaded = manifest::load(&paths)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    for s in &loaded.invalid {
+        tracing::error!("invalid policy skipped (not enforced): {s}");
+    }
+    let index = ClusterIndex::from_state(&loaded.state);
+    let plan = compile(&index, &Scope::Node(args.node.clone()));
+    for (reason, n) in plan.skipped_counts() {
+        tracing::info!(reason = reason.as_str(), pods = n, "pods not enforced");
+    }
+    let stats = plan.stats();
+    tracing::info!(
+        endpoints = stats.endpoints,
+        isolated_ingress = stats.isolated_ingress,
+        isolated_egress = stats.isolated_egress,
+        policies = stats.policies,
+        "compiled"
+    );
+    Ok(Desired {
+        fingerprint,
+        ruleset: Ruleset::build(&plan, options),
+        since,
+    })
+}
+
+/// Reloads the folder and enforces it; input that does not load keeps the last good state.
+fn reload(args: &Args, options: Options, enforcer: &mut Enforcer, since: Instant) {
+    match load_desired(args, options, since) {
+        Ok(desired) => enforcer.submit(desired),
+        Err(e) => {
+            tracing::error!("manifests not usable, keeping the last good state enforced: {e:#}")
+        }
+    }
+}
+
+/// Waits until `quiet` passes without an event (or `MAX_DEBOUNCE` in all); a shutdown wins.
+fn debounce(rx: &Receiver<Event>, quiet: Duration) -> Option<i32> {
+    let start = Instant::now();
+    while start.elapsed() < MAX_DEBOUNCE {
+        match rx.recv_timeout(quiet) {
+            Ok(Event::Shutdown(sig)) => return Some(sig),
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    None
+}
+
+pub fn execute(args: Args) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel::<Event>();
+    // Before any other thread exists, so that they all inherit the blocked signals.
+    enforce::install_signal_thread(tx.clone(), Event::Shutdown)?;
+    if !args.manifests.is_dir() {
+        return Err(super::InputError(format!(
+            "--manifests {} is not a folder",
+            args.manifests.display()
+        ))
+        .into());
+    }
+    enforce::report_br_netfilter();
+
+    let watch_tx = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let ev = match res {
+            Ok(e) if e.kind.is_access() => return,
+            Ok(_) => Event::Changed,
+            Err(e) => Event::WatchError(e.to_string()),
+        };
+        let _ = watch_tx.send(ev);
+    })
+    .context("creating the file watcher")?;
+    watcher
+        .watch(&args.manifests, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", args.manifests.display()))?;
+
+    let options = Options {
+        police_node_traffic: args.police_node_traffic,
+    };
+    let mut enforcer = Enforcer::new(args.status_file.clone())?;
+    let resync_every = Duration::from_secs(args.resync_interval.max(1));
+    let quiet = Duration::from_millis(args.debounce_ms);
+    tracing::info!(node = %args.node, manifests = %args.manifests.display(), "starting");
+    reload(&args, options, &mut enforcer, Instant::now());
+    let mut next_resync = Instant::now() + resync_every;
+
+    loop {
+        let wake = enforcer
+            .retry_at()
+            .map_or(next_resync, |r| r.min(next_resync));
+        match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            Ok(Event::Changed) => {
+                let since = Instant::now();
+                if let Some(sig) = debounce(&rx, quiet) {
+                    tracing::info!(signal = sig, "shutting down; rules stay in place");
+                    return Ok(());
+                }
+                reload(&args, options, &mut enforcer, since);
+            }
+            Ok(Event::WatchError(e)) => {
+                tracing::warn!("file watcher: {e}; reloading");
+                reload(&args, options, &mut enforcer, Instant::now());
+            }
+            Ok(Event::Shutdown(sig)) => {
+                tracing::info!(signal = sig, "shutting down; rules stay in place");
+                return Ok(());
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                enforcer.tick(now);
+                if next_resync <= now {
+                    enforcer.resync();
+                    next_resync = now + resync_every;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => anyhow::bail!("event channel closed"),
+        }
+    }
 }

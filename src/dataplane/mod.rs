@@ -1,1 +1,426 @@
-//! The dataplane: programs a compiled `NodePlan` into the kernel's nftables (work in progress).
+//! The dataplane: programs a compiled `NodePlan` into the kernel's nftables, as table
+//! `inet nftpol`, over netlink (nftnl + mnl; no `nft` binary at run time).
+//!
+//! - [`ruleset`]: the pure model of the table (sets, verdict maps, chains) built from a plan.
+//! - [`render`]: the same model as nft text, exactly as `nft list table inet nftpol` prints it.
+//! - [`program`]: a ruleset, or the difference between two, as one labelled nftnl batch.
+//! - [`ext`]: the `unsafe` libnftnl calls the safe nftnl API lacks.
+//! - [`netlink`]: the transport (one `sendmsg`, ACKs only on END) and read-back dumps.
+//! - [`br_netfilter`]: the bridge sysctl check without which same-bridge traffic bypasses us.
+//!
+//! Every change is one transaction: the kernel applies all of it or none, so a rejected batch
+//! leaves the previous ruleset in force.
+
+pub mod br_netfilter;
+pub mod ext;
+pub mod netlink;
+pub mod program;
+pub mod render;
+pub mod ruleset;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use nftnl::nftnl_sys::libc;
+
+use ext::DumpKind;
+use netlink::{Labels, NlSocket};
+use program::{BadName, Tx};
+pub use render::render;
+pub use ruleset::{Options, Ruleset};
+
+/// One object the kernel refused, named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub object: String,
+    pub errno: i32,
+    pub detail: Option<String>,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, netlink::strerror(self.errno))?;
+        if let Some(d) = &self.detail {
+            write!(f, " ({d})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("netlink: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "the kernel rejected the transaction, nothing was changed: {} ({} error(s) in all)",
+        .0.first().map(ToString::to_string).unwrap_or_default(),
+        .0.len()
+    )]
+    Rejected(Vec<Rejected>),
+    #[error("the kernel did not confirm the commit of the transaction")]
+    NotCommitted,
+    #[error(transparent)]
+    BadName(#[from] BadName),
+}
+
+impl DataplaneError {
+    /// The named objects of a rejected transaction.
+    pub fn rejected(&self) -> &[Rejected] {
+        match self {
+            DataplaneError::Rejected(r) => r,
+            _ => &[],
+        }
+    }
+}
+
+/// How a ruleset was applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyKind {
+    Full,
+    Diff,
+    /// Nothing changed: no transaction.
+    Unchanged,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApplyReport {
+    pub kind: ApplyKind,
+    pub messages: usize,
+    pub bytes: usize,
+    /// Time spent building the batch.
+    pub build: Duration,
+    /// Time from sendmsg to the commit confirmation.
+    pub kernel: Duration,
+}
+
+/// Counters for logs and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub full_applies: u64,
+    pub diff_applies: u64,
+    pub failures: u64,
+    pub drift_repairs: u64,
+}
+
+/// What differs between the kernel and the last applied ruleset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drift {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for Drift {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.problems.join("; "))
+    }
+}
+
+/// The programmer of table `inet nftpol` in one network namespace.
+pub struct Dataplane {
+    sock: NlSocket,
+    last: Option<Ruleset>,
+    stats: Stats,
+}
+
+const INET: u16 = libc::NFPROTO_INET as u16;
+
+impl Dataplane {
+    /// Opens the netlink socket in the calling thread's network namespace; everything this
+    /// dataplane does happens there, whichever thread calls it later.
+    pub fn new() -> Result<Self, DataplaneError> {
+        Ok(Self {
+            sock: NlSocket::open()?,
+            last: None,
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The ruleset of the last committed transaction.
+    pub fn last_applied(&self) -> Option<&Ruleset> {
+        self.last.as_ref()
+    }
+
+    /// Forgets the last applied ruleset, so that the next [`Dataplane::apply`] replaces the table.
+    pub fn invalidate(&mut self) {
+        self.last = None;
+    }
+
+    fn commit(
+        &mut self,
+        tx: Tx,
+        kind: ApplyKind,
+        build: Duration,
+    ) -> Result<ApplyReport, DataplaneError> {
+        let messages = tx.messages();
+        let (batch, labels) = tx.finish();
+        let t0 = Instant::now();
+        let reply = self.sock.send_batch(&batch)?;
+        let kernel = t0.elapsed();
+        if !reply.errors.is_empty() {
+            let seqs = batch.sequence_numbers();
+            return Err(DataplaneError::Rejected(name_errors(
+                &labels,
+                &seqs,
+                &reply.errors,
+            )));
+        }
+        let expects_end_ack = (seqs_len(&batch) as usize) == labels.len() + 2;
+        if expects_end_ack && !reply.end_acked {
+            return Err(DataplaneError::NotCommitted);
+        }
+        Ok(ApplyReport {
+            kind,
+            messages,
+            bytes: reply.bytes,
+            build,
+            kernel,
+        })
+    }
+
+    /// Sends a transaction; when the kernel rejects a message that carries several elements,
+    /// sends it again with one element per message so that the error names the element (the
+    /// retry fails the same way and changes nothing, or commits the intended state).
+    fn run(
+        &mut self,
+        build: impl Fn(bool) -> Result<Option<Tx>, BadName>,
+        kind: ApplyKind,
+    ) -> Result<Option<ApplyReport>, DataplaneError> {
+        let t0 = Instant::now();
+        let Some(tx) = build(false)? else {
+            return Ok(None);
+        };
+        let built = t0.elapsed();
+        match self.commit(tx, kind, built) {
+            Err(DataplaneError::Rejected(r)) if r.iter().any(|e| e.object.contains(" more")) => {
+                let Some(tx) = build(true)? else {
+                    return Err(DataplaneError::Rejected(r));
+                };
+                self.commit(tx, kind, built).map(Some)
+            }
+            other => other.map(Some),
+        }
+    }
+
+    /// Replaces the whole table with `ruleset` in one transaction.
+    pub fn apply_full(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, DataplaneError> {
+        let res = self.run(|pe| program::full(ruleset, pe).map(Some), ApplyKind::Full);
+        // `program::full` always builds a transaction, so `Ok(None)` cannot happen.
+        match res.and_then(|r| r.ok_or(DataplaneError::NotCommitted)) {
+            Ok(report) => {
+                self.stats.full_applies += 1;
+                self.last = Some(ruleset.clone());
+                Ok(report)
+            }
+            Err(e) => {
+                self.stats.failures += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies only what changed from `old` (which must be what the kernel holds) to `new`, in
+    /// one transaction; replaces the table when the shape changed.
+    pub fn apply_diff(
+        &mut self,
+        old: &Ruleset,
+        new: &Ruleset,
+    ) -> Result<ApplyReport, DataplaneError> {
+        if old == new {
+            self.last = Some(new.clone());
+            return Ok(ApplyReport {
+                kind: ApplyKind::Unchanged,
+                messages: 0,
+                bytes: 0,
+                build: Duration::ZERO,
+                kernel: Duration::ZERO,
+            });
+        }
+        match self.run(|pe| program::diff(old, new, pe), ApplyKind::Diff) {
+            Ok(Some(report)) => {
+                self.stats.diff_applies += 1;
+                self.last = Some(new.clone());
+                Ok(report)
+            }
+            Ok(None) => self.apply_full(new),
+            Err(e) => {
+                self.stats.failures += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies `ruleset`: a diff against the last applied one, a full replace the first time.
+    /// A rejected diff is retried once as a full replace (which also repairs unnoticed drift).
+    pub fn apply(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, DataplaneError> {
+        match self.last.clone() {
+            None => self.apply_full(ruleset),
+            Some(old) => match self.apply_diff(&old, ruleset) {
+                Ok(r) => Ok(r),
+                Err(DataplaneError::Rejected(r)) => {
+                    tracing::warn!(
+                        error = %r.first().map(ToString::to_string).unwrap_or_default(),
+                        "incremental update rejected; replacing the whole table"
+                    );
+                    self.apply_full(ruleset)
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Removes table `inet nftpol` (no error when it does not exist).
+    pub fn delete_table(&mut self) -> Result<(), DataplaneError> {
+        let mut tx = Tx::new(false);
+        tx.delete_table();
+        self.commit(tx, ApplyKind::Full, Duration::ZERO)?;
+        self.last = None;
+        Ok(())
+    }
+
+    /// Whether table `inet nftpol` exists.
+    pub fn table_exists(&self) -> Result<bool, DataplaneError> {
+        Ok(self.sock.table_exists(INET, c"nftpol")?)
+    }
+
+    /// Compares the kernel with the last applied ruleset: chains, rule counts, sets and maps,
+    /// and every element. `None` when they agree (or nothing was applied yet).
+    pub fn check_drift(&self) -> Result<Option<Drift>, DataplaneError> {
+        let Some(last) = &self.last else {
+            return Ok(None);
+        };
+        let mut problems = Vec::new();
+        let table = c"nftpol";
+        if !self.sock.table_exists(INET, table)? {
+            return Ok(Some(Drift {
+                problems: vec!["table inet nftpol is missing".into()],
+            }));
+        }
+        let want_rules = program::expected_rule_texts(last)?;
+        let chains: BTreeSet<String> = self
+            .sock
+            .dump_objects(DumpKind::Chains, INET, table)?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        let mut have_rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (chain, text) in self.sock.dump_rules(INET, table)? {
+            have_rules.entry(chain).or_default().push(text);
+        }
+        compare_names(
+            "chain",
+            want_rules.keys().cloned().collect(),
+            &chains,
+            &mut problems,
+        );
+        for (chain, want) in &want_rules {
+            let have = have_rules.get(chain).map(Vec::as_slice).unwrap_or(&[]);
+            if !chains.contains(chain) || have == want.as_slice() {
+                continue;
+            }
+            if have.len() != want.len() {
+                problems.push(format!(
+                    "chain {chain} has {} rules, expected {}",
+                    have.len(),
+                    want.len()
+                ));
+            } else if let Some(i) = have.iter().zip(want).position(|(h, w)| h != w) {
+                problems.push(format!("chain {chain} rule #{i} differs: {}", have[i]));
+            }
+        }
+        let expected = program::expected_elements(last)?;
+        let sets: BTreeSet<String> = self
+            .sock
+            .dump_objects(DumpKind::Sets, INET, table)?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        compare_names(
+            "set",
+            expected.iter().map(|(n, _)| n.clone()).collect(),
+            &sets,
+            &mut problems,
+        );
+        for (name, want) in &expected {
+            if !sets.contains(name) {
+                continue;
+            }
+            let cname = CString::new(name.as_str()).map_err(|_| BadName(name.clone()))?;
+            let mut have = self.sock.dump_elements(INET, table, &cname)?;
+            for e in &mut have {
+                // The kernel echoes flags we never set on pipapo/hash elements as absent;
+                // compare only what identifies an element.
+                e.flags &= ext::ELEM_INTERVAL_END;
+            }
+            have.sort();
+            if &have != want {
+                let missing = want.iter().filter(|e| !have.contains(e)).count();
+                let extra = have.iter().filter(|e| !want.contains(e)).count();
+                problems.push(format!(
+                    "set {name}: {missing} element(s) missing, {extra} unexpected"
+                ));
+            }
+        }
+        Ok((!problems.is_empty()).then_some(Drift { problems }))
+    }
+
+    /// Checks drift and, when found, replaces the table with the last applied ruleset.
+    pub fn repair_drift(&mut self) -> Result<Option<Drift>, DataplaneError> {
+        let drift = self.check_drift()?;
+        if drift.is_some()
+            && let Some(last) = self.last.clone()
+        {
+            self.apply_full(&last)?;
+            self.stats.drift_repairs += 1;
+        }
+        Ok(drift)
+    }
+}
+
+fn seqs_len(batch: &nftnl::FinalizedBatch) -> u32 {
+    let s = batch.sequence_numbers();
+    s.end - s.start
+}
+
+fn name_errors(
+    labels: &Labels,
+    seqs: &std::ops::Range<u32>,
+    errors: &[netlink::MsgError],
+) -> Vec<Rejected> {
+    errors
+        .iter()
+        .map(|e| Rejected {
+            object: labels.resolve(seqs, e.seq),
+            errno: e.errno,
+            detail: e.detail.clone(),
+        })
+        .collect()
+}
+
+fn compare_names(
+    what: &str,
+    want: BTreeSet<String>,
+    have: &BTreeSet<String>,
+    problems: &mut Vec<String>,
+) {
+    for n in want.difference(have) {
+        problems.push(format!("{what} {n} is missing"));
+    }
+    for n in have.difference(&want) {
+        problems.push(format!("unexpected {what} {n}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn dataplane_can_move_to_another_thread() {
+        assert_send::<super::Dataplane>();
+    }
+}

@@ -1,0 +1,333 @@
+//! Dataplane benchmark (`cargo bench --bench dataplane`, as root): a synthetic 10,000-pod,
+//! 500-namespace, 2,000-policy cluster compiled for one node with 100 local pods, programmed
+//! into a throw-away network namespace. Prints the initial load, an atomic replace, one element
+//! add and one element delete (medians), a one-pod cluster change end to end, and a drift check.
+//! It asserts no times.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use nftpol::compile::{Scope, compile};
+use nftpol::dataplane::ruleset::{AddrRange, Element, SetKind};
+use nftpol::dataplane::{Dataplane, Options, Ruleset};
+use nftpol::index::ClusterIndex;
+use nftpol::model::{
+    ClusterState, ContainerPort, Labels, Namespace, NamespaceScope, ObjectKey, Peer, Pod, Policy,
+    PortMatch, PortSpec, Protocol, Requirement, Rule, Selector,
+};
+
+const NAMESPACES: usize = 500;
+const PODS_PER_NS: usize = 20;
+const NODES: usize = 100;
+const REPEATS: usize = 7;
+
+fn labels(pairs: &[(&str, String)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn eq(k: &str, v: String) -> Selector {
+    Selector {
+        requirements: vec![Requirement::In(k.into(), vec![v])],
+    }
+}
+
+fn pod(ns: usize, i: usize) -> Pod {
+    let n = ns * PODS_PER_NS + i;
+    Pod {
+        key: ObjectKey::new(format!("ns-{ns}"), format!("pod-{i}")),
+        labels: labels(&[("app", format!("app-{}", i % 5))]),
+        node: Some(format!("node-{}", (ns * 3 + i) % NODES)),
+        ips: vec![IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + n as u32 + 2))],
+        ports: vec![ContainerPort {
+            name: Some("http".into()),
+            port: 8000 + (i % 5) as u16,
+            protocol: Protocol::Tcp,
+        }],
+        host_network: false,
+        phase: Some("Running".into()),
+    }
+}
+
+fn policies(ns: usize) -> Vec<Policy> {
+    let name = format!("ns-{ns}");
+    let p = |n: &str, sel: Selector, ingress: Vec<Rule>, egress: Option<Vec<Rule>>| Policy {
+        key: ObjectKey::new(name.clone(), n),
+        pod_selector: sel,
+        isolates_ingress: true,
+        isolates_egress: egress.is_some(),
+        ingress,
+        egress: egress.unwrap_or_default(),
+        log_allowed: false,
+    };
+    let tcp = |port: PortMatch| PortSpec {
+        protocol: Protocol::Tcp,
+        port,
+    };
+    vec![
+        p("default-deny", Selector::everything(), vec![], None),
+        p(
+            "app1-from-app0",
+            eq("app", "app-1".into()),
+            vec![Rule {
+                peers: Some(vec![Peer::Pods {
+                    namespaces: NamespaceScope::Own(name.clone()),
+                    pods: eq("app", "app-0".into()),
+                }]),
+                ports: Some(vec![tcp(PortMatch::Range(8080, 8080))]),
+            }],
+            None,
+        ),
+        p(
+            "http-from-team",
+            eq("app", "app-2".into()),
+            vec![Rule {
+                peers: Some(vec![Peer::Pods {
+                    namespaces: NamespaceScope::Selected(eq("team", format!("team-{}", ns % 20))),
+                    pods: Selector::everything(),
+                }]),
+                ports: Some(vec![tcp(PortMatch::Named("http".into()))]),
+            }],
+            None,
+        ),
+        p(
+            "egress-dns-and-web",
+            eq("app", "app-3".into()),
+            vec![],
+            Some(vec![Rule {
+                peers: Some(vec![Peer::IpBlock {
+                    cidr: "0.0.0.0/0".parse().expect("cidr"),
+                    except: vec!["10.0.0.0/8".parse().expect("cidr")],
+                }]),
+                ports: Some(vec![
+                    tcp(PortMatch::Range(443, 443)),
+                    PortSpec {
+                        protocol: Protocol::Udp,
+                        port: PortMatch::Range(53, 53),
+                    },
+                ]),
+            }]),
+        ),
+    ]
+}
+
+fn cluster() -> ClusterState {
+    let mut s = ClusterState::default();
+    for ns in 0..NAMESPACES {
+        s.namespaces.push(Namespace {
+            name: format!("ns-{ns}"),
+            labels: labels(&[("team", format!("team-{}", ns % 20))]),
+        });
+        s.pods.extend((0..PODS_PER_NS).map(|i| pod(ns, i)));
+        s.policies.extend(policies(ns));
+    }
+    s
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// The research prototype's workload: 500 isolated pods with 10 port tuples each.
+fn synthetic_500x10() -> Ruleset {
+    use nftpol::compile::{Endpoint, Isolation, NodePlan};
+    use nftpol::intervals::{AddrSet, AllowedBuilder};
+    let mut plan = NodePlan::default();
+    for i in 0..500u32 {
+        let mut b = AllowedBuilder::default();
+        for j in 0..10u32 {
+            let net: ipnet::IpNet = format!("10.{}.{}.0/24", (i * 7 + j) % 250, j)
+                .parse()
+                .expect("net");
+            let lo = 1000 + (j * 10) as u16;
+            b.add_ports(
+                Protocol::Tcp,
+                lo,
+                lo + (j % 5) as u16,
+                AddrSet::from_nets([&net]),
+            );
+        }
+        let key = ObjectKey::new("bulk", format!("pod-{i}"));
+        plan.endpoints.insert(
+            key.clone(),
+            Endpoint {
+                pod: key,
+                ips: vec![IpAddr::V4(Ipv4Addr::new(
+                    10,
+                    250,
+                    (i / 250) as u8,
+                    (i % 250) as u8 + 1,
+                ))],
+                ingress: Some(Isolation {
+                    policies: vec![],
+                    rules: vec![],
+                    allowed: b.finish(),
+                    log_allowed: false,
+                }),
+                egress: None,
+            },
+        );
+    }
+    Ruleset::build(&plan, Options::default())
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let state = cluster();
+    let t0 = Instant::now();
+    let index = ClusterIndex::from_state(&state);
+    let plan = compile(&index, &Scope::Node("node-0".into()));
+    let compile_time = t0.elapsed();
+    let t1 = Instant::now();
+    let rs = Ruleset::build(&plan, Options::default());
+    let model_time = t1.elapsed();
+    println!(
+        "cluster: {} pods, {} policies; node-0: {} endpoints, {} pod chains, {} set/map elements",
+        state.pods.len(),
+        state.policies.len(),
+        plan.endpoints.len(),
+        rs.pods.len(),
+        rs.element_count()
+    );
+    println!(
+        "compile {}  ruleset model {}",
+        ms(compile_time),
+        ms(model_time)
+    );
+
+    // One more pod of ns-0 labelled app-0 on another node: it becomes a peer of local pods.
+    let mut state2 = state.clone();
+    // Put it in the namespace of a local app-1 pod, whose policy allows app-0 pods of its own
+    // namespace.
+    let host_ns = plan
+        .endpoints
+        .values()
+        .find(|e| e.pod.name.ends_with("-1") && e.ingress.is_some())
+        .map(|e| {
+            e.pod
+                .namespace
+                .trim_start_matches("ns-")
+                .parse::<usize>()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let mut extra = pod(host_ns, 0);
+    extra.key.name = "pod-extra".into();
+    extra.node = Some("node-1".into());
+    extra.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1))];
+    state2.pods.push(extra);
+
+    let ns = support::Netns::new();
+    let out = ns.run(move || {
+        let mut dp = Dataplane::new().expect("dataplane");
+        let mut lines: BTreeMap<&str, String> = BTreeMap::new();
+        let first = dp.apply_full(&rs).expect("initial load");
+        lines.insert(
+            "1 initial load",
+            format!(
+                "{} (build {}), {} messages, {} KiB, one transaction",
+                ms(first.kernel),
+                ms(first.build),
+                first.messages,
+                first.bytes / 1024
+            ),
+        );
+        let replace: Vec<Duration> = (0..REPEATS)
+            .map(|_| dp.apply_full(&rs).expect("replace").kernel)
+            .collect();
+        lines.insert("2 atomic replace (median)", ms(median(replace)));
+
+        let mut with = rs.clone();
+        let set = with
+            .pods
+            .values_mut()
+            .flat_map(|p| p.sets.iter_mut())
+            .find(|s| s.kind == SetKind::AddrProtoPort)
+            .expect("a port set");
+        set.elements.push(Element::Tuple {
+            addrs: AddrRange {
+                lo: "172.16.0.1".parse().expect("ip"),
+                hi: "172.16.0.1".parse().expect("ip"),
+            },
+            protocol: Protocol::Udp,
+            ports: (5353, 5353),
+        });
+        let (mut adds, mut dels) = (Vec::new(), Vec::new());
+        for _ in 0..REPEATS * 3 {
+            adds.push(dp.apply_diff(&rs, &with).expect("add").kernel);
+            dels.push(dp.apply_diff(&with, &rs).expect("del").kernel);
+        }
+        lines.insert("3 one element add (median)", ms(median(adds)));
+        lines.insert("4 one element delete (median)", ms(median(dels)));
+
+        let t = Instant::now();
+        let index2 = ClusterIndex::from_state(&state2);
+        let plan2 = compile(&index2, &Scope::Node("node-0".into()));
+        let rs2 = Ruleset::build(&plan2, Options::default());
+        let recompiled = t.elapsed();
+        let r = dp.apply_diff(&rs, &rs2).expect("pod change");
+        lines.insert(
+            "5 one remote pod added",
+            format!(
+                "recompile {} + apply {} ({} messages)",
+                ms(recompiled),
+                ms(r.kernel),
+                r.messages
+            ),
+        );
+        let t = Instant::now();
+        let drift = dp.check_drift().expect("drift check");
+        lines.insert(
+            "6 drift check (full read-back)",
+            format!(
+                "{} ({})",
+                ms(t.elapsed()),
+                if drift.is_none() { "clean" } else { "DRIFT" }
+            ),
+        );
+        lines
+    });
+    for (k, v) in out {
+        println!("{k}: {v}");
+    }
+
+    let big = synthetic_500x10();
+    let ns = support::Netns::new();
+    let (load, replace) = ns.run(move || {
+        let mut dp = Dataplane::new().expect("dataplane");
+        let loads: Vec<_> = (0..REPEATS)
+            .map(|_| {
+                dp.delete_table().expect("delete");
+                dp.apply_full(&big).expect("load")
+            })
+            .collect();
+        let replace: Vec<Duration> = (0..REPEATS)
+            .map(|_| dp.apply_full(&big).expect("replace").kernel)
+            .collect();
+        let msgs = loads[0].messages;
+        (
+            (median(loads.iter().map(|r| r.kernel).collect()), msgs),
+            median(replace),
+        )
+    });
+    println!(
+        "500 pods x 10 tuples (5,000 pipapo elements, 1,000 sets, 500 chains, 500-entry vmap): \
+         load {} ({} messages), atomic replace {} (medians)",
+        ms(load.0),
+        load.1,
+        ms(replace)
+    );
+}

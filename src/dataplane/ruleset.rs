@@ -1,0 +1,612 @@
+//! The desired nftables state of a node as plain data: table `inet nftpol`, its named sets,
+//! verdict maps and chains. Pure: built from a compiled `NodePlan`, read by `render` (nft text)
+//! and by the netlink programmer, and diffed between two generations.
+//!
+//! Layout (why, not what):
+//! - Dispatch is by pod IP (`ip daddr vmap @ingress_v4`, `ip saddr vmap @egress_v4`), never by
+//!   interface: on a bridge both iif and oif are the bridge, and an `oifname` map fails open.
+//! - Only isolated directions get a per-pod chain; a pod no policy selects costs nothing.
+//! - Per-pod chains `return` on allowed traffic instead of accepting, so that the other end's
+//!   policy is still checked (egress of the client, then ingress of the server). Only the base
+//!   chain policy (`accept`) lets traffic through.
+//! - Each per-pod chain has the same rules whatever the allowed traffic is (one any-port set and
+//!   one `addr . proto . port` set per address family the pod has), so a policy change is only
+//!   set-element adds and deletes: cheap transactions and no chain rewrites.
+//! - Names are derived from `namespace/name`, stable across runs; k8s names never contain `/`
+//!   or `_`, so `/` separates and `_` marks a hashed suffix when a name would exceed 255 bytes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::compile::{Endpoint, Isolation, NodePlan};
+use crate::intervals::Allowed;
+use crate::model::{Direction, ObjectKey, Protocol};
+
+/// The table nftpol owns. Nothing else in the ruleset is touched.
+pub const TABLE: &str = "nftpol";
+
+/// nft refuses object names of 256 bytes or more (NFT_NAME_MAXLEN includes the NUL).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Options that change the shape of the ruleset (not only its contents).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Also check traffic from the node itself to its isolated pods against their ingress
+    /// policy (the output hook). Off by default: kubelet probes come from the node.
+    pub police_node_traffic: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The nft payload keyword: `ip` or `ip6`.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+
+    fn digit(self) -> char {
+        match self {
+            Family::V4 => '4',
+            Family::V6 => '6',
+        }
+    }
+}
+
+/// Which address of the packet a rule looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AddrField {
+    Saddr,
+    Daddr,
+}
+
+impl AddrField {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            AddrField::Saddr => "saddr",
+            AddrField::Daddr => "daddr",
+        }
+    }
+
+    /// The peer of a direction: ingress checks the source, egress the destination.
+    fn peer_of(direction: Direction) -> Self {
+        match direction {
+            Direction::Ingress => AddrField::Saddr,
+            Direction::Egress => AddrField::Daddr,
+        }
+    }
+
+    /// The pod itself in a direction: ingress dispatches on the destination, egress on the source.
+    fn pod_of(direction: Direction) -> Self {
+        match direction {
+            Direction::Ingress => AddrField::Daddr,
+            Direction::Egress => AddrField::Saddr,
+        }
+    }
+}
+
+/// An inclusive address range of one family (`lo` and `hi` have the same family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AddrRange {
+    pub lo: IpAddr,
+    pub hi: IpAddr,
+}
+
+/// One element of a named set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Element {
+    /// Any-port set: an address range.
+    Addr(AddrRange),
+    /// Port set: `addr range . protocol . port range`.
+    Tuple {
+        addrs: AddrRange,
+        protocol: Protocol,
+        ports: (u16, u16),
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetKind {
+    /// `type ipv4_addr; flags interval` (rbtree).
+    Addr,
+    /// `type ipv4_addr . inet_proto . inet_service; flags interval` (pipapo).
+    AddrProtoPort,
+}
+
+/// A named interval set owned by one pod direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedSet {
+    pub name: String,
+    pub family: Family,
+    pub kind: SetKind,
+    /// In the order they are programmed (and, for concatenations, listed by nft).
+    pub elements: Vec<Element>,
+}
+
+/// A verdict map `ip daddr vmap @ingress_v4`: pod address -> `jump <chain>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerdictMap {
+    pub name: String,
+    pub family: Family,
+    pub entries: BTreeMap<IpAddr, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// `ct state established,related accept`
+    CtEstablishedAccept,
+    /// `ct state invalid drop`
+    CtInvalidDrop,
+    /// `icmpv6 type nd-neighbor-solicit accept` (or `nd-neighbor-advert`): IPv6 address
+    /// resolution is not a connection; dropping it under an egress policy would cut the pod
+    /// off its neighbours (node included) for every protocol, allowed ones too.
+    NeighborDiscoveryAccept(NdType),
+    /// `ip saddr vmap @egress_v4`
+    Vmap {
+        family: Family,
+        field: AddrField,
+        map: String,
+    },
+    /// `ip saddr @set [log prefix "..."] return`
+    AddrReturn {
+        family: Family,
+        field: AddrField,
+        set: String,
+        log: Option<String>,
+    },
+    /// `ip saddr . meta l4proto . th dport @set [log prefix "..."] return`
+    TupleReturn {
+        family: Family,
+        field: AddrField,
+        set: String,
+        log: Option<String>,
+    },
+    /// `counter drop`: the end of every per-pod chain.
+    CounterDrop,
+}
+
+/// The ICMPv6 neighbour discovery messages every base chain lets through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NdType {
+    NeighborSolicit,
+    NeighborAdvert,
+}
+
+impl NdType {
+    pub fn icmpv6_type(self) -> u8 {
+        match self {
+            NdType::NeighborSolicit => 135,
+            NdType::NeighborAdvert => 136,
+        }
+    }
+
+    pub fn keyword(self) -> &'static str {
+        match self {
+            NdType::NeighborSolicit => "nd-neighbor-solicit",
+            NdType::NeighborAdvert => "nd-neighbor-advert",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    Forward,
+    Input,
+    Output,
+}
+
+impl Hook {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Hook::Forward => "forward",
+            Hook::Input => "input",
+            Hook::Output => "output",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Chain {
+    pub name: String,
+    /// `Some` for base chains (type filter, priority filter, policy accept).
+    pub hook: Option<Hook>,
+    pub rules: Vec<Rule>,
+}
+
+/// The per-pod objects of one isolated direction of one endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodDirection {
+    pub pod: ObjectKey,
+    pub direction: Direction,
+    pub chain: Chain,
+    pub sets: Vec<NamedSet>,
+    /// The pod's addresses, each dispatched to `chain` from the family's map.
+    pub ips: Vec<IpAddr>,
+}
+
+/// The whole table. Field order is the order objects are created in and that
+/// `nft list table` prints them in: sets, maps, then chains (pod chains before base chains).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ruleset {
+    pub options: Options,
+    /// Keyed by chain name (unique per pod and direction).
+    pub pods: BTreeMap<String, PodDirection>,
+    /// `ingress_v4`, `ingress_v6`, `egress_v4`, `egress_v6`.
+    pub maps: Vec<VerdictMap>,
+    pub base_chains: Vec<Chain>,
+}
+
+/// Verdict map names, by direction and family.
+pub fn map_name(direction: Direction, family: Family) -> &'static str {
+    match (direction, family) {
+        (Direction::Ingress, Family::V4) => "ingress_v4",
+        (Direction::Ingress, Family::V6) => "ingress_v6",
+        (Direction::Egress, Family::V4) => "egress_v4",
+        (Direction::Egress, Family::V6) => "egress_v6",
+    }
+}
+
+fn dir_prefix(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Ingress => "ing",
+        Direction::Egress => "egr",
+    }
+}
+
+/// FNV-1a 64: stable across Rust releases and runs, unlike `DefaultHasher`.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Longest prefix of any object name (`ing4any/`).
+const LONGEST_PREFIX: usize = 8;
+
+/// `namespace/name`, shortened with a hash suffix when a prefixed name would exceed 255 bytes.
+/// One base per pod keeps all of a pod's object names recognisably related.
+pub fn pod_base_name(pod: &ObjectKey) -> String {
+    let full = format!("{}/{}", pod.namespace, pod.name);
+    let budget = MAX_NAME_LEN - LONGEST_PREFIX;
+    if full.len() <= budget {
+        return full;
+    }
+    let hash = format!("_{:016x}", fnv1a64(full.as_bytes()));
+    let mut cut = budget - hash.len();
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{hash}", &full[..cut])
+}
+
+/// Per-pod chain name: `ing/<ns>/<pod>` or `egr/<ns>/<pod>`.
+pub fn chain_name(pod: &ObjectKey, direction: Direction) -> String {
+    format!("{}/{}", dir_prefix(direction), pod_base_name(pod))
+}
+
+/// Per-pod set names: `ing4any/<ns>/<pod>` (any port) and `ing4/<ns>/<pod>` (addr.proto.port).
+pub fn set_name(pod: &ObjectKey, direction: Direction, family: Family, kind: SetKind) -> String {
+    let any = match kind {
+        SetKind::Addr => "any",
+        SetKind::AddrProtoPort => "",
+    };
+    format!(
+        "{}{}{any}/{}",
+        dir_prefix(direction),
+        family.digit(),
+        pod_base_name(pod)
+    )
+}
+
+fn addr_elements(allowed: &Allowed, family: Family) -> Vec<Element> {
+    match family {
+        Family::V4 => allowed
+            .any_port
+            .v4_ranges()
+            .map(|(lo, hi)| {
+                Element::Addr(AddrRange {
+                    lo: lo.into(),
+                    hi: hi.into(),
+                })
+            })
+            .collect(),
+        Family::V6 => allowed
+            .any_port
+            .v6_ranges()
+            .map(|(lo, hi)| {
+                Element::Addr(AddrRange {
+                    lo: lo.into(),
+                    hi: hi.into(),
+                })
+            })
+            .collect(),
+    }
+}
+
+fn tuple_elements(allowed: &Allowed, family: Family) -> Vec<Element> {
+    let mut out = Vec::new();
+    for (protocol, blocks) in &allowed.ports {
+        for block in blocks {
+            let ranges: Vec<AddrRange> = match family {
+                Family::V4 => block
+                    .addrs
+                    .v4_ranges()
+                    .map(|(lo, hi)| AddrRange {
+                        lo: lo.into(),
+                        hi: hi.into(),
+                    })
+                    .collect(),
+                Family::V6 => block
+                    .addrs
+                    .v6_ranges()
+                    .map(|(lo, hi)| AddrRange {
+                        lo: lo.into(),
+                        hi: hi.into(),
+                    })
+                    .collect(),
+            };
+            out.extend(ranges.into_iter().map(|addrs| Element::Tuple {
+                addrs,
+                protocol: *protocol,
+                ports: (block.lo, block.hi),
+            }));
+        }
+    }
+    out
+}
+
+fn families(ips: &[IpAddr]) -> Vec<Family> {
+    let mut f: Vec<Family> = ips.iter().map(Family::of).collect();
+    f.sort();
+    f.dedup();
+    f
+}
+
+/// The kernel keeps at most 127 bytes of a log prefix.
+const MAX_LOG_PREFIX: usize = 127;
+
+/// `nftpol allow <chain> `, cut to the kernel's limit.
+pub fn allow_log_prefix(chain: &str) -> String {
+    let mut p = format!("nftpol allow {chain}");
+    let mut cut = p.len().min(MAX_LOG_PREFIX - 1);
+    while !p.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    p.truncate(cut);
+    p.push(' ');
+    p
+}
+
+fn pod_direction(endpoint: &Endpoint, direction: Direction, iso: &Isolation) -> PodDirection {
+    let chain = chain_name(&endpoint.pod, direction);
+    let field = AddrField::peer_of(direction);
+    // `nftpol.io/log`: new connections the policy allows are logged (established ones never
+    // reach the per-pod chain).
+    let log = iso.log_allowed.then(|| allow_log_prefix(&chain));
+    let mut sets = Vec::new();
+    let mut rules = Vec::new();
+    for family in families(&endpoint.ips) {
+        let any = set_name(&endpoint.pod, direction, family, SetKind::Addr);
+        let tuples = set_name(&endpoint.pod, direction, family, SetKind::AddrProtoPort);
+        sets.push(NamedSet {
+            name: any.clone(),
+            family,
+            kind: SetKind::Addr,
+            elements: addr_elements(&iso.allowed, family),
+        });
+        sets.push(NamedSet {
+            name: tuples.clone(),
+            family,
+            kind: SetKind::AddrProtoPort,
+            elements: tuple_elements(&iso.allowed, family),
+        });
+        rules.push(Rule::AddrReturn {
+            family,
+            field,
+            set: any,
+            log: log.clone(),
+        });
+        rules.push(Rule::TupleReturn {
+            family,
+            field,
+            set: tuples,
+            log: log.clone(),
+        });
+    }
+    rules.push(Rule::CounterDrop);
+    PodDirection {
+        pod: endpoint.pod.clone(),
+        direction,
+        chain: Chain {
+            name: chain,
+            hook: None,
+            rules,
+        },
+        sets,
+        ips: endpoint.ips.clone(),
+    }
+}
+
+fn vmap_rules(direction: Direction) -> Vec<Rule> {
+    [Family::V4, Family::V6]
+        .into_iter()
+        .map(|family| Rule::Vmap {
+            family,
+            field: AddrField::pod_of(direction),
+            map: map_name(direction, family).to_string(),
+        })
+        .collect()
+}
+
+/// `ct state established,related accept` then neighbour discovery: what every base chain
+/// accepts before any policy is looked at.
+fn preamble() -> Vec<Rule> {
+    vec![
+        Rule::CtEstablishedAccept,
+        Rule::NeighborDiscoveryAccept(NdType::NeighborSolicit),
+        Rule::NeighborDiscoveryAccept(NdType::NeighborAdvert),
+    ]
+}
+
+fn base_chains(options: Options) -> Vec<Chain> {
+    let mut forward = preamble();
+    forward.push(Rule::CtInvalidDrop);
+    forward.extend(vmap_rules(Direction::Egress));
+    forward.extend(vmap_rules(Direction::Ingress));
+    let mut input = preamble();
+    input.extend(vmap_rules(Direction::Egress));
+    let mut chains = vec![
+        Chain {
+            name: "forward".into(),
+            hook: Some(Hook::Forward),
+            rules: forward,
+        },
+        Chain {
+            name: "input".into(),
+            hook: Some(Hook::Input),
+            rules: input,
+        },
+    ];
+    if options.police_node_traffic {
+        let mut output = preamble();
+        output.extend(vmap_rules(Direction::Ingress));
+        chains.push(Chain {
+            name: "output".into(),
+            hook: Some(Hook::Output),
+            rules: output,
+        });
+    }
+    chains
+}
+
+impl Ruleset {
+    /// The ruleset enforcing `plan` on this node.
+    pub fn build(plan: &NodePlan, options: Options) -> Self {
+        let mut pods = BTreeMap::new();
+        let mut maps: BTreeMap<(Direction, Family), VerdictMap> = BTreeMap::new();
+        for direction in [Direction::Ingress, Direction::Egress] {
+            for family in [Family::V4, Family::V6] {
+                maps.insert(
+                    (direction, family),
+                    VerdictMap {
+                        name: map_name(direction, family).to_string(),
+                        family,
+                        entries: BTreeMap::new(),
+                    },
+                );
+            }
+        }
+        for endpoint in plan.endpoints.values() {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                let Some(iso) = endpoint.isolation(direction) else {
+                    continue;
+                };
+                let pd = pod_direction(endpoint, direction, iso);
+                for ip in &endpoint.ips {
+                    if let Some(map) = maps.get_mut(&(direction, Family::of(ip))) {
+                        // Two endpoints never share an IP in a consistent plan; if the API
+                        // briefly says otherwise, the first pod in key order keeps it.
+                        map.entries
+                            .entry(*ip)
+                            .or_insert_with(|| pd.chain.name.clone());
+                    }
+                }
+                pods.insert(pd.chain.name.clone(), pd);
+            }
+        }
+        Ruleset {
+            options,
+            pods,
+            maps: maps.into_values().collect(),
+            base_chains: base_chains(options),
+        }
+    }
+
+    /// Every named set in creation order: pod sets (by chain name), then nothing else.
+    pub fn sets(&self) -> impl Iterator<Item = &NamedSet> {
+        self.pods.values().flat_map(|p| p.sets.iter())
+    }
+
+    pub fn element_count(&self) -> usize {
+        self.sets().map(|s| s.elements.len()).sum::<usize>()
+            + self.maps.iter().map(|m| m.entries.len()).sum::<usize>()
+    }
+
+    pub fn chain_count(&self) -> usize {
+        self.pods.len() + self.base_chains.len()
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stable_and_short() {
+        let pod = ObjectKey::new("prod", "api");
+        assert_eq!(chain_name(&pod, Direction::Ingress), "ing/prod/api");
+        assert_eq!(
+            set_name(&pod, Direction::Egress, Family::V6, SetKind::Addr),
+            "egr6any/prod/api"
+        );
+        assert_eq!(
+            set_name(&pod, Direction::Ingress, Family::V4, SetKind::AddrProtoPort),
+            "ing4/prod/api"
+        );
+        let long = ObjectKey::new("n".repeat(63), "p".repeat(253));
+        let a = set_name(&long, Direction::Ingress, Family::V4, SetKind::Addr);
+        assert!(a.len() <= MAX_NAME_LEN, "{}", a.len());
+        assert_eq!(
+            a,
+            set_name(&long, Direction::Ingress, Family::V4, SetKind::Addr)
+        );
+        let other = ObjectKey::new("n".repeat(63), format!("{}q", "p".repeat(252)));
+        assert_ne!(pod_base_name(&long), pod_base_name(&other));
+        assert!(pod_base_name(&long).contains('_'));
+    }
+
+    #[test]
+    fn unisolated_pods_cost_nothing() {
+        let mut plan = NodePlan::default();
+        let pod = ObjectKey::new("a", "b");
+        plan.endpoints.insert(
+            pod.clone(),
+            Endpoint {
+                pod,
+                ips: vec!["10.0.0.1".parse().unwrap()],
+                ingress: None,
+                egress: None,
+            },
+        );
+        let rs = Ruleset::build(&plan, Options::default());
+        assert!(rs.pods.is_empty());
+        assert!(rs.maps.iter().all(|m| m.entries.is_empty()));
+        assert_eq!(rs.base_chains.len(), 2);
+    }
+}

@@ -1,0 +1,837 @@
+//! Dataplane tests against the real kernel, each in its own network namespace (run as root):
+//! the rendered text equals `nft list table inet nftpol` after programming over netlink, a
+//! rejected batch changes nothing and names its object, drift is detected and repaired,
+//! incremental updates converge to the full ruleset, a large plan loads in one transaction,
+//! and a TCP smoke test through a routed node.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use nftpol::compile::{Endpoint, Isolation, NodePlan, Scope, compile};
+use nftpol::dataplane::ruleset::{AddrRange, Element};
+use nftpol::dataplane::{Dataplane, DataplaneError, Options, Ruleset, render};
+use nftpol::index::ClusterIndex;
+use nftpol::intervals::{AddrSet, Allowed, AllowedBuilder};
+use nftpol::model::{
+    ClusterState, ContainerPort, Namespace, NamespaceScope, ObjectKey, Peer, Pod, Policy,
+    PortMatch, PortSpec, Protocol, Requirement, Rule, Selector,
+};
+use support::{Netns, normalize};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn nets(list: &[&str]) -> AddrSet {
+    let nets: Vec<ipnet::IpNet> = list.iter().map(|s| s.parse().unwrap()).collect();
+    AddrSet::from_nets(nets.iter())
+}
+
+fn iso(allowed: Allowed) -> Isolation {
+    Isolation {
+        policies: vec![ObjectKey::new("default", "p")],
+        rules: vec![],
+        allowed,
+        log_allowed: false,
+    }
+}
+
+fn endpoint(
+    ns: &str,
+    name: &str,
+    ips: &[&str],
+    ingress: Option<Allowed>,
+    egress: Option<Allowed>,
+) -> Endpoint {
+    Endpoint {
+        pod: ObjectKey::new(ns, name),
+        ips: ips.iter().map(|s| ip(s)).collect(),
+        ingress: ingress.map(iso),
+        egress: egress.map(iso),
+    }
+}
+
+fn plan(endpoints: Vec<Endpoint>) -> NodePlan {
+    NodePlan {
+        endpoints: endpoints.into_iter().map(|e| (e.pod.clone(), e)).collect(),
+        skipped: BTreeMap::new(),
+    }
+}
+
+/// IPv4 only: any-port peers, a port range, a CIDR with a hole, several protocols.
+fn plan_v4() -> NodePlan {
+    let mut b = AllowedBuilder::default();
+    b.add_any_port(nets(&["10.1.0.5/32", "192.168.0.0/16"]));
+    b.add_ports(Protocol::Tcp, 80, 80, nets(&["10.0.0.0/8"]));
+    b.add_ports(Protocol::Tcp, 8000, 8100, nets(&["10.2.3.4/32"]));
+    b.add_ports(
+        Protocol::Udp,
+        53,
+        53,
+        AddrSet::from_ip_block(
+            &"0.0.0.0/0".parse().unwrap(),
+            &["10.0.0.0/8".parse().unwrap()],
+        ),
+    );
+    b.add_ports(Protocol::Sctp, 9000, 9000, nets(&["10.3.0.0/24"]));
+    let api = b.finish();
+    let mut e = AllowedBuilder::default();
+    e.add_ports(Protocol::Udp, 53, 53, nets(&["10.96.0.10/32"]));
+    let egress = e.finish();
+    let mut p = plan(vec![
+        endpoint("prod", "api", &["10.244.1.10"], Some(api), None),
+        endpoint(
+            "prod",
+            "web",
+            &["10.244.1.11"],
+            Some(Allowed::default()),
+            Some(egress),
+        ),
+        endpoint("prod", "free", &["10.244.1.12"], None, None),
+        endpoint(
+            "dev",
+            "deny-all",
+            &["10.244.1.13"],
+            Some(Allowed::default()),
+            Some(Allowed::default()),
+        ),
+        // The longest names Kubernetes allows (63 + 253): hashed down to nft's 255 bytes.
+        endpoint(
+            &"n".repeat(63),
+            &format!("web.v1.{}", "p".repeat(246)),
+            &["10.244.1.14"],
+            Some(Allowed::default()),
+            None,
+        ),
+    ]);
+    // `nftpol.io/log` on two pods: a short and a truncated log prefix.
+    for (ns, name) in [
+        ("prod".to_string(), "web".to_string()),
+        ("n".repeat(63), format!("web.v1.{}", "p".repeat(246))),
+    ] {
+        let e = p.endpoints.get_mut(&ObjectKey::new(ns, name)).expect("pod");
+        for iso in [e.ingress.as_mut(), e.egress.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            iso.log_allowed = true;
+        }
+    }
+    p
+}
+
+/// Dual stack and IPv6 only, with allow-all, ranges that are not prefixes, and full port ranges.
+fn plan_v6() -> NodePlan {
+    let mut b = AllowedBuilder::default();
+    b.add_any_port(nets(&["fd00:10::/64", "10.9.0.0/16"]));
+    b.add_ports(
+        Protocol::Tcp,
+        443,
+        443,
+        nets(&["2001:db8::/32", "fd00:20::7/128"]),
+    );
+    b.add_ports(Protocol::Udp, 0, 65535, nets(&["fd00:30::/48"]));
+    let dual = b.finish();
+    let mut all = AllowedBuilder::default();
+    all.add_any_port(AddrSet::all());
+    let everything = all.finish();
+    let mut r = AllowedBuilder::default();
+    let range = AddrSet::from_addrs((1..=5).map(|i| ip(&format!("fd00:40::{i}"))));
+    r.add_ports(Protocol::Tcp, 1000, 1999, range);
+    r.add_ports(
+        Protocol::Tcp,
+        2000,
+        2000,
+        AddrSet::from_addrs((3..=9).map(|i| ip(&format!("10.5.5.{i}")))),
+    );
+    let ranges = r.finish();
+    plan(vec![
+        endpoint(
+            "six",
+            "dual",
+            &["10.244.2.10", "fd00:244::10"],
+            Some(dual.clone()),
+            Some(dual),
+        ),
+        endpoint(
+            "six",
+            "only6",
+            &["fd00:244::11"],
+            Some(everything.clone()),
+            None,
+        ),
+        endpoint(
+            "six",
+            "ranges",
+            &["10.244.2.12", "fd00:244::12"],
+            None,
+            Some(ranges),
+        ),
+        endpoint("six", "all", &["10.244.2.13"], Some(everything), None),
+    ])
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Through the compiler: named ports resolved per destination pod, namespace selectors.
+fn plan_compiled(node: &str) -> NodePlan {
+    let pod =
+        |ns: &str, name: &str, app: &str, node: &str, ipaddr: &str, ports: Vec<ContainerPort>| {
+            Pod {
+                key: ObjectKey::new(ns, name),
+                labels: labels(&[("app", app)]),
+                node: Some(node.to_string()),
+                ips: vec![ip(ipaddr)],
+                ports,
+                host_network: false,
+                phase: Some("Running".into()),
+            }
+        };
+    let http = |p: u16| ContainerPort {
+        name: Some("http".into()),
+        port: p,
+        protocol: Protocol::Tcp,
+    };
+    let state = ClusterState {
+        namespaces: vec![
+            Namespace {
+                name: "shop".into(),
+                labels: labels(&[("team", "shop")]),
+            },
+            Namespace {
+                name: "ops".into(),
+                labels: labels(&[("team", "ops")]),
+            },
+        ],
+        pods: vec![
+            pod(
+                "shop",
+                "front",
+                "front",
+                node,
+                "10.244.3.10",
+                vec![http(8080)],
+            ),
+            pod(
+                "shop",
+                "cart",
+                "cart",
+                node,
+                "10.244.3.11",
+                vec![http(9090)],
+            ),
+            pod("shop", "db", "db", "other", "10.244.4.10", vec![]),
+            pod("ops", "prom", "prom", "other", "10.244.4.11", vec![]),
+        ],
+        policies: vec![
+            Policy {
+                key: ObjectKey::new("shop", "http-from-shop"),
+                pod_selector: Selector {
+                    requirements: vec![Requirement::In(
+                        "app".into(),
+                        vec!["front".into(), "cart".into()],
+                    )],
+                },
+                isolates_ingress: true,
+                isolates_egress: false,
+                ingress: vec![
+                    Rule {
+                        peers: Some(vec![Peer::Pods {
+                            namespaces: NamespaceScope::Own("shop".into()),
+                            pods: Selector::everything(),
+                        }]),
+                        ports: Some(vec![PortSpec {
+                            protocol: Protocol::Tcp,
+                            port: PortMatch::Named("http".into()),
+                        }]),
+                    },
+                    Rule {
+                        peers: Some(vec![Peer::Pods {
+                            namespaces: NamespaceScope::Selected(Selector {
+                                requirements: vec![Requirement::In(
+                                    "team".into(),
+                                    vec!["ops".into()],
+                                )],
+                            }),
+                            pods: Selector::everything(),
+                        }]),
+                        ports: None,
+                    },
+                ],
+                egress: vec![],
+                log_allowed: false,
+            },
+            Policy {
+                key: ObjectKey::new("shop", "cart-egress"),
+                pod_selector: Selector {
+                    requirements: vec![Requirement::In("app".into(), vec!["cart".into()])],
+                },
+                isolates_ingress: false,
+                isolates_egress: true,
+                ingress: vec![],
+                egress: vec![Rule {
+                    peers: Some(vec![
+                        Peer::Pods {
+                            namespaces: NamespaceScope::Own("shop".into()),
+                            pods: Selector {
+                                requirements: vec![Requirement::In(
+                                    "app".into(),
+                                    vec!["db".into()],
+                                )],
+                            },
+                        },
+                        Peer::IpBlock {
+                            cidr: "10.96.0.0/12".parse().unwrap(),
+                            except: vec!["10.96.0.1/32".parse().unwrap()],
+                        },
+                    ]),
+                    ports: Some(vec![
+                        PortSpec {
+                            protocol: Protocol::Tcp,
+                            port: PortMatch::Range(5432, 5440),
+                        },
+                        PortSpec {
+                            protocol: Protocol::Udp,
+                            port: PortMatch::Range(53, 53),
+                        },
+                    ]),
+                }],
+                log_allowed: false,
+            },
+        ],
+    };
+    compile(
+        &ClusterIndex::from_state(&state),
+        &Scope::Node(node.to_string()),
+    )
+}
+
+fn rulesets() -> Vec<(&'static str, Ruleset)> {
+    let police = Options {
+        police_node_traffic: true,
+    };
+    vec![
+        (
+            "empty",
+            Ruleset::build(&NodePlan::default(), Options::default()),
+        ),
+        ("v4", Ruleset::build(&plan_v4(), Options::default())),
+        ("v4-police", Ruleset::build(&plan_v4(), police)),
+        ("v6", Ruleset::build(&plan_v6(), Options::default())),
+        (
+            "compiled",
+            Ruleset::build(&plan_compiled("n1"), Options::default()),
+        ),
+    ]
+}
+
+fn apply_full_in(ns: &Netns, rs: &Ruleset) {
+    let rs = rs.clone();
+    ns.run(move || {
+        let mut dp = Dataplane::new().expect("dataplane");
+        dp.apply_full(&rs).expect("apply_full");
+    });
+}
+
+#[test]
+fn render_equals_kernel_listing() {
+    for (name, rs) in rulesets() {
+        let ns = Netns::new();
+        apply_full_in(&ns, &rs);
+        let listed = ns.list_table();
+        let rendered = render(&rs);
+        if name == "v4" {
+            assert!(
+                rendered
+                    .contains(r#"@egr4/prod/web log prefix "nftpol allow egr/prod/web " return"#)
+            );
+            assert!(rendered.contains(r#"log prefix "nftpol allow ing/nnnn"#));
+        }
+        assert_eq!(
+            listed, rendered,
+            "plan {name}: kernel listing differs from render"
+        );
+        // Render is also valid nft input that produces the same table.
+        let ns2 = Netns::new();
+        let path = std::env::temp_dir().join(format!("{}.nft", ns2.name));
+        std::fs::write(&path, nftpol::dataplane::render::render_script(&rs)).unwrap();
+        ns2.exec(&["nft", "-f", path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            ns2.list_table(),
+            rendered,
+            "plan {name}: nft -f of render differs"
+        );
+    }
+}
+
+#[test]
+fn replace_is_idempotent_and_checks_clean() {
+    let ns = Netns::new();
+    let rs = Ruleset::build(&plan_v6(), Options::default());
+    let rs2 = rs.clone();
+    ns.run(move || {
+        let mut dp = Dataplane::new().unwrap();
+        dp.apply_full(&rs2).unwrap();
+        dp.apply_full(&rs2).unwrap();
+        assert_eq!(dp.check_drift().unwrap(), None);
+    });
+    assert_eq!(ns.list_table(), render(&rs));
+}
+
+/// Two tuples whose address ranges overlap on the same protocol and port: pipapo rejects it.
+fn with_overlap(mut rs: Ruleset) -> Ruleset {
+    let pod = rs.pods.get_mut("ing/prod/api").expect("pod chain");
+    let set = pod
+        .sets
+        .iter_mut()
+        .find(|s| s.name == "ing4/prod/api")
+        .expect("set");
+    set.elements.push(Element::Tuple {
+        addrs: AddrRange {
+            lo: ip("10.1.1.1"),
+            hi: ip("10.1.1.1"),
+        },
+        protocol: Protocol::Tcp,
+        ports: (80, 80),
+    });
+    rs
+}
+
+#[test]
+fn rejected_batch_changes_nothing_and_names_the_object() {
+    let ns = Netns::new();
+    let good = Ruleset::build(&plan_v4(), Options::default());
+    let bad_elem = with_overlap(good.clone());
+    let mut bad_jump = Ruleset::build(&plan_v6(), Options::default());
+    bad_jump.maps[0]
+        .entries
+        .insert(ip("10.244.9.9"), "ing/no/such-chain".into());
+    let (g, be, bj) = (good.clone(), bad_elem, bad_jump);
+    let (e1, e2, e3) = ns.run(move || {
+        let mut dp = Dataplane::new().unwrap();
+        dp.apply_full(&g).unwrap();
+        let e1 = dp.apply_full(&be).expect_err("overlap must be rejected");
+        let e2 = dp
+            .apply_full(&bj)
+            .expect_err("jump to a missing chain must be rejected");
+        // A diff carrying the bad element is rejected too, and the last good state stays known.
+        let e3 = dp
+            .apply_diff(&g, &with_overlap(g.clone()))
+            .expect_err("diff overlap");
+        assert_eq!(dp.last_applied(), Some(&g));
+        assert_eq!(dp.stats().failures, 3);
+        (e1, e2, e3)
+    });
+    assert_eq!(
+        ns.list_table(),
+        render(&good),
+        "previous ruleset must stay in force"
+    );
+    for (e, want) in [
+        (&e1, "set ing4/prod/api element 10.1.1.1 . tcp . 80"),
+        (
+            &e2,
+            "map ingress_v4 element 10.244.9.9 : jump ing/no/such-chain",
+        ),
+        (&e3, "set ing4/prod/api element 10.1.1.1 . tcp . 80"),
+    ] {
+        eprintln!("rejected as expected: {e}");
+        assert!(matches!(e, DataplaneError::Rejected(_)), "{e}");
+        let names: Vec<String> = e.rejected().iter().map(|r| r.object.clone()).collect();
+        assert!(
+            names.iter().any(|n| n.contains(want)),
+            "error {e} should name {want:?}: {names:?}"
+        );
+    }
+}
+
+#[test]
+fn drift_is_detected_and_repaired() {
+    let ns = Netns::new();
+    let rs = Ruleset::build(&plan_v4(), Options::default());
+    let rendered = render(&rs);
+    let path = format!("/run/netns/{}", ns.name);
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Option<String>>();
+    let rs2 = rs.clone();
+    // One dataplane for the whole test, driven from this thread through channels.
+    let worker = std::thread::spawn(move || {
+        support::enter(&path);
+        let mut dp = Dataplane::new().unwrap();
+        dp.apply_full(&rs2).unwrap();
+        done_tx
+            .send(dp.check_drift().unwrap().map(|d| d.to_string()))
+            .unwrap();
+        for cmd in rx {
+            let drift = match cmd {
+                "check" => dp.check_drift().unwrap(),
+                _ => dp.repair_drift().unwrap(),
+            };
+            done_tx.send(drift.map(|d| d.to_string())).unwrap();
+        }
+    });
+    let ask = |cmd: &'static str| {
+        tx.send(cmd).unwrap();
+        done_rx.recv().unwrap()
+    };
+    assert_eq!(done_rx.recv().unwrap(), None, "fresh table has no drift");
+    for damage in [
+        vec!["nft", "delete", "table", "inet", "nftpol"],
+        vec!["nft", "flush", "ruleset"],
+        vec![
+            "nft",
+            "delete",
+            "element",
+            "inet",
+            "nftpol",
+            "ing4/prod/api",
+            "{ 10.2.3.4 . tcp . 8000-8100 }",
+        ],
+        vec![
+            "nft",
+            "add",
+            "element",
+            "inet",
+            "nftpol",
+            "ingress_v4",
+            "{ 10.244.1.99 : jump ing/prod/api }",
+        ],
+        vec!["nft", "flush", "chain", "inet", "nftpol", "forward"],
+        // Same rule count, different content.
+        vec![
+            "nft",
+            "flush chain inet nftpol ing/prod/api; add rule inet nftpol ing/prod/api accept; \
+             add rule inet nftpol ing/prod/api accept; add rule inet nftpol ing/prod/api accept",
+        ],
+    ] {
+        ns.exec(&damage);
+        let found = ask("check");
+        assert!(found.is_some(), "{damage:?} must be detected");
+        let repaired = ask("repair");
+        assert!(repaired.is_some());
+        assert_eq!(ns.list_table(), rendered, "after repairing {damage:?}");
+        assert_eq!(ask("check"), None, "clean after repairing {damage:?}");
+    }
+    drop(tx);
+    worker.join().unwrap();
+}
+
+fn mutate(p: &NodePlan) -> NodePlan {
+    let mut p = p.clone();
+    // Remove a pod, add a pod, change elements, move an IP, toggle a direction.
+    p.endpoints.remove(&ObjectKey::new("dev", "deny-all"));
+    let mut b = AllowedBuilder::default();
+    b.add_ports(Protocol::Tcp, 22, 22, nets(&["10.7.0.0/16"]));
+    let new = endpoint("dev", "newbie", &["10.244.1.13"], Some(b.finish()), None);
+    p.endpoints.insert(new.pod.clone(), new);
+    if let Some(api) = p.endpoints.get_mut(&ObjectKey::new("prod", "api")) {
+        let mut b = AllowedBuilder::default();
+        b.add_any_port(nets(&["10.1.0.5/32", "192.168.0.0/17"]));
+        b.add_ports(Protocol::Tcp, 80, 81, nets(&["10.0.0.0/8"]));
+        b.add_ports(Protocol::Udp, 53, 53, nets(&["10.0.0.0/8"]));
+        api.ingress = Some(iso(b.finish()));
+        api.ips = vec![ip("10.244.1.20")];
+    }
+    if let Some(web) = p.endpoints.get_mut(&ObjectKey::new("prod", "web")) {
+        web.egress = None;
+    }
+    if let Some(free) = p.endpoints.get_mut(&ObjectKey::new("prod", "free")) {
+        free.egress = Some(iso(Allowed::default()));
+    }
+    p
+}
+
+#[test]
+fn diff_converges_to_full() {
+    let base = plan_v4();
+    let steps = [
+        base.clone(),
+        mutate(&base),
+        base.clone(),
+        plan_compiled("n1"),
+        NodePlan::default(),
+        mutate(&base),
+    ];
+    let ns = Netns::new();
+    let rulesets: Vec<Ruleset> = steps
+        .iter()
+        .map(|p| Ruleset::build(p, Options::default()))
+        .collect();
+    let rs = rulesets.clone();
+    let listings: Vec<(String, Vec<String>)> = {
+        let path = format!("/run/netns/{}", ns.name);
+        let name = ns.name.clone();
+        std::thread::spawn(move || {
+            support::enter(&path);
+            let mut dp = Dataplane::new().unwrap();
+            dp.apply_full(&rs[0]).unwrap();
+            let mut out = Vec::new();
+            for w in rs.windows(2) {
+                let report = dp.apply_diff(&w[0], &w[1]).unwrap();
+                assert_eq!(dp.check_drift().unwrap(), None, "no drift after diff");
+                let listing = support::run(
+                    "ip",
+                    &[
+                        "netns", "exec", &name, "nft", "list", "table", "inet", "nftpol",
+                    ],
+                );
+                out.push((format!("{:?}", report.kind), vec![listing]));
+            }
+            out
+        })
+        .join()
+        .unwrap()
+    };
+    for (i, (kind, l)) in listings.iter().enumerate() {
+        let want = render(&rulesets[i + 1]);
+        assert_eq!(normalize(&l[0]), normalize(&want), "step {i} ({kind})");
+        assert_eq!(kind, "Diff", "step {i} should be incremental");
+    }
+    // And the same plan loaded fresh lists identically (modulo creation order).
+    let fresh = Netns::new();
+    apply_full_in(&fresh, rulesets.last().unwrap());
+    assert_eq!(
+        normalize(&fresh.list_table()),
+        normalize(&listings.last().unwrap().1[0])
+    );
+}
+
+#[test]
+fn diff_falls_back_to_full_on_shape_change() {
+    let ns = Netns::new();
+    let a = Ruleset::build(&plan_v4(), Options::default());
+    let b = Ruleset::build(
+        &plan_v4(),
+        Options {
+            police_node_traffic: true,
+        },
+    );
+    let (a2, b2) = (a.clone(), b.clone());
+    let kind = ns.run(move || {
+        let mut dp = Dataplane::new().unwrap();
+        dp.apply_full(&a2).unwrap();
+        dp.apply(&b2).unwrap().kind
+    });
+    assert_eq!(format!("{kind:?}"), "Full");
+    assert_eq!(ns.list_table(), render(&b));
+}
+
+/// 500 isolated pods with 10 tuples each: 5,000 concatenated interval elements, 2,000 sets,
+/// 500 chains and a 500-entry vmap. Checks the transport traps (one sendmsg, buffer sizes, no
+/// per-message ACKs); a split batch would be silently aborted by the kernel.
+#[test]
+fn large_plan_loads_in_one_transaction() {
+    let mut eps = Vec::new();
+    for i in 0..500u32 {
+        let mut b = AllowedBuilder::default();
+        for j in 0..10u32 {
+            let a = format!("10.{}.{}.0/24", (i * 7 + j) % 250, j);
+            b.add_ports(
+                Protocol::Tcp,
+                1000 + (j * 10) as u16,
+                1000 + (j * 10) as u16 + (j % 5) as u16,
+                nets(&[&a]),
+            );
+        }
+        let ipaddr = format!("10.250.{}.{}", i / 250, i % 250 + 1);
+        eps.push(endpoint(
+            "bulk",
+            &format!("pod-{i}"),
+            &[&ipaddr],
+            Some(b.finish()),
+            None,
+        ));
+    }
+    let rs = Ruleset::build(&plan(eps), Options::default());
+    let tuples: usize = rs.sets().map(|s| s.elements.len()).sum();
+    assert_eq!(tuples, 5000);
+    let ns = Netns::new();
+    let rs2 = rs.clone();
+    let (full, replace, add, next) = ns.run(move || {
+        let mut dp = Dataplane::new().unwrap();
+        let full = dp.apply_full(&rs2).unwrap();
+        let replace = dp.apply_full(&rs2).unwrap();
+        assert_eq!(dp.check_drift().unwrap(), None);
+        let mut next = rs2.clone();
+        let set = next
+            .pods
+            .values_mut()
+            .next()
+            .unwrap()
+            .sets
+            .iter_mut()
+            .find(|s| !s.name.contains("any"))
+            .unwrap();
+        set.elements.push(Element::Tuple {
+            addrs: AddrRange {
+                lo: ip("172.16.0.1"),
+                hi: ip("172.16.0.1"),
+            },
+            protocol: Protocol::Udp,
+            ports: (5353, 5353),
+        });
+        let add = dp.apply_diff(&rs2, &next).unwrap();
+        assert_eq!(dp.check_drift().unwrap(), None);
+        (full, replace, add, next)
+    });
+    eprintln!(
+        "large plan: {} messages, {} KiB; load {:?} (build {:?}); replace {:?}; one element add {:?}",
+        full.messages,
+        full.bytes / 1024,
+        full.kernel,
+        full.build,
+        replace.kernel,
+        add.kernel
+    );
+    assert_eq!(ns.list_table(), render(&next));
+}
+
+/// Pod A -> node -> pod B, routed; B's ingress allows A on 8080 only.
+#[test]
+fn tcp_smoke_through_routed_node() {
+    let node = Netns::new();
+    let a = Netns::new();
+    let b = Netns::new();
+    let tag = format!("{}", std::process::id() % 10000);
+    let (va, vb) = (
+        format!("na{tag}{}", a.name.len() % 10),
+        format!("nb{tag}{}", b.name.len() % 10),
+    );
+    for (pod, veth, pod_ip, gw) in [
+        (&a, &va, "10.77.1.2/24", "10.77.1.1"),
+        (&b, &vb, "10.77.2.2/24", "10.77.2.1"),
+    ] {
+        node.exec(&[
+            "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+        ]);
+        let gw_cidr = format!("{gw}/24");
+        node.exec(&["ip", "addr", "add", &gw_cidr, "dev", veth]);
+        node.exec(&["ip", "link", "set", veth, "up"]);
+        pod.exec(&["ip", "addr", "add", pod_ip, "dev", "eth0"]);
+        pod.exec(&["ip", "link", "set", "eth0", "up"]);
+        pod.exec(&["ip", "route", "add", "default", "via", gw]);
+    }
+    node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+
+    let mut ing = AllowedBuilder::default();
+    ing.add_ports(Protocol::Tcp, 8080, 8080, nets(&["10.77.1.2/32"]));
+    let p = plan(vec![endpoint(
+        "t",
+        "b",
+        &["10.77.2.2"],
+        Some(ing.finish()),
+        None,
+    )]);
+    let rs = Ruleset::build(&p, Options::default());
+    let rs2 = rs.clone();
+    // The dataplane is built inside the node namespace and then used from this thread: its
+    // socket stays bound to the node.
+    let dp = node.run(move || {
+        let mut dp = Dataplane::new().unwrap();
+        dp.apply_full(&rs2).unwrap();
+        dp
+    });
+
+    let server = b.spawn(|| {
+        let l1 = TcpListener::bind("10.77.2.2:8080").unwrap();
+        let l2 = TcpListener::bind("10.77.2.2:9090").unwrap();
+        (l1, l2)
+    });
+    let _listeners = server.join().unwrap();
+    let connect = |port: u16| {
+        a.run(move || {
+            let addr: SocketAddr = format!("10.77.2.2:{port}").parse().unwrap();
+            TcpStream::connect_timeout(&addr, Duration::from_millis(700)).is_ok()
+        })
+    };
+    // The allowed port answers (poll: the veths may still be settling).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !connect(8080) {
+        assert!(
+            Instant::now() < deadline,
+            "allowed connection never succeeded"
+        );
+    }
+    assert!(!connect(9090), "denied port must be dropped");
+    let counters = node.exec(&["nft", "list", "chain", "inet", "nftpol", "ing/t/b"]);
+    assert_eq!(
+        dp.check_drift().unwrap(),
+        None,
+        "counters moving is not drift"
+    );
+    assert!(
+        !counters.contains("counter packets 0 bytes 0"),
+        "the drop counted: {counters}"
+    );
+}
+
+/// `apply` diffs against what it applied last; when someone changed the kernel meanwhile the
+/// diff is rejected (here: deleting an element that is gone), and it replaces the table instead.
+#[test]
+fn apply_recovers_from_a_stale_diff_with_a_full_replace() {
+    let ns = Netns::new();
+    let a = Ruleset::build(&plan_v4(), Options::default());
+    let b = Ruleset::build(&mutate(&plan_v4()), Options::default());
+    let path = format!("/run/netns/{}", ns.name);
+    let name = ns.name.clone();
+    let (a2, b2) = (a.clone(), b.clone());
+    let (kind, failures) = std::thread::spawn(move || {
+        support::enter(&path);
+        let mut dp = Dataplane::new().unwrap();
+        dp.apply(&a2).unwrap();
+        // prod/api's 10.0.0.0/8 . tcp . 80 goes away in `b`; remove it behind our back.
+        support::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &name,
+                "nft",
+                "delete",
+                "element",
+                "inet",
+                "nftpol",
+                "ing4/prod/api",
+                "{ 10.0.0.0/8 . tcp . 80 }",
+            ],
+        );
+        let report = dp.apply(&b2).unwrap();
+        (format!("{:?}", report.kind), dp.stats().failures)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(kind, "Full");
+    assert_eq!(failures, 1, "the rejected diff is counted");
+    assert_eq!(ns.list_table(), render(&b));
+}
+
+#[test]
+fn delete_table_is_idempotent() {
+    let ns = Netns::new();
+    let rs = Ruleset::build(&plan_v4(), Options::default());
+    ns.run(move || {
+        let mut dp = Dataplane::new().unwrap();
+        dp.delete_table().unwrap();
+        dp.apply_full(&rs).unwrap();
+        assert!(dp.table_exists().unwrap());
+        dp.delete_table().unwrap();
+        assert!(!dp.table_exists().unwrap());
+        dp.delete_table().unwrap();
+        assert_eq!(
+            dp.check_drift().unwrap(),
+            None,
+            "nothing applied, nothing to compare"
+        );
+    });
+    let (ok, out) = ns.try_exec(&["nft", "list", "tables"]);
+    assert!(ok && out.trim().is_empty(), "{out}");
+}
