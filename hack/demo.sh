@@ -1,21 +1,44 @@
 #!/usr/bin/env bash
-# The demo: the seeds' scenario (production frontend -> api -> postgres, monitoring, kube-dns,
-# a stranger in staging) under default-deny and the allow policies of examples/demo.
+# The demo: a node made of network namespaces runs the real `nftpol run` on the seeds' scenario
+# (production frontend -> api -> postgres, Prometheus and Grafana in monitoring, kube-dns, a
+# stranger in staging). It measures who reaches whom with real packets before any policy and
+# after examples/demo's policies, next to what `nftpol simulate` predicts, then shows two
+# classic mistakes with `nftpol explain`. Needs root; cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash hack/deps.sh
-cargo build --release --quiet
-bin=target/release/nftpol
+echo "building nftpol (release)..."
+cargo build --release --quiet --bins
+bin=target/release
+demo=examples/demo
+policies=("$demo"/[1-9]*.yaml)
 
-echo "== What nftpol predicts for 8080/TCP (frontend and api ports)"
-$bin simulate -f examples/demo --port 8080 --protocol TCP
-echo
-echo "== 5432/TCP (postgres)"
-$bin simulate -f examples/demo --port 5432 --protocol TCP
-echo
-echo "== Why can the stranger in staging not reach the api?"
-$bin explain -f examples/demo --from staging/stranger --to production/api --port 8080
-echo
-echo "== Why may the api reach postgres?"
-$bin explain -f examples/demo --from production/api --to production/postgres --port 5432
+section() { printf '\n== %s\n' "$*"; }
+
+section "Rows are clients, columns servers. A pod to itself (the diagonal) never leaves the pod, so no node-level engine sees it; upstream e2e ignores it too."
+section "Before any policy: measured with real TCP connections on 8080 (every pod is reachable)"
+$bin/nftpol-testbed probe -f "$demo/00-cluster.yaml" --port 8080 --protocol TCP -o table
+
+for port in 8080 5432; do
+  section "With examples/demo's policies, $port/TCP: measured with real packets"
+  $bin/nftpol-testbed probe -f "$demo" --port "$port" --protocol TCP -o table
+  section "...and what nftpol simulate predicts"
+  $bin/nftpol simulate -f "$demo" --port "$port" --protocol TCP
+done
+
+section "DNS (53/UDP) under default deny + allow-dns, measured"
+$bin/nftpol-testbed probe -f "$demo" --port 53 --protocol UDP -o table
+
+section "Mistake 1: default deny without the DNS allow. Why can the frontend not resolve names?"
+$bin/nftpol explain -f "$demo/00-cluster.yaml" -f "$demo/10-default-deny-all.yaml" \
+  -f "$demo/30-frontend.yaml" --from production/frontend --to kube-system/kube-dns \
+  --port 53 --protocol UDP
+
+section "Mistake 2: namespaceSelector OR podSelector (two peers) instead of AND (one peer)"
+echo "-- with examples/mistakes/monitoring-or-instead-of-and.yaml, Grafana may scrape the api:"
+$bin/nftpol explain -f "$demo/00-cluster.yaml" -f "$demo/10-default-deny-all.yaml" \
+  -f examples/mistakes/monitoring-or-instead-of-and.yaml \
+  --from monitoring/grafana --to production/api --port 9090
+echo "-- with examples/demo/50-allow-monitoring.yaml (one peer, ANDed), only Prometheus may:"
+$bin/nftpol explain -f "$demo" --from monitoring/grafana --to production/api --port 9090

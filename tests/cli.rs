@@ -69,7 +69,7 @@ fn simulate_json_has_the_documented_schema() {
     let mut sorted = pods.clone();
     sorted.sort();
     assert_eq!(pods, sorted);
-    assert_eq!(pods.len(), 6);
+    assert_eq!(pods.len(), 7);
     // Every ordered pair, a pod to itself included.
     for from in &pods {
         assert_eq!(v["allowed"][from].as_object().unwrap().len(), pods.len());

@@ -1,0 +1,144 @@
+//! `nftpol-testbed`: proves nftpol with real packets on a node made of network namespaces.
+//!
+//! `nftpol-testbed probe -f MANIFESTS --port 80 --protocol TCP` places every pod with an
+//! address on one testbed node, runs the real `nftpol run` in the node namespace, waits until it
+//! enforces the manifests, then tries a new connection for every ordered pair of pods and prints
+//! the result in `nftpol simulate`'s JSON schema (or as a table). Needs root.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use nftpol::model::Protocol;
+use nftpol::testbed::{self, Mode, Testbed};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nftpol-testbed",
+    version,
+    about = "Prove nftpol with real packets on a node of network namespaces"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enforce manifests with the real daemon and probe every pair of pods.
+    Probe(ProbeArgs),
+    /// Delete namespaces and folders left by testbeds that were killed (SIGKILL).
+    Cleanup,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Json,
+    Table,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Bridge,
+    Routed,
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    /// Manifest files or folders (Namespaces, Pods with status.podIPs, NetworkPolicies).
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    #[arg(long)]
+    port: u16,
+    #[arg(long, default_value = "TCP")]
+    protocol: Protocol,
+    /// flannel-style bridge or Calico-style routed node.
+    #[arg(long, value_enum, default_value = "bridge")]
+    mode: ModeArg,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "json")]
+    output: Output,
+    /// How long a probe waits before it counts as denied, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// The nftpol binary (default: next to this one).
+    #[arg(long, env = testbed::daemon::BIN_ENV)]
+    nftpol: Option<PathBuf>,
+    /// Write timings (setup, apply, probe) as JSON to this file.
+    #[arg(long)]
+    metrics_out: Option<PathBuf>,
+}
+
+fn probe(args: ProbeArgs) -> Result<()> {
+    let started = Instant::now();
+    let mut objects = testbed::manifests::read_objects(&args.files)?;
+    let placed = testbed::manifests::place_pods(&mut objects, testbed::NODE_NAME);
+    let state = nftpol::manifest::load_values("manifests", objects.iter().cloned())
+        .context("loading the manifests")?
+        .state;
+    let mode = match args.mode {
+        ModeArg::Bridge => Mode::Bridge,
+        ModeArg::Routed => Mode::Routed,
+    };
+    let bin = match args.nftpol {
+        Some(b) => b,
+        None => testbed::daemon::find_binary()?,
+    };
+    // `cargo run --bin nftpol-testbed` does not rebuild `nftpol`: say which one enforces.
+    eprintln!("nftpol-testbed: enforcing with {}", bin.display());
+    let mut bed = Testbed::new(mode, &state)?;
+    bed.set_binary(bin);
+    bed.set_probe_timeout(Duration::from_millis(args.timeout_ms));
+    let setup = started.elapsed();
+    let t = Instant::now();
+    let status = bed.apply_objects(&objects)?;
+    let apply = t.elapsed();
+    let t = Instant::now();
+    let matrix = bed.probe_matrix(args.port, args.protocol)?;
+    let probing = t.elapsed();
+    match args.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&matrix).context("serializing the matrix")?
+        ),
+        Output::Table => print!("{}", matrix.to_table()),
+    }
+    if let Some(path) = args.metrics_out {
+        let metrics = serde_json::json!({
+            "mode": mode,
+            "pods": placed,
+            "setup_seconds": setup.as_secs_f64(),
+            "apply_seconds": apply.as_secs_f64(),
+            "probe_seconds": probing.as_secs_f64(),
+            "daemon_generation": status.generation,
+        });
+        std::fs::write(&path, format!("{metrics:#}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A signal must not leave namespaces or the daemon behind.
+    if let Err(e) = testbed::cleanup::install_signal_handler() {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let result = match cli.command {
+        Command::Probe(args) => probe(args),
+        Command::Cleanup => testbed::cleanup::remove_stale().map(|removed| {
+            for r in removed {
+                println!("removed {r}");
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

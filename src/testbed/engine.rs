@@ -1,0 +1,292 @@
+//! [`Testbed`]: the whole engine behind `nftpol-testbed` and the kernel tests. A topology of
+//! pods on one node, servers in every pod, the real `nftpol run` daemon in the node namespace
+//! enforcing a folder of manifests, and probe matrices of real new connections.
+//!
+//! ```no_run
+//! # use nftpol::testbed::{Mode, Testbed};
+//! # use nftpol::model::{ClusterState, Protocol};
+//! # fn demo(state: &ClusterState, files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+//! let mut bed = Testbed::new(Mode::Bridge, state)?;
+//! bed.apply(files)?; // waits until the daemon enforces exactly these manifests
+//! let matrix = bed.probe_matrix(80, Protocol::Tcp)?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use super::daemon::{self, Daemon, Status};
+use super::listen::Responder;
+use super::manifests::{self, TempDir};
+use super::netns::Netns;
+use super::probe::{self, Matrix};
+use super::sctp;
+use super::topology::{Mode, Topology};
+use crate::model::{ClusterState, ObjectKey, Protocol};
+
+/// The Kubernetes name of the testbed's node (`spec.nodeName` of its pods).
+pub const NODE_NAME: &str = "nftpol-testbed";
+
+/// Per-pod handles the prober needs.
+#[derive(Debug)]
+struct PodHandles {
+    key: ObjectKey,
+    ips: Vec<IpAddr>,
+    netns: File,
+    /// Raw SCTP sockets of the pod (IPv4, IPv6) that probes send their INITs from.
+    sctp: (OwnedFd, OwnedFd),
+}
+
+/// A node of network namespaces with its pods, servers and (once manifests are applied) the
+/// `nftpol run` daemon. Everything is torn down on drop.
+#[derive(Debug)]
+pub struct Testbed {
+    // Fields drop in order: the daemon first (it lives in the node namespace), then the servers
+    // and sockets, then the namespaces, then the folder.
+    daemon: Option<Daemon>,
+    responder: Responder,
+    pods: Vec<PodHandles>,
+    listening: HashSet<(usize, u16, Protocol)>,
+    topology: Topology,
+    work: TempDir,
+    manifests_dir: PathBuf,
+    probe_timeout: Duration,
+    apply_timeout: Duration,
+    binary: Option<PathBuf>,
+}
+
+impl Testbed {
+    /// Builds the topology for every pod of `state` that is an endpoint (has an address, is not
+    /// hostNetwork, is not terminated), wherever its manifest placed it, and starts servers on
+    /// each pod's container ports. The daemon starts at the first [`Testbed::apply`].
+    pub fn new(mode: Mode, state: &ClusterState) -> Result<Self> {
+        let mut endpoints: Vec<(ObjectKey, Vec<IpAddr>)> = state
+            .pods
+            .iter()
+            .filter(|p| p.skip_reason().is_none())
+            .map(|p| (p.key.clone(), p.ips.clone()))
+            .collect();
+        endpoints.sort();
+        if endpoints.is_empty() {
+            bail!("no pod with an address to place on the testbed");
+        }
+        // Namespaces of killed earlier runs (their owner pid is gone) would pile up otherwise.
+        if let Err(e) = super::cleanup::remove_stale() {
+            tracing::debug!("removing stale testbed namespaces: {e:#}");
+        }
+        let topology = Topology::new(mode, &endpoints).context("building the topology")?;
+        let responder = Responder::start()?;
+        let mut pods = Vec::with_capacity(topology.pods.len());
+        for pod in &topology.pods {
+            responder.watch_sctp(&pod.ns)?;
+            let socks = pod
+                .ns
+                .run(|| -> std::io::Result<(OwnedFd, OwnedFd)> {
+                    Ok((sctp::raw_socket(true)?, sctp::raw_socket(false)?))
+                })?
+                .with_context(|| format!("raw SCTP sockets for {}", pod.key))?;
+            pods.push(PodHandles {
+                key: pod.key.clone(),
+                ips: pod.ips.clone(),
+                netns: pod.ns.open()?,
+                sctp: socks,
+            });
+        }
+        let work = TempDir::new()?;
+        let manifests_dir = work.path().join("manifests");
+        std::fs::create_dir_all(&manifests_dir)
+            .with_context(|| format!("creating {}", manifests_dir.display()))?;
+        let mut bed = Testbed {
+            daemon: None,
+            responder,
+            pods,
+            listening: HashSet::new(),
+            topology,
+            work,
+            manifests_dir,
+            probe_timeout: Duration::from_secs(1),
+            apply_timeout: Duration::from_secs(30),
+            binary: None,
+        };
+        bed.listen_on_container_ports(state)?;
+        Ok(bed)
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.topology.mode
+    }
+
+    pub fn node_name(&self) -> &str {
+        NODE_NAME
+    }
+
+    /// The node namespace (where nftpol enforces; tests may run `nft` there).
+    pub fn node(&self) -> &Netns {
+        &self.topology.node
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The folder the daemon watches.
+    pub fn manifests_dir(&self) -> &Path {
+        &self.manifests_dir
+    }
+
+    /// How long a probe waits before it counts as denied (default 1 s, as upstream).
+    pub fn set_probe_timeout(&mut self, timeout: Duration) {
+        self.probe_timeout = timeout;
+    }
+
+    /// How long [`Testbed::apply`] waits for the daemon (default 30 s).
+    pub fn set_apply_timeout(&mut self, timeout: Duration) {
+        self.apply_timeout = timeout;
+    }
+
+    /// The `nftpol` binary to run (default: [`daemon::find_binary`]).
+    pub fn set_binary(&mut self, path: impl Into<PathBuf>) {
+        self.binary = Some(path.into());
+    }
+
+    /// The daemon's log so far (empty before the first apply).
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.work.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Makes `key` serve `port`/`protocol` (idempotent).
+    pub fn listen(&mut self, key: &ObjectKey, port: u16, protocol: Protocol) -> Result<()> {
+        let Some(i) = self.pods.iter().position(|p| &p.key == key) else {
+            bail!("pod {key} is not on the testbed");
+        };
+        self.listen_at(i, port, protocol)
+    }
+
+    fn listen_at(&mut self, i: usize, port: u16, protocol: Protocol) -> Result<()> {
+        if self.listening.contains(&(i, port, protocol)) {
+            return Ok(());
+        }
+        let pod = &self.topology.pods[i];
+        self.responder.listen(&pod.ns, &pod.ips, port, protocol)?;
+        self.listening.insert((i, port, protocol));
+        Ok(())
+    }
+
+    fn listen_on_container_ports(&mut self, state: &ClusterState) -> Result<()> {
+        for pod in &state.pods {
+            let Some(i) = self.pods.iter().position(|p| p.key == pod.key) else {
+                continue;
+            };
+            for cp in &pod.ports {
+                self.listen_at(i, cp.port, cp.protocol)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the manifests into the watched folder with every pod that has an address placed
+    /// on this node, and waits until the daemon enforces them.
+    pub fn apply(&mut self, files: &[PathBuf]) -> Result<Status> {
+        let mut objects = manifests::read_objects(files)?;
+        manifests::place_pods(&mut objects, NODE_NAME);
+        self.apply_objects(&objects)
+    }
+
+    /// Makes the watched folder hold exactly `objects` (as they are: set `spec.nodeName` to
+    /// [`NODE_NAME`] on the pods that live here), starts the daemon if needed, and waits until
+    /// it reports the folder's fingerprint.
+    pub fn apply_objects(&mut self, objects: &[Value]) -> Result<Status> {
+        manifests::sync_dir(&self.manifests_dir, objects)?;
+        let dirs = [self.manifests_dir.clone()];
+        // Check the input here: a daemon that cannot load it would only time out.
+        let loaded = crate::manifest::load(&dirs).context("loading the testbed's manifests")?;
+        self.listen_on_container_ports(&loaded.state)?;
+        let fingerprint = crate::manifest::fingerprint(&dirs)
+            .with_context(|| format!("fingerprinting {}", self.manifests_dir.display()))?;
+        if self.daemon.is_none() {
+            let bin = match &self.binary {
+                Some(b) => b.clone(),
+                None => daemon::find_binary()?,
+            };
+            let d = Daemon::start(
+                &self.topology.node,
+                &bin,
+                &self.manifests_dir,
+                NODE_NAME,
+                &self.work.path().join("status.json"),
+                &self.work.path().join("daemon.log"),
+            )?;
+            self.daemon = Some(d);
+        }
+        let timeout = self.apply_timeout;
+        match self.daemon.as_mut() {
+            Some(d) => d.wait_for_fingerprint(&fingerprint, timeout),
+            None => bail!("the daemon is not running"),
+        }
+    }
+
+    /// Probes every ordered pair of pods (a pod to itself included) on `port`/`protocol`, all
+    /// at once. A cell is true when a new connection got through to every address of the
+    /// destination in a family the source also has.
+    pub fn probe_matrix(&mut self, port: u16, protocol: Protocol) -> Result<Matrix> {
+        for i in 0..self.pods.len() {
+            self.listen_at(i, port, protocol)?;
+        }
+        let sources: Vec<probe::Source<'_>> = self
+            .pods
+            .iter()
+            .map(|p| probe::Source {
+                netns: &p.netns,
+                sctp: &p.sctp,
+            })
+            .collect();
+        let mut probes = Vec::new();
+        let mut cells = Vec::new();
+        for (s, src) in self.pods.iter().enumerate() {
+            for (d, dst) in self.pods.iter().enumerate() {
+                for ip in &dst.ips {
+                    if src.ips.iter().any(|a| a.is_ipv4() == ip.is_ipv4()) {
+                        probes.push(probe::Probe { src: s, dst: *ip });
+                        cells.push((s, d));
+                    }
+                }
+            }
+        }
+        let results = probe::run(
+            &sources,
+            &self.responder,
+            &probes,
+            port,
+            protocol,
+            self.probe_timeout,
+        )?;
+        let mut allowed: BTreeMap<String, BTreeMap<String, bool>> = BTreeMap::new();
+        // Pairs without a common family have nothing to probe: they count as denied.
+        for src in &self.pods {
+            let row = allowed.entry(src.key.to_string()).or_default();
+            for dst in &self.pods {
+                row.insert(dst.key.to_string(), false);
+            }
+        }
+        let mut seen = HashSet::new();
+        for ((s, d), ok) in cells.into_iter().zip(results) {
+            let from = self.pods[s].key.to_string();
+            let to = self.pods[d].key.to_string();
+            let cell = allowed.entry(from).or_default().entry(to).or_insert(true);
+            *cell = if seen.insert((s, d)) { ok } else { *cell && ok };
+        }
+        Ok(Matrix {
+            port,
+            protocol,
+            pods: self.pods.iter().map(|p| p.key.to_string()).collect(),
+            allowed,
+        })
+    }
+}
