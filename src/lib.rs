@@ -22,5 +22,7 @@ pub mod index;
 pub mod intervals;
 pub mod manifest;
 pub mod model;
+pub mod reconcile;
+pub mod source;
 pub mod testbed;
 pub mod verdict;

@@ -26,6 +26,8 @@ enum Command {
     Render(cli::render::Args),
     /// Enforce a folder of manifests on this node and follow its changes.
     Run(cli::run::Args),
+    /// Enforce NetworkPolicy from the Kubernetes API on this node (the DaemonSet's command).
+    Daemon(cli::daemon::Args),
     /// Remove everything nftpol programmed on this node (the uninstall path).
     Cleanup(cli::cleanup::Args),
 }
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => cli::explain::execute(args),
         Command::Render(args) => cli::render::execute(args),
         Command::Run(args) => cli::run::execute(args),
+        Command::Daemon(args) => cli::daemon::execute(args),
         Command::Cleanup(args) => cli::cleanup::execute(args),
     };
     match result {

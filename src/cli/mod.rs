@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 unusable input (see [`InputError`]).
 
 pub mod cleanup;
+pub mod daemon;
 pub mod explain;
 pub mod render;
 pub mod run;

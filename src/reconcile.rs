@@ -1,0 +1,251 @@
+//! The reconciler: applies source [`Update`]s to the cluster index and the incremental
+//! compiler, so that each event does only the work it implies (a pod change re-resolves only
+//! the peer sets it moves, a policy change recompiles the pods it selects, a namespace relabel
+//! re-evaluates namespace selectors). Pure: the caller programs the resulting plan.
+//!
+//! A relist is diffed against the index object by object, so that deletions that happened
+//! while nobody watched are applied like any other. Until every kind has been listed once the
+//! reconciler is not ready: the caller leaves the previous ruleset in force until then.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+
+use crate::compile::{Compiler, NodePlan, Scope};
+use crate::index::ClusterIndex;
+use crate::model::{Namespace, ObjectKey, Pod, Policy};
+use crate::source::{Change, Update};
+
+/// The kinds that must be listed once before the plan means anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    Policy,
+}
+
+#[derive(Debug)]
+pub struct Reconciler {
+    index: ClusterIndex,
+    compiler: Compiler,
+    listed: BTreeSet<Kind>,
+    pod_cidrs: Vec<IpNet>,
+    /// Whether anything changed since the last [`Reconciler::take_dirty`].
+    dirty: bool,
+}
+
+impl Reconciler {
+    pub fn new(node: &str) -> Self {
+        Self {
+            index: ClusterIndex::new(),
+            compiler: Compiler::new(Scope::Node(node.to_string())),
+            listed: BTreeSet::new(),
+            pod_cidrs: Vec::new(),
+            dirty: false,
+        }
+    }
+
+    /// Every kind has been listed at least once: the plan reflects the cluster.
+    pub fn ready(&self) -> bool {
+        self.listed.len() == 3
+    }
+
+    pub fn plan(&self) -> &NodePlan {
+        self.compiler.plan()
+    }
+
+    pub fn index(&self) -> &ClusterIndex {
+        &self.index
+    }
+
+    pub fn pod_cidrs(&self) -> &[IpNet] {
+        &self.pod_cidrs
+    }
+
+    /// Whether the plan (or anything the ruleset depends on) changed since the last call.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Applies one update. Before the first complete listing the index is only filled; the
+    /// plan is compiled in one go when the last kind is listed.
+    pub fn apply(&mut self, update: Update) {
+        match update {
+            Update::Namespace(change) => self.namespaces(change),
+            Update::Pod(change) => self.pods(change),
+            Update::Policy(change) => self.policies(change),
+            Update::NodePodCidrs(cidrs) => {
+                if cidrs != self.pod_cidrs {
+                    self.pod_cidrs = cidrs;
+                    self.dirty = true;
+                }
+            }
+            Update::WatchError { .. } => {}
+        }
+    }
+
+    /// Recompiles everything from the index and returns how many endpoints the incremental
+    /// plan had wrong (0 unless an event was missed or mishandled).
+    pub fn full_resync(&mut self) -> usize {
+        let before = self.compiler.plan().clone();
+        self.compiler.full(&self.index);
+        let after = self.compiler.plan();
+        let keys: BTreeSet<&ObjectKey> = before
+            .endpoints
+            .keys()
+            .chain(after.endpoints.keys())
+            .collect();
+        let fixed = keys
+            .into_iter()
+            .filter(|k| before.endpoints.get(*k) != after.endpoints.get(*k))
+            .count();
+        if fixed > 0 {
+            self.dirty = true;
+        }
+        fixed
+    }
+
+    fn listed(&mut self, kind: Kind) {
+        let was_ready = self.ready();
+        self.listed.insert(kind);
+        if !was_ready && self.ready() {
+            self.compiler.full(&self.index);
+            self.dirty = true;
+        }
+    }
+
+    fn namespace_upsert(&mut self, ns: Namespace) {
+        if self.index.namespace(&ns.name) == Some(&ns) {
+            return;
+        }
+        let old = self.index.upsert_namespace(ns.clone());
+        if self.ready() {
+            self.dirty |= !self
+                .compiler
+                .namespace_changed(&self.index, old.as_ref(), Some(&ns))
+                .is_empty();
+        }
+    }
+
+    fn namespace_delete(&mut self, name: &str) {
+        if let Some(old) = self.index.remove_namespace(name)
+            && self.ready()
+        {
+            self.dirty |= !self
+                .compiler
+                .namespace_changed(&self.index, Some(&old), None)
+                .is_empty();
+        }
+    }
+
+    fn namespaces(&mut self, change: Change<Namespace, String>) {
+        match change {
+            Change::Applied(ns) => self.namespace_upsert(ns),
+            Change::Deleted(name) => self.namespace_delete(&name),
+            Change::Relisted(all) => {
+                let keep: BTreeSet<String> = all.iter().map(|n| n.name.clone()).collect();
+                let gone: Vec<String> = self
+                    .index
+                    .namespaces()
+                    .map(|n| n.name.clone())
+                    .filter(|n| !keep.contains(n))
+                    .collect();
+                for name in gone {
+                    self.namespace_delete(&name);
+                }
+                for ns in all {
+                    self.namespace_upsert(ns);
+                }
+                self.listed(Kind::Namespace);
+            }
+        }
+    }
+
+    fn pod_upsert(&mut self, pod: Pod) {
+        if self.index.pod(&pod.key) == Some(&pod) {
+            return;
+        }
+        let old = self.index.upsert_pod(pod.clone());
+        if self.ready() {
+            self.dirty |= !self
+                .compiler
+                .pod_changed(&self.index, old.as_ref(), Some(&pod))
+                .is_empty();
+        }
+    }
+
+    fn pod_delete(&mut self, key: &ObjectKey) {
+        if let Some(old) = self.index.remove_pod(key)
+            && self.ready()
+        {
+            self.dirty |= !self
+                .compiler
+                .pod_changed(&self.index, Some(&old), None)
+                .is_empty();
+        }
+    }
+
+    fn pods(&mut self, change: Change<Pod, ObjectKey>) {
+        match change {
+            Change::Applied(pod) => self.pod_upsert(pod),
+            Change::Deleted(key) => self.pod_delete(&key),
+            Change::Relisted(all) => {
+                let mut all: BTreeMap<ObjectKey, Pod> =
+                    all.into_iter().map(|p| (p.key.clone(), p)).collect();
+                let gone: Vec<ObjectKey> = self
+                    .index
+                    .pods()
+                    .map(|p| p.key.clone())
+                    .filter(|k| !all.contains_key(k))
+                    .collect();
+                for key in gone {
+                    self.pod_delete(&key);
+                }
+                while let Some((_, pod)) = all.pop_first() {
+                    self.pod_upsert(pod);
+                }
+                self.listed(Kind::Pod);
+            }
+        }
+    }
+
+    fn policy_upsert(&mut self, policy: Policy) {
+        if self.index.policy(&policy.key) == Some(&policy) {
+            return;
+        }
+        let key = policy.key.clone();
+        self.index.upsert_policy(policy);
+        if self.ready() {
+            self.dirty |= !self.compiler.policy_changed(&self.index, &key).is_empty();
+        }
+    }
+
+    fn policy_delete(&mut self, key: &ObjectKey) {
+        if self.index.remove_policy(key).is_some() && self.ready() {
+            self.dirty |= !self.compiler.policy_changed(&self.index, key).is_empty();
+        }
+    }
+
+    fn policies(&mut self, change: Change<Policy, ObjectKey>) {
+        match change {
+            Change::Applied(p) => self.policy_upsert(p),
+            Change::Deleted(key) => self.policy_delete(&key),
+            Change::Relisted(all) => {
+                let keep: BTreeSet<ObjectKey> = all.iter().map(|p| p.key.clone()).collect();
+                let gone: Vec<ObjectKey> = self
+                    .index
+                    .policies()
+                    .map(|p| p.key.clone())
+                    .filter(|k| !keep.contains(k))
+                    .collect();
+                for key in gone {
+                    self.policy_delete(&key);
+                }
+                for p in all {
+                    self.policy_upsert(p);
+                }
+                self.listed(Kind::Policy);
+            }
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! End to end against a real kube-apiserver (run by `hack/e2e.sh`; skipped unless
+//! `NFTPOL_E2E_STATE` names a cluster started by `hack/kube/up.sh`).
+//!
+//! Two nodes, flannel host-gw style: node-a is bridged (cni0), node-b routed (/32 routes), joined
+//! by an underlay link with a route to each other's pod CIDR. Each node runs the real
+//! `nftpol daemon` with the ServiceAccount and RBAC of `manifests/`, so the suite also proves
+//! that the ClusterRole is enough. Pods are created through the API (nodeName and status set by
+//! hand: there is no kubelet) and probed with real TCP connections. Scenarios run in order on
+//! the same cluster; the test prints `N passed, M failed` and fails if any scenario failed.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nftpol::model::{ObjectKey, Protocol};
+use nftpol::testbed::Mode;
+use nftpol::testbed::listen::Responder;
+use nftpol::testbed::netns::{Netns, add_veth};
+use nftpol::testbed::topology::Topology;
+use serde_json::{Value, json};
+
+const NS: &str = "e2e";
+const PORT: u16 = 80;
+const DENIED_PORT: u16 = 81;
+/// (name, node, ip)
+const PODS: [(&str, &str, &str); 5] = [
+    ("a1", "node-a", "10.244.1.11"),
+    ("a2", "node-a", "10.244.1.12"),
+    ("b1", "node-b", "10.244.2.21"),
+    ("b2", "node-b", "10.244.2.22"),
+    ("b3", "node-b", "10.244.2.23"),
+];
+const CONVERGE: Duration = Duration::from_secs(20);
+const PROBE: Duration = Duration::from_millis(600);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn sh(script: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("bash")
+        .arg(root().join("hack/kube").join(script))
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{script} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+struct Cluster {
+    state: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(input) = stdin
+            && let Some(mut pipe) = child.stdin.take()
+        {
+            pipe.write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(out.status.success(), "kubectl {args:?}: {err}");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn apply(&self, obj: &Value) -> anyhow::Result<()> {
+        self.kubectl(&["apply", "-f", "-"], Some(&obj.to_string()))
+            .map(|_| ())
+    }
+
+    fn delete(&self, kind: &str, name: &str) -> anyhow::Result<()> {
+        self.kubectl(
+            &[
+                "-n",
+                NS,
+                "delete",
+                kind,
+                name,
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+            ],
+            None,
+        )
+        .map(|_| ())
+    }
+
+    /// Creates a pod on `node` and gives it an address, as a kubelet would.
+    fn pod(&self, name: &str, node: &str, ip: &str, labels: Value) -> anyhow::Result<()> {
+        self.apply(&json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": labels},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "none",
+                     "ports": [{"name": "http", "containerPort": PORT}]}]}
+        }))?;
+        let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
+        self.kubectl(
+            &[
+                "-n",
+                NS,
+                "patch",
+                "pod",
+                name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ],
+            None,
+        )
+        .map(|_| ())
+    }
+}
+
+fn policy(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"name": name, "namespace": NS}, "spec": spec})
+}
+
+/// A node: its topology (node namespace + pods) and its daemon.
+struct Node {
+    name: &'static str,
+    topo: Topology,
+    kubeconfig: PathBuf,
+    status: PathBuf,
+    log: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Node {
+    fn start_daemon(&mut self) -> anyhow::Result<()> {
+        let bin = root().join("target/debug/nftpol");
+        let bin = std::env::var_os("NFTPOL_BIN")
+            .map(PathBuf::from)
+            .unwrap_or(bin);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.topo.node.name()])
+            .arg(bin)
+            .args(["daemon", "--node-name", self.name, "--resync-interval", "5"])
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--status-file")
+            .arg(&self.status)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.daemon = Some(child);
+        Ok(())
+    }
+
+    fn stop_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            // SAFETY: plain kill(2) on our child's pid.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Polls the status file until the daemon reports an apply made after `t`.
+    fn wait_for_apply_after(&self, t: std::time::SystemTime) -> Result<(), String> {
+        let deadline = Instant::now() + CONVERGE;
+        while Instant::now() < deadline {
+            let modified = std::fs::metadata(&self.status).and_then(|m| m.modified());
+            if modified.is_ok_and(|m| m > t) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("{}: no apply after the restart", self.name))
+    }
+
+    fn pod_ns(&self, name: &str) -> Option<&Netns> {
+        let key = ObjectKey::new(NS, name);
+        self.topo.pods.iter().find(|p| p.key == key).map(|p| &p.ns)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop_daemon();
+    }
+}
+
+struct World {
+    cluster: Cluster,
+    nodes: Vec<Node>,
+    _responder: Responder,
+}
+
+impl World {
+    fn ns(&self, pod: &str) -> &Netns {
+        self.nodes
+            .iter()
+            .find_map(|n| n.pod_ns(pod))
+            .expect("pod on a node")
+    }
+
+    fn ip(pod: &str) -> IpAddr {
+        PODS.iter()
+            .find(|p| p.0 == pod)
+            .map(|p| p.2.parse().expect("ip"))
+            .expect("known pod")
+    }
+
+    fn connects(&self, from: &str, to: &str, port: u16) -> bool {
+        let dst = SocketAddr::new(Self::ip(to), port);
+        self.ns(from)
+            .run(move || TcpStream::connect_timeout(&dst, PROBE).is_ok())
+            .unwrap_or(false)
+    }
+
+    /// Polls until every (from, to, port) -> expected holds at once, or the deadline.
+    fn eventually(&self, want: &[(&str, &str, u16, bool)]) -> Result<(), String> {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let wrong: Vec<String> = want
+                .iter()
+                .filter(|(f, t, p, w)| self.connects(f, t, *p) != *w)
+                .map(|(f, t, p, w)| format!("{f} -> {t}:{p} expected {w}"))
+                .collect();
+            if wrong.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(wrong.join(", "));
+            }
+        }
+    }
+}
+
+fn build_world(state: &Path) -> anyhow::Result<World> {
+    let cluster = Cluster {
+        state: state.to_path_buf(),
+        kubeconfig: state.join("kubeconfig"),
+    };
+    cluster.kubectl(
+        &[
+            "apply",
+            "-f",
+            root().join("manifests/rbac.yaml").to_str().unwrap_or(""),
+        ],
+        None,
+    )?;
+    cluster.apply(
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS,
+        "labels": {"kubernetes.io/metadata.name": NS}}}),
+    )?;
+    cluster.apply(
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "e2e-other",
+        "labels": {"kubernetes.io/metadata.name": "e2e-other"}}}),
+    )?;
+    for node in ["node-a", "node-b"] {
+        cluster.apply(
+            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+            "spec": {"podCIDR": if node == "node-a" { "10.244.1.0/24" } else { "10.244.2.0/24" }}}),
+        )?;
+    }
+    let responder = Responder::start()?;
+    let mut nodes = Vec::new();
+    for (name, mode) in [("node-a", Mode::Bridge), ("node-b", Mode::Routed)] {
+        let pods: Vec<(ObjectKey, Vec<IpAddr>)> = PODS
+            .iter()
+            .filter(|p| p.1 == name)
+            .map(|p| (ObjectKey::new(NS, p.0), vec![p.2.parse().expect("ip")]))
+            .collect();
+        let topo = Topology::new(mode, &pods)?;
+        for pod in &topo.pods {
+            for port in [PORT, DENIED_PORT] {
+                responder.listen(&pod.ns, &pod.ips, port, Protocol::Tcp)?;
+            }
+        }
+        let vars = sh(
+            "connect.sh",
+            &[state.to_str().unwrap_or(""), topo.node.name()],
+        )?;
+        let server = vars
+            .lines()
+            .find_map(|l| l.strip_prefix("NFTPOL_KUBE_PEER_SERVER="))
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_string();
+        let kubeconfig = state.join(format!("nftpol-{name}.kubeconfig"));
+        sh(
+            "sa-kubeconfig.sh",
+            &[
+                state.to_str().unwrap_or(""),
+                "kube-system",
+                "nftpol",
+                kubeconfig.to_str().unwrap_or(""),
+                &server,
+            ],
+        )?;
+        nodes.push(Node {
+            name,
+            topo,
+            kubeconfig,
+            status: state.join(format!("status-{name}.json")),
+            log: state.join(format!("daemon-{name}.log")),
+            daemon: None,
+        });
+    }
+    // The underlay: node-a 192.168.200.1/30 <-> node-b .2, each routing the other's pod CIDR.
+    let (a, b) = (&nodes[0].topo.node, &nodes[1].topo.node);
+    add_veth(a, "underlay", b, "underlay")?;
+    a.ip(&["addr", "add", "192.168.200.1/30", "dev", "underlay"])?;
+    b.ip(&["addr", "add", "192.168.200.2/30", "dev", "underlay"])?;
+    a.ip(&["route", "add", "10.244.2.0/24", "via", "192.168.200.2"])?;
+    b.ip(&["route", "add", "10.244.1.0/24", "via", "192.168.200.1"])?;
+    for (name, node, ip) in PODS {
+        cluster.pod(name, node, ip, json!({"app": name}))?;
+    }
+    for node in &mut nodes {
+        node.start_daemon()?;
+    }
+    Ok(World {
+        cluster,
+        nodes,
+        _responder: responder,
+    })
+}
+
+type Scenario = fn(&mut World) -> Result<(), String>;
+
+fn e(r: anyhow::Result<()>) -> Result<(), String> {
+    r.map_err(|e| format!("{e:#}"))
+}
+
+fn baseline(w: &mut World) -> Result<(), String> {
+    w.eventually(&[
+        ("a1", "b1", PORT, true),
+        ("b1", "a1", PORT, true),
+        ("a2", "b2", PORT, true),
+    ])
+}
+
+fn ingress_checked_at_the_destination(w: &mut World) -> Result<(), String> {
+    e(w.cluster.apply(&policy("b1-from-a1", json!({
+        "podSelector": {"matchLabels": {"app": "b1"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a1"}}}], "ports": [{"port": PORT}]}]
+    }))))?;
+    w.eventually(&[
+        ("a1", "b1", PORT, true),
+        ("a2", "b1", PORT, false),
+        ("b2", "b1", PORT, false),
+        ("a1", "b1", DENIED_PORT, false),
+        ("a2", "b2", PORT, true),
+    ])
+}
+
+fn egress_checked_at_the_source(w: &mut World) -> Result<(), String> {
+    e(w.cluster.apply(&policy(
+        "a2-egress",
+        json!({
+            "podSelector": {"matchLabels": {"app": "a2"}}, "policyTypes": ["Egress"],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "b3"}}}]}]
+        }),
+    )))?;
+    w.eventually(&[
+        ("a2", "b2", PORT, false),
+        ("a2", "b3", PORT, true),
+        ("a1", "b2", PORT, true),
+    ])
+}
+
+fn policy_update_and_pod_relabel(w: &mut World) -> Result<(), String> {
+    // Update: b1 now also accepts app=trusted; then a2 gets that label.
+    e(w.cluster.apply(&policy("b1-from-a1", json!({
+        "podSelector": {"matchLabels": {"app": "b1"}},
+        "ingress": [{"from": [{"podSelector": {"matchExpressions": [
+            {"key": "app", "operator": "In", "values": ["a1", "trusted"]}]}}], "ports": [{"port": PORT}]}]
+    }))))?;
+    w.eventually(&[("a2", "b1", PORT, false)])?;
+    e(w.cluster
+        .kubectl(
+            &["-n", NS, "label", "pod", "a2", "app=trusted", "--overwrite"],
+            None,
+        )
+        .map(|_| ()))?;
+    // a2 lost app=a2, so its egress policy no longer selects it either.
+    w.eventually(&[("a2", "b1", PORT, true), ("a2", "b2", PORT, true)])
+}
+
+fn namespace_relabel(w: &mut World) -> Result<(), String> {
+    e(w.cluster.apply(&policy(
+        "b2-from-blue",
+        json!({
+            "podSelector": {"matchLabels": {"app": "b2"}},
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "blue"}}}]}]
+        }),
+    )))?;
+    w.eventually(&[("a1", "b2", PORT, false)])?;
+    e(w.cluster
+        .kubectl(&["label", "namespace", NS, "team=blue"], None)
+        .map(|_| ()))?;
+    w.eventually(&[("a1", "b2", PORT, true)])?;
+    e(w.cluster
+        .kubectl(&["label", "namespace", NS, "team-"], None)
+        .map(|_| ()))?;
+    w.eventually(&[("a1", "b2", PORT, false)])
+}
+
+fn deleted_pod_address_reused_by_another(w: &mut World) -> Result<(), String> {
+    // b1 accepts app=a1: delete a1 and give its address to a pod with other labels, which must
+    // be denied; then bring a1 back.
+    e(w.cluster.delete("pod", "a1"))?;
+    e(w.cluster.pod(
+        "a1-new",
+        "node-a",
+        "10.244.1.11",
+        json!({"app": "stranger"}),
+    ))?;
+    w.eventually(&[("a1", "b1", PORT, false)])?;
+    e(w.cluster.delete("pod", "a1-new"))?;
+    e(w.cluster
+        .pod("a1", "node-a", "10.244.1.11", json!({"app": "a1"})))?;
+    w.eventually(&[("a1", "b1", PORT, true)])
+}
+
+/// Starts an echo server in `to` on `port`.
+fn echo_server(w: &World, to: &str, port: u16) -> Result<(), String> {
+    let ip = World::ip(to);
+    let listener = w
+        .ns(to)
+        .run(move || TcpListener::bind((ip, port)))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        while let Ok((mut s, _)) = listener.accept() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// A connection from `from` to the echo server of `to` on `port`.
+fn established(w: &World, from: &str, to: &str, port: u16) -> Result<TcpStream, String> {
+    let dst = SocketAddr::new(World::ip(to), port);
+    let s = w
+        .ns(from)
+        .run(move || TcpStream::connect_timeout(&dst, PROBE))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("connecting {from} -> {to}:{port}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+fn echo(s: &mut TcpStream, msg: &[u8]) -> bool {
+    let mut buf = vec![0u8; msg.len()];
+    s.write_all(msg).is_ok() && s.read_exact(&mut buf).is_ok() && buf == msg
+}
+
+/// Counts denied connections that got through and established round trips that failed while
+/// `during` runs.
+/// While `during` runs: a1 -> b1:`port` (an echo server) is established before and must keep
+/// flowing, and b2 -> b1:80, denied, is tried again and again.
+fn under_traffic(
+    w: &mut World,
+    port: u16,
+    during: impl FnOnce(&mut World) -> Result<(), String>,
+) -> Result<(), String> {
+    echo_server(w, "b1", port)?;
+    w.eventually(&[("a1", "b1", port, true), ("b2", "b1", PORT, false)])?;
+    let mut stream = established(w, "a1", "b1", port)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let passed = Arc::new(AtomicUsize::new(0));
+    let tries = Arc::new(AtomicUsize::new(0));
+    let dst = SocketAddr::new(World::ip("b1"), PORT);
+    let worker = {
+        let (stop, passed, tries) = (stop.clone(), passed.clone(), tries.clone());
+        w.ns("b2")
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    tries.fetch_add(1, Ordering::Relaxed);
+                    if TcpStream::connect_timeout(&dst, Duration::from_millis(50)).is_ok() {
+                        passed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?
+    };
+    let mut echo_failures = 0;
+    let result = during(w);
+    // Keep the stream going a little after the event, so that its aftermath is covered too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tries.load(Ordering::Relaxed) < 40 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..5 {
+        if !echo(&mut stream, format!("ping {i}").as_bytes()) {
+            echo_failures += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = worker.join();
+    let (p, t) = (
+        passed.load(Ordering::Relaxed),
+        tries.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "  denied attempts: {t}, got through: {p}; established echo failures: {echo_failures}"
+    );
+    result?;
+    if p > 0 || echo_failures > 0 || t == 0 {
+        return Err(format!(
+            "{p} denied connections got through, {echo_failures} echoes failed, {t} attempts"
+        ));
+    }
+    Ok(())
+}
+
+fn daemon_restart_keeps_enforcing(w: &mut World) -> Result<(), String> {
+    // b1 allows only app in (a1, trusted) on PORT: b2 -> b1 is denied throughout.
+    w.eventually(&[("b2", "b1", PORT, false), ("a1", "b1", PORT, true)])?;
+    e(w.cluster.apply(&policy(
+        "b1-echo",
+        json!({
+            "podSelector": {"matchLabels": {"app": "b1"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a1"}}}],
+                         "ports": [{"port": 9000}, {"port": 9001}]}]
+        }),
+    )))?;
+    w.eventually(&[("a1", "b1", PORT, true)])?;
+    under_traffic(w, 9000, |w| {
+        for n in w.nodes.iter_mut() {
+            let restarted = std::time::SystemTime::now();
+            n.stop_daemon();
+            n.start_daemon().map_err(|e| e.to_string())?;
+            n.wait_for_apply_after(restarted)?;
+        }
+        Ok(())
+    })
+}
+
+fn set_api_links(w: &World, up: bool) -> Result<(), String> {
+    for n in &w.nodes {
+        e(n.topo
+            .node
+            .ip(&["link", "set", "kubeapi", if up { "up" } else { "down" }]))?;
+    }
+    Ok(())
+}
+
+fn api_outage_and_410(w: &mut World) -> Result<(), String> {
+    let state = w.cluster.state.to_string_lossy().into_owned();
+    // The outage, as the daemons see it: the API server dies (their watches break), and while
+    // they cannot reach it, it comes back, policies and a pod are deleted, and etcd is
+    // compacted. When they reconnect, their resourceVersion is gone: a real 410 Gone, a relist,
+    // and the deletions must be enforced. Traffic flows throughout.
+    under_traffic(w, 9001, |w| {
+        e(sh("apiserver.sh", &[&state, "kill"]).map(|_| ()))?;
+        set_api_links(w, false)?;
+        let changes = (|| {
+            e(sh("apiserver.sh", &[&state, "start"]).map(|_| ()))?;
+            e(w.cluster.delete("networkpolicy", "b1-from-a1"))?;
+            e(w.cluster.delete("pod", "b3"))?;
+            e(sh("compact.sh", &[&state]).map(|_| ()))
+        })();
+        set_api_links(w, true)?;
+        changes
+    })?;
+    // b1-echo still isolates b1 (port 9000-9001 from a1 only): b2 -> b1:80 stays denied until
+    // it goes too, deleted normally, after the relist.
+    e(w.cluster.delete("networkpolicy", "b1-echo"))?;
+    w.eventually(&[("b2", "b1", PORT, true), ("a2", "b1", PORT, true)])?;
+    let gone = w.nodes.iter().all(|n| {
+        std::fs::read_to_string(&n.log).is_ok_and(|l| {
+            l.lines().any(|l| {
+                l.contains("watch failed") && l.contains("too old") && l.contains("Expired")
+            })
+        })
+    });
+    if !gone {
+        let seen: Vec<String> = w
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                std::fs::read_to_string(&n.log)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("watch failed"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        return Err(format!(
+            "no daemon saw 410 Gone; watch errors: {}",
+            seen.join("\n")
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn e2e() {
+    let Some(state) = std::env::var_os("NFTPOL_E2E_STATE").map(PathBuf::from) else {
+        eprintln!("skipping: NFTPOL_E2E_STATE is not set (run hack/e2e.sh)");
+        return;
+    };
+    let mut world = build_world(&state).expect("building the two-node cluster");
+    let scenarios: Vec<(&str, Scenario)> = vec![
+        (
+            "baseline: every pod reaches every pod across nodes",
+            baseline,
+        ),
+        (
+            "ingress is checked at the destination node",
+            ingress_checked_at_the_destination,
+        ),
+        (
+            "egress is checked at the source node",
+            egress_checked_at_the_source,
+        ),
+        (
+            "policy update and pod relabel",
+            policy_update_and_pod_relabel,
+        ),
+        ("namespace relabel", namespace_relabel),
+        (
+            "a deleted pod's address reused by a pod with other labels",
+            deleted_pod_address_reused_by_another,
+        ),
+        (
+            "daemon restart under traffic",
+            daemon_restart_keeps_enforcing,
+        ),
+        (
+            "API server SIGKILL, restart and 410 under traffic",
+            api_outage_and_410,
+        ),
+    ];
+    let mut results = BTreeMap::new();
+    for (i, (name, scenario)) in scenarios.into_iter().enumerate() {
+        let r = scenario(&mut world);
+        eprintln!(
+            "e2e {}: {name}: {}",
+            i + 1,
+            match &r {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("FAILED: {e}"),
+            }
+        );
+        results.insert(i, r.is_ok());
+    }
+    let passed = results.values().filter(|ok| **ok).count();
+    let failed = results.len() - passed;
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        for n in &world.nodes {
+            eprintln!("--- {} daemon log (tail)", n.name);
+            let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("{}", lines[lines.len().saturating_sub(30)..].join("\n"));
+        }
+    }
+    assert_eq!(failed, 0, "{failed} e2e scenarios failed");
+}
