@@ -9,17 +9,17 @@
 //! Prints medians and ratios; asserts nothing about time.
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use nftpol::model::{ObjectKey, Protocol};
+use nftpol::model::ObjectKey;
 use nftpol::testbed::{Mode, NODE_NAME, Testbed};
 use serde_json::{Value, json};
 
 const CLIENT_IP: &str = "10.244.1.2";
 const SERVER_IP: &str = "10.244.1.3";
-const PORT: u16 = 80;
+const PORT: u16 = 8080;
 const RUN: Duration = Duration::from_millis(1000);
 const REPEATS: usize = 5;
 
@@ -28,7 +28,7 @@ fn cluster() -> Vec<Value> {
         json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "bench", "labels": {"app": name}},
-            "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c", "ports": [{"containerPort": PORT}]}]},
+            "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c", "ports": [{"containerPort": 80}]}]},
             "status": {"phase": "Running", "podIP": ip}
         })
     };
@@ -94,38 +94,39 @@ fn iptables_layout(n: usize) -> (String, String) {
     (sets, rules)
 }
 
-/// New connections per second from the client to the server over `RUN`.
-fn rate(bed: &Testbed) -> f64 {
-    let client = &bed
-        .topology()
+fn pod_ns<'a>(bed: &'a Testbed, name: &str) -> &'a nftpol::testbed::netns::Netns {
+    &bed.topology()
         .pods
         .iter()
-        .find(|p| p.key == ObjectKey::new("bench", "client"))
-        .expect("client pod")
-        .ns;
+        .find(|p| p.key == ObjectKey::new("bench", name))
+        .expect("pod on the testbed")
+        .ns
+}
+
+/// A server that accepts and closes at once: closing first leaves TIME_WAIT on the server
+/// side, so the client never runs out of ports and no connection is reset.
+fn serve(bed: &Testbed) -> anyhow::Result<()> {
+    let listener = pod_ns(bed, "server")
+        .run(|| TcpListener::bind((SERVER_IP, PORT)))??;
+    std::thread::spawn(move || while listener.accept().is_ok() {});
+    Ok(())
+}
+
+/// New connections per second from the client to the server over `RUN` (connect, then wait
+/// for the server's FIN, then close).
+fn rate(bed: &Testbed) -> f64 {
     let dst: SocketAddr = format!("{SERVER_IP}:{PORT}").parse().expect("addr");
-    client
+    pod_ns(bed, "client")
         .run(move || {
             let start = Instant::now();
             let mut ok = 0u64;
+            let mut buf = [0u8; 1];
             while start.elapsed() < RUN {
-                if let Ok(s) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) {
-                    // Close with RST so that no TIME_WAIT piles up and exhausts the ports.
-                    let linger = libc::linger {
-                        l_onoff: 1,
-                        l_linger: 0,
-                    };
-                    // SAFETY: a valid socket and a properly sized linger struct.
-                    unsafe {
-                        libc::setsockopt(
-                            s.as_raw_fd(),
-                            libc::SOL_SOCKET,
-                            libc::SO_LINGER,
-                            &linger as *const libc::linger as *const libc::c_void,
-                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                        );
+                if let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                    if matches!(s.read(&mut buf), Ok(0)) {
+                        ok += 1;
                     }
-                    ok += 1;
                 }
             }
             ok as f64 / start.elapsed().as_secs_f64()
@@ -139,8 +140,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn testbed(state: &nftpol::model::ClusterState) -> anyhow::Result<Testbed> {
-    let mut bed = Testbed::new(Mode::Bridge, state)?;
-    bed.listen(&ObjectKey::new("bench", "server"), PORT, Protocol::Tcp)?;
+    let bed = Testbed::new(Mode::Bridge, state)?;
+    serve(&bed)?;
     Ok(bed)
 }
 
