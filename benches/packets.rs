@@ -106,8 +106,7 @@ fn pod_ns<'a>(bed: &'a Testbed, name: &str) -> &'a nftpol::testbed::netns::Netns
 /// A server that accepts and closes at once: closing first leaves TIME_WAIT on the server
 /// side, so the client never runs out of ports and no connection is reset.
 fn serve(bed: &Testbed) -> anyhow::Result<()> {
-    let listener = pod_ns(bed, "server")
-        .run(|| TcpListener::bind((SERVER_IP, PORT)))??;
+    let listener = pod_ns(bed, "server").run(|| TcpListener::bind((SERVER_IP, PORT)))??;
     std::thread::spawn(move || while listener.accept().is_ok() {});
     Ok(())
 }

@@ -147,10 +147,9 @@ struct Node {
 
 impl Node {
     fn start_daemon(&mut self) -> anyhow::Result<()> {
-        let bin = root().join("target/debug/nftpol");
         let bin = std::env::var_os("NFTPOL_BIN")
             .map(PathBuf::from)
-            .unwrap_or(bin);
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nftpol")));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
