@@ -4,6 +4,7 @@
 //! add and one element delete (medians), a one-pod cluster change end to end, and a drift check.
 //! It asserts no times.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -15,120 +16,11 @@ use nftpol::compile::{Scope, compile};
 use nftpol::dataplane::ruleset::{AddrRange, Element, SetKind};
 use nftpol::dataplane::{Dataplane, Options, Ruleset};
 use nftpol::index::ClusterIndex;
-use nftpol::model::{
-    ClusterState, ContainerPort, Labels, Namespace, NamespaceScope, ObjectKey, Peer, Pod, Policy,
-    PortMatch, PortSpec, Protocol, Requirement, Rule, Selector,
-};
+use nftpol::model::{ObjectKey, Protocol};
 
-const NAMESPACES: usize = 500;
-const PODS_PER_NS: usize = 20;
-const NODES: usize = 100;
+use common::{APPS, cluster, pod};
+
 const REPEATS: usize = 7;
-
-fn labels(pairs: &[(&str, String)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
-}
-
-fn eq(k: &str, v: String) -> Selector {
-    Selector {
-        requirements: vec![Requirement::In(k.into(), vec![v])],
-    }
-}
-
-fn pod(ns: usize, i: usize) -> Pod {
-    let n = ns * PODS_PER_NS + i;
-    Pod {
-        key: ObjectKey::new(format!("ns-{ns}"), format!("pod-{i}")),
-        labels: labels(&[("app", format!("app-{}", i % 5))]),
-        node: Some(format!("node-{}", (ns * 3 + i) % NODES)),
-        ips: vec![IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + n as u32 + 2))],
-        ports: vec![ContainerPort {
-            name: Some("http".into()),
-            port: 8000 + (i % 5) as u16,
-            protocol: Protocol::Tcp,
-        }],
-        host_network: false,
-        phase: Some("Running".into()),
-    }
-}
-
-fn policies(ns: usize) -> Vec<Policy> {
-    let name = format!("ns-{ns}");
-    let p = |n: &str, sel: Selector, ingress: Vec<Rule>, egress: Option<Vec<Rule>>| Policy {
-        key: ObjectKey::new(name.clone(), n),
-        pod_selector: sel,
-        isolates_ingress: true,
-        isolates_egress: egress.is_some(),
-        ingress,
-        egress: egress.unwrap_or_default(),
-        log_allowed: false,
-    };
-    let tcp = |port: PortMatch| PortSpec {
-        protocol: Protocol::Tcp,
-        port,
-    };
-    vec![
-        p("default-deny", Selector::everything(), vec![], None),
-        p(
-            "app1-from-app0",
-            eq("app", "app-1".into()),
-            vec![Rule {
-                peers: Some(vec![Peer::Pods {
-                    namespaces: NamespaceScope::Own(name.clone()),
-                    pods: eq("app", "app-0".into()),
-                }]),
-                ports: Some(vec![tcp(PortMatch::Range(8080, 8080))]),
-            }],
-            None,
-        ),
-        p(
-            "http-from-team",
-            eq("app", "app-2".into()),
-            vec![Rule {
-                peers: Some(vec![Peer::Pods {
-                    namespaces: NamespaceScope::Selected(eq("team", format!("team-{}", ns % 20))),
-                    pods: Selector::everything(),
-                }]),
-                ports: Some(vec![tcp(PortMatch::Named("http".into()))]),
-            }],
-            None,
-        ),
-        p(
-            "egress-dns-and-web",
-            eq("app", "app-3".into()),
-            vec![],
-            Some(vec![Rule {
-                peers: Some(vec![Peer::IpBlock {
-                    cidr: "0.0.0.0/0".parse().expect("cidr"),
-                    except: vec!["10.0.0.0/8".parse().expect("cidr")],
-                }]),
-                ports: Some(vec![
-                    tcp(PortMatch::Range(443, 443)),
-                    PortSpec {
-                        protocol: Protocol::Udp,
-                        port: PortMatch::Range(53, 53),
-                    },
-                ]),
-            }]),
-        ),
-    ]
-}
-
-fn cluster() -> ClusterState {
-    let mut s = ClusterState::default();
-    for ns in 0..NAMESPACES {
-        s.namespaces.push(Namespace {
-            name: format!("ns-{ns}"),
-            labels: labels(&[("team", format!("team-{}", ns % 20))]),
-        });
-        s.pods.extend((0..PODS_PER_NS).map(|i| pod(ns, i)));
-        s.policies.extend(policies(ns));
-    }
-    s
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -208,23 +100,23 @@ fn main() {
         ms(model_time)
     );
 
-    // One more pod of ns-0 labelled app-0 on another node: it becomes a peer of local pods.
+    // One more pod on another node that becomes a peer of local pods: in namespace ns-N the
+    // same-app policy lets app-(N+1) pods in, so add such a pod to the namespace of a local
+    // ingress-isolated endpoint.
     let mut state2 = state.clone();
-    // Put it in the namespace of a local app-1 pod, whose policy allows app-0 pods of its own
-    // namespace.
     let host_ns = plan
         .endpoints
         .values()
-        .find(|e| e.pod.name.ends_with("-1") && e.ingress.is_some())
-        .map(|e| {
+        .find(|e| e.ingress.is_some())
+        .and_then(|e| {
             e.pod
                 .namespace
                 .trim_start_matches("ns-")
                 .parse::<usize>()
-                .unwrap_or(0)
+                .ok()
         })
         .unwrap_or(0);
-    let mut extra = pod(host_ns, 0);
+    let mut extra = pod(host_ns, 100 + (host_ns + 1) % APPS);
     extra.key.name = "pod-extra".into();
     extra.node = Some("node-1".into());
     extra.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1))];

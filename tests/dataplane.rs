@@ -746,7 +746,7 @@ fn tcp_smoke_through_routed_node() {
         let l2 = TcpListener::bind("10.77.2.2:9090").unwrap();
         (l1, l2)
     });
-    let _listeners = server.join().unwrap();
+    let _listeners = server.join().unwrap().unwrap();
     let connect = |port: u16| {
         a.run(move || {
             let addr: SocketAddr = format!("10.77.2.2:{port}").parse().unwrap();

@@ -1,70 +1,55 @@
-//! Test-only helpers for the dataplane tests: throw-away network namespaces (RAII, removed on
-//! drop and on panic), running code inside one on a dedicated thread, and `nft` in a namespace.
+//! Conveniences for the dataplane tests on top of `nftpol::testbed::netns` (which owns the
+//! namespaces' lifecycle and cleanup): panicking wrappers that keep the tests short, `nft` in a
+//! namespace, and a normal form of listings for comparing tables built in different orders.
 
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
+use nftpol::testbed::netns;
 
-/// A named network namespace (`ip netns add`), deleted on drop.
+/// A throw-away network namespace, deleted on drop (also on panic).
 pub struct Netns {
+    inner: netns::Netns,
     pub name: String,
 }
 
 impl Netns {
     pub fn new() -> Self {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let name = format!("nftpol-dp-{}-{n}", std::process::id());
-        // A leftover of a crashed earlier run with the same pid would make `add` fail.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
+        let inner = netns::Netns::with_tag("dp").expect("creating a network namespace");
+        let name = inner.name().to_string();
+        Netns { inner, name }
     }
 
-    /// Runs `f` on a new thread that has entered this namespace, and returns its result.
-    /// Panics inside `f` propagate to the caller.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        let handle = std::thread::spawn(move || {
-            enter(&path);
-            f()
-        });
-        match handle.join() {
-            Ok(v) => v,
-            Err(p) => std::panic::resume_unwind(p),
-        }
+    /// Runs `f` on a thread inside this namespace and returns its result; panics propagate.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.inner.run(f).expect("running in the namespace")
     }
 
-    /// Spawns a thread inside this namespace (for servers and long-lived dataplanes).
+    /// Starts a thread inside this namespace (for servers and long-lived dataplanes).
     pub fn spawn<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            enter(&path);
-            f()
-        })
+    ) -> std::thread::JoinHandle<anyhow::Result<T>> {
+        self.inner.spawn(f).expect("spawning in the namespace")
     }
 
-    /// `ip netns exec <ns> <cmd...>`; panics when it fails. Returns stdout.
+    /// `cmd` run inside the namespace; panics when it fails. Returns stdout.
     pub fn exec(&self, cmd: &[&str]) -> String {
-        let mut args = vec!["netns", "exec", self.name.as_str()];
-        args.extend_from_slice(cmd);
-        run("ip", &args)
+        self.inner
+            .exec(cmd[0], &cmd[1..], None)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Like `exec` but returns (success, stdout+stderr).
     pub fn try_exec(&self, cmd: &[&str]) -> (bool, String) {
-        let mut args = vec!["netns", "exec", self.name.as_str()];
-        args.extend_from_slice(cmd);
-        let out = Command::new("ip").args(&args).output().expect("spawn ip");
+        let out = self
+            .inner
+            .command(cmd[0])
+            .args(&cmd[1..])
+            .output()
+            .expect("spawn ip");
         let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
         s.push_str(&String::from_utf8_lossy(&out.stderr));
         (out.status.success(), s)
@@ -76,22 +61,13 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
 /// Moves the calling thread into the network namespace at `path`.
 pub fn enter(path: &str) {
     let f = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
-    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+    netns::enter(&f).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// Runs a command in the current namespace; panics when it fails. Returns stdout.
 pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)
@@ -105,7 +81,6 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
-
 /// A listing with its top-level blocks and element lists sorted, for comparing tables whose
 /// objects were created in different orders (nft prints creation order).
 pub fn normalize(listing: &str) -> String {
