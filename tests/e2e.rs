@@ -9,8 +9,8 @@
 //! the same cluster; the test prints `N passed, M failed` and fails if any scenario failed.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nftpol::model::{ObjectKey, Protocol};
-use nftpol::testbed::Mode;
 use nftpol::testbed::listen::Responder;
 use nftpol::testbed::netns::{Netns, add_veth};
 use nftpol::testbed::topology::Topology;
+use nftpol::testbed::{Mode, echo};
 use serde_json::{Value, json};
 
 const NS: &str = "e2e";
@@ -442,25 +442,7 @@ fn deleted_pod_address_reused_by_another(w: &mut World) -> Result<(), String> {
 
 /// Starts an echo server in `to` on `port`.
 fn echo_server(w: &World, to: &str, port: u16) -> Result<(), String> {
-    let ip = World::ip(to);
-    let listener = w
-        .ns(to)
-        .run(move || TcpListener::bind((ip, port)))
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    std::thread::spawn(move || {
-        while let Ok((mut s, _)) = listener.accept() {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Ok(())
+    e(echo::serve(w.ns(to), SocketAddr::new(World::ip(to), port)))
 }
 
 /// A connection from `from` to the echo server of `to` on `port`.
@@ -474,11 +456,6 @@ fn established(w: &World, from: &str, to: &str, port: u16) -> Result<TcpStream, 
     s.set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;
     Ok(s)
-}
-
-fn echo(s: &mut TcpStream, msg: &[u8]) -> bool {
-    let mut buf = vec![0u8; msg.len()];
-    s.write_all(msg).is_ok() && s.read_exact(&mut buf).is_ok() && buf == msg
 }
 
 /// Counts denied connections that got through and established round trips that failed while
@@ -518,7 +495,7 @@ fn under_traffic(
         std::thread::sleep(Duration::from_millis(20));
     }
     for i in 0..5 {
-        if !echo(&mut stream, format!("ping {i}").as_bytes()) {
+        if !echo::round_trip(&mut stream, format!("ping {i}").as_bytes()) {
             echo_failures += 1;
         }
     }

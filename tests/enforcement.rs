@@ -4,14 +4,13 @@
 //! applied, both address families of dual-stack pods are enforced, and the node keeps reaching
 //! its pods under default deny. Needs root (network namespaces); every test cleans up.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nftpol::model::{ClusterState, ObjectKey};
-use nftpol::testbed::{Mode, NODE_NAME, Testbed, netns::Netns};
+use nftpol::testbed::{Mode, NODE_NAME, Testbed, echo, netns::Netns};
 use serde_json::{Value, json};
 
 const CLIENT: (&str, &str, &str, &str) = ("x", "client", "10.244.1.2", "fd00:1::2");
@@ -165,35 +164,15 @@ fn established_connection_survives_losing_its_allow() {
         "server",
         json!({"podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress"]}),
     );
-    // An echo server on the server pod.
-    let listener = pod_ns(&bed, SERVER)
-        .run(|| TcpListener::bind((SERVER.2, 7000)))
-        .expect("netns")
-        .expect("bind 7000");
-    std::thread::spawn(move || {
-        while let Ok((mut s, _)) = listener.accept() {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    bed.apply_objects(&with(vec![allow])).expect("apply");
     let addr = SocketAddr::new(SERVER.2.parse().expect("ip"), 7000);
+    echo::serve(pod_ns(&bed, SERVER), addr).expect("echo server");
+    bed.apply_objects(&with(vec![allow])).expect("apply");
     let mut stream = pod_ns(&bed, CLIENT)
         .run(move || TcpStream::connect_timeout(&addr, T))
         .expect("netns")
         .expect("allowed connection");
     stream.set_read_timeout(Some(T)).expect("timeout");
-    let mut echo = |msg: &[u8]| -> bool {
-        let mut buf = vec![0u8; msg.len()];
-        stream.write_all(msg).is_ok() && stream.read_exact(&mut buf).is_ok() && buf == msg
-    };
-    assert!(echo(b"before"));
+    assert!(echo::round_trip(&mut stream, b"before"));
     bed.apply_objects(&with(vec![deny])).expect("apply");
     assert!(
         !connects(pod_ns(&bed, CLIENT), SERVER.2, 7000, T),
@@ -201,7 +180,7 @@ fn established_connection_survives_losing_its_allow() {
     );
     for i in 0..20 {
         assert!(
-            echo(format!("after {i}").as_bytes()),
+            echo::round_trip(&mut stream, format!("after {i}").as_bytes()),
             "established connection cut"
         );
     }

@@ -12,6 +12,7 @@
 
 pub mod cleanup;
 pub mod daemon;
+pub mod echo;
 pub mod engine;
 pub mod listen;
 pub mod manifests;
