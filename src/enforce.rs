@@ -133,7 +133,8 @@ impl Enforcer {
                     "applied"
                 );
                 if let Some(m) = &self.metrics {
-                    m.observe_apply(&report, desired.since, &desired.ruleset, self.dp.stats());
+                    m.observe_commits(&self.dp.take_commit_times());
+                    m.observe_apply(desired.since, &desired.ruleset, self.dp.stats());
                 }
                 if let Some(path) = &self.status_file
                     && let Err(e) = write_status(path, self.generation, &desired.fingerprint)
@@ -154,6 +155,7 @@ impl Enforcer {
                     "apply failed, the previous ruleset stays in force: {e}"
                 );
                 if let Some(m) = &self.metrics {
+                    m.observe_commits(&self.dp.take_commit_times());
                     m.observe_failure(&e, self.dp.stats());
                 }
                 if !matches!(e, DataplaneError::Rejected(_)) {
@@ -184,6 +186,7 @@ impl Enforcer {
             Err(e) => tracing::error!("drift check failed: {e}"),
         }
         if let Some(m) = &self.metrics {
+            m.observe_commits(&self.dp.take_commit_times());
             m.observe_stats(self.dp.stats());
         }
     }

@@ -31,7 +31,7 @@ use prometheus_client::registry::Registry;
 
 use crate::compile::NodePlan;
 use crate::dataplane::br_netfilter::BrNetfilter;
-use crate::dataplane::{ApplyKind, ApplyReport, CounterReader, Ruleset, Stats};
+use crate::dataplane::{CounterReader, Ruleset, Stats};
 use crate::model::SkipReason;
 use crate::source::Update;
 
@@ -290,18 +290,8 @@ impl Metrics {
     }
 
     /// A ruleset was committed (or found unchanged) for a change that arrived at `since`.
-    pub fn observe_apply(
-        &self,
-        report: &ApplyReport,
-        since: Instant,
-        ruleset: &Ruleset,
-        stats: &Stats,
-    ) {
+    pub fn observe_apply(&self, since: Instant, ruleset: &Ruleset, stats: &Stats) {
         let i = &self.inner;
-        if report.kind != ApplyKind::Unchanged {
-            i.apply_time
-                .observe((report.build + report.kernel).as_secs_f64());
-        }
         i.implementation_delay
             .observe(since.elapsed().as_secs_f64());
         if !i.initial_resync_done.swap(true, Ordering::Relaxed) {
@@ -321,6 +311,15 @@ impl Metrics {
         self.inner.dataplane_failures.inc();
         self.observe_stats(stats);
         lock(&self.inner.health).last_tx_error = Some(error.to_string());
+    }
+
+    /// The duration of every committed transaction (see [`Dataplane::take_commit_times`]).
+    ///
+    /// [`Dataplane::take_commit_times`]: crate::dataplane::Dataplane::take_commit_times
+    pub fn observe_commits(&self, times: &[Duration]) {
+        for t in times {
+            self.inner.apply_time.observe(t.as_secs_f64());
+        }
     }
 
     /// The dataplane's transaction counters (after a drift repair too).
@@ -742,14 +741,8 @@ mod tests {
         );
         let plan = NodePlan::default();
         let ruleset = Ruleset::build(&plan, Default::default());
-        let report = ApplyReport {
-            kind: ApplyKind::Full,
-            messages: 1,
-            bytes: 1,
-            build: Duration::from_millis(1),
-            kernel: Duration::from_millis(2),
-        };
-        m.observe_apply(&report, Instant::now(), &ruleset, &Stats::default());
+        m.observe_commits(&[Duration::from_millis(3)]);
+        m.observe_apply(Instant::now(), &ruleset, &Stats::default());
         m.observe_br_netfilter(&BrNetfilter {
             bridges: Vec::new(),
             call_iptables: None,

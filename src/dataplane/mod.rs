@@ -126,7 +126,13 @@ pub struct Dataplane {
     sock: NlSocket,
     last: Option<Ruleset>,
     stats: Stats,
+    /// Build and commit time of each transaction committed since the last
+    /// [`Dataplane::take_commit_times`], at most [`MAX_COMMIT_TIMES`].
+    commit_times: Vec<Duration>,
 }
+
+/// Bounds the commit times kept for a caller that never takes them.
+const MAX_COMMIT_TIMES: usize = 1024;
 
 const INET: u16 = libc::NFPROTO_INET as u16;
 
@@ -138,11 +144,19 @@ impl Dataplane {
             sock: NlSocket::open()?,
             last: None,
             stats: Stats::default(),
+            commit_times: Vec::new(),
         })
     }
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// How long each transaction committed since the last call took (batch build and kernel
+    /// commit), oldest first: an apply may commit none, one or (after a rejected diff) two,
+    /// and a drift repair one.
+    pub fn take_commit_times(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.commit_times)
     }
 
     /// The ruleset of the last committed transaction.
@@ -182,6 +196,9 @@ impl Dataplane {
         if expects_end_ack && !reply.end_acked {
             self.stats.transaction_errors += 1;
             return Err(DataplaneError::NotCommitted);
+        }
+        if self.commit_times.len() < MAX_COMMIT_TIMES {
+            self.commit_times.push(build + kernel);
         }
         Ok(ApplyReport {
             kind,
