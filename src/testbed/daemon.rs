@@ -40,6 +40,35 @@ pub fn find_binary() -> Result<PathBuf> {
     )
 }
 
+/// `GET path` on `127.0.0.1:port` inside `ns` (where a daemon serves `/metrics`, `/livez` and
+/// `/readyz`): the status code and the body.
+pub fn http_get(ns: &Netns, port: u16, path: &str) -> Result<(u16, String)> {
+    ns.run(|| http_get_here(port, path))?
+        .with_context(|| format!("GET 127.0.0.1:{port}{path} in {}", ns.name()))
+}
+/// A one-shot HTTP/1.1 GET on the loopback of the calling thread's namespace.
+fn http_get_here(port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let Some((head, body)) = raw.split_once("\r\n\r\n") else {
+        bail!("no HTTP header in {raw:?}");
+    };
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((code, body.to_owned()))
+}
+
 /// What the daemon writes to its status file after every successful apply.
 #[derive(Debug, serde::Deserialize)]
 pub struct Status {

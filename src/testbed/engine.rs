@@ -166,10 +166,7 @@ impl Testbed {
     /// `GET path` on `127.0.0.1:port` from inside the node namespace, where the daemon serves
     /// `/metrics`, `/livez` and `/readyz`: the status code and the body.
     pub fn http_get(&self, port: u16, path: &str) -> Result<(u16, String)> {
-        self.topology
-            .node
-            .run(|| http_get_here(port, path))?
-            .with_context(|| format!("GET 127.0.0.1:{port}{path} in the node namespace"))
+        daemon::http_get(&self.topology.node, port, path)
     }
 
     /// The daemon's log so far (empty before the first apply).
@@ -306,27 +303,4 @@ impl Testbed {
             allowed,
         })
     }
-}
-
-/// A one-shot HTTP/1.1 GET on the loopback of the calling thread's namespace.
-fn http_get_here(port: u16, path: &str) -> Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let Some((head, body)) = raw.split_once("\r\n\r\n") else {
-        bail!("no HTTP header in {raw:?}");
-    };
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no status in {head:?}"))?;
-    Ok((code, body.to_owned()))
 }
