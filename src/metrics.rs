@@ -617,6 +617,7 @@ pub fn serve(addr: SocketAddr, metrics: Metrics) -> anyhow::Result<SocketAddr> {
     let bound = listener.local_addr().context("metrics socket address")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .context("starting the metrics runtime")?;
     std::thread::Builder::new()
@@ -641,7 +642,7 @@ async fn accept_loop(listener: std::net::TcpListener, metrics: Metrics) {
             Err(e) => {
                 // Out of file descriptors and the like: wait instead of spinning.
                 tracing::warn!("metrics accept: {e}");
-                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
