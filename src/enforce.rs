@@ -16,6 +16,7 @@ use anyhow::Context;
 
 use crate::dataplane::br_netfilter::BrNetfilter;
 use crate::dataplane::{Dataplane, DataplaneError, Ruleset};
+use crate::metrics::Metrics;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -65,6 +66,7 @@ pub struct Enforcer {
     pending: Option<Desired>,
     backoff: Duration,
     retry_at: Option<Instant>,
+    metrics: Option<Metrics>,
 }
 
 impl Enforcer {
@@ -78,7 +80,13 @@ impl Enforcer {
             pending: None,
             backoff: FIRST_BACKOFF,
             retry_at: None,
+            metrics: None,
         })
+    }
+
+    /// Records every apply, failure and drift repair in `metrics` from now on.
+    pub fn set_metrics(&mut self, metrics: Metrics) {
+        self.metrics = Some(metrics);
     }
 
     /// Number of successful applies so far.
@@ -124,6 +132,10 @@ impl Enforcer {
                     fingerprint = %desired.fingerprint,
                     "applied"
                 );
+                if let Some(m) = &self.metrics {
+                    m.observe_commits(&self.dp.take_commit_times());
+                    m.observe_apply(desired.since, &desired.ruleset, self.dp.stats());
+                }
                 if let Some(path) = &self.status_file
                     && let Err(e) = write_status(path, self.generation, &desired.fingerprint)
                 {
@@ -142,6 +154,10 @@ impl Enforcer {
                     retry_in_ms = self.backoff.as_millis() as u64,
                     "apply failed, the previous ruleset stays in force: {e}"
                 );
+                if let Some(m) = &self.metrics {
+                    m.observe_commits(&self.dp.take_commit_times());
+                    m.observe_failure(&e, self.dp.stats());
+                }
                 if !matches!(e, DataplaneError::Rejected(_)) {
                     self.dp.invalidate();
                 }
@@ -169,11 +185,15 @@ impl Enforcer {
             }
             Err(e) => tracing::error!("drift check failed: {e}"),
         }
+        if let Some(m) = &self.metrics {
+            m.observe_commits(&self.dp.take_commit_times());
+            m.observe_stats(self.dp.stats());
+        }
     }
 }
 
 /// Logs whether bridged traffic can be filtered on this node (br_netfilter), loudly if not.
-pub fn report_br_netfilter() {
+pub fn report_br_netfilter() -> BrNetfilter {
     let brnf = BrNetfilter::probe();
     match brnf.problem() {
         Some(p) => tracing::error!("{p}"),
@@ -182,6 +202,7 @@ pub fn report_br_netfilter() {
         }
         None => tracing::info!("no Linux bridge on this node: routed pod traffic"),
     }
+    brnf
 }
 
 /// Blocks SIGTERM and SIGINT in the calling thread (and the threads it spawns later) and starts

@@ -12,6 +12,7 @@
 //! - [`intervals`]: merged address and port intervals.
 //! - [`compile`]: the policy compiler.
 //! - [`verdict`]: connection verdicts and their explanation.
+//! - [`metrics`]: the Prometheus metrics and health probes of `run` and `daemon`.
 
 pub mod cli;
 pub mod compile;
@@ -21,6 +22,7 @@ pub mod enforce;
 pub mod index;
 pub mod intervals;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod source;

@@ -621,6 +621,68 @@ fn api_outage_and_410(w: &mut World) -> Result<(), String> {
     Ok(())
 }
 
+/// Where `nftpol daemon` serves /metrics, /livez and /readyz by default (each node has its
+/// own network namespace).
+const METRICS_PORT: u16 = 9964;
+
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn daemons_serve_metrics_and_probes(w: &mut World) -> Result<(), String> {
+    for n in &w.nodes {
+        let get = |path: &str| {
+            nftpol::testbed::daemon::http_get(&n.topo.node, METRICS_PORT, path)
+                .map_err(|e| format!("{}: {e:#}", n.name))
+        };
+        // Ready after the API outage: a watch that failed and retried is normal.
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let (code, body) = get("/readyz")?;
+            if code == 200 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{}: /readyz {code}: {body}", n.name));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (code, body) = get("/livez")?;
+        if code != 200 {
+            return Err(format!("{}: /livez {code}: {body}", n.name));
+        }
+        let (code, text) = get("/metrics")?;
+        let value = |name: &str| {
+            sample(&text, name).ok_or_else(|| format!("{}: no {name} in:\n{text}", n.name))
+        };
+        let checks = [
+            (code == 200, "/metrics answers 200"),
+            (
+                value("nftpol_active_local_endpoints")? >= 1.0,
+                "endpoints counted",
+            ),
+            (
+                value("nftpol_int_dataplane_apply_time_seconds_count")?
+                    == value("nftpol_nft_transactions")? - value("nftpol_nft_errors")?,
+                "every committed transaction observed",
+            ),
+            (
+                value("nftpol_policy_implementation_delay_seconds_count")? >= 1.0,
+                "implementation delay observed",
+            ),
+            (
+                value("nftpol_br_netfilter_enabled")? == 1.0,
+                "br_netfilter on",
+            ),
+        ];
+        if let Some((_, what)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err(format!("{}: not so: {what}:\n{text}", n.name));
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn e2e() {
     let Some(state) = std::env::var_os("NFTPOL_E2E_STATE").map(PathBuf::from) else {
@@ -657,6 +719,10 @@ fn e2e() {
         (
             "API server SIGKILL, restart and 410 under traffic",
             api_outage_and_410,
+        ),
+        (
+            "each daemon is ready and its metrics add up",
+            daemons_serve_metrics_and_probes,
         ),
     ];
     let mut results = BTreeMap::new();

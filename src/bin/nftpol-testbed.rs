@@ -65,10 +65,16 @@ struct ProbeArgs {
     /// The nftpol binary (default: next to this one).
     #[arg(long, env = testbed::daemon::BIN_ENV)]
     nftpol: Option<PathBuf>,
-    /// Write timings (setup, apply, probe) as JSON to this file.
+    /// Write the daemon's final /metrics scrape (OpenMetrics text) to this file.
     #[arg(long)]
     metrics_out: Option<PathBuf>,
+    /// Write timings (setup, apply, probe) as JSON to this file.
+    #[arg(long)]
+    timings_out: Option<PathBuf>,
 }
+
+/// Where the testbed's daemon serves /metrics, inside the node namespace.
+const METRICS_PORT: u16 = 9964;
 
 fn probe(args: ProbeArgs) -> Result<()> {
     let started = Instant::now();
@@ -89,6 +95,10 @@ fn probe(args: ProbeArgs) -> Result<()> {
     eprintln!("nftpol-testbed: enforcing with {}", bin.display());
     let mut bed = Testbed::new(mode, &state)?;
     bed.set_binary(bin);
+    bed.set_daemon_args(vec![
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{METRICS_PORT}"),
+    ]);
     bed.set_probe_timeout(Duration::from_millis(args.timeout_ms));
     let setup = started.elapsed();
     let t = Instant::now();
@@ -105,6 +115,13 @@ fn probe(args: ProbeArgs) -> Result<()> {
         Output::Table => print!("{}", matrix.to_table()),
     }
     if let Some(path) = args.metrics_out {
+        let (code, body) = bed.http_get(METRICS_PORT, "/metrics")?;
+        if code != 200 {
+            anyhow::bail!("GET /metrics answered {code}: {body}");
+        }
+        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = args.timings_out {
         let metrics = serde_json::json!({
             "mode": mode,
             "pods": placed,

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::dataplane::br_netfilter::BrNetfilter;
 use crate::dataplane::{Options, Ruleset};
 use crate::enforce::{self, Desired, Enforcer};
+use crate::metrics::{self, Metrics};
 use crate::reconcile::Reconciler;
 use crate::source::Update;
 use crate::source::kube::{self as kube_source, Sink};
@@ -38,6 +40,9 @@ pub struct Args {
     /// Quiet period that ends a burst of updates, in milliseconds.
     #[arg(long, default_value_t = 10)]
     pub coalesce_ms: u64,
+    /// Address of /metrics, /livez and /readyz; "" or "off" disables them.
+    #[arg(long, default_value = metrics::DEFAULT_ADDR)]
+    pub metrics_addr: String,
 }
 
 enum Event {
@@ -65,11 +70,19 @@ async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
 }
 
 /// Applies every update that arrives until a quiet period; a shutdown wins.
-fn coalesce(rx: &Receiver<Event>, r: &mut Reconciler, quiet: Duration) -> Option<i32> {
+fn coalesce(
+    rx: &Receiver<Event>,
+    r: &mut Reconciler,
+    quiet: Duration,
+    metrics: &Metrics,
+) -> Option<i32> {
     let start = Instant::now();
     while start.elapsed() < MAX_COALESCE {
         match rx.recv_timeout(quiet) {
-            Ok(Event::Update(u)) => r.apply(u),
+            Ok(Event::Update(u)) => {
+                metrics.observe_update(&u);
+                r.apply(u)
+            }
             Ok(Event::Shutdown(sig)) => return Some(sig),
             Err(_) => break,
         }
@@ -92,7 +105,8 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Event>();
     // Before any other thread exists, so that they all inherit the blocked signals.
     enforce::install_signal_thread(tx.clone(), Event::Shutdown)?;
-    enforce::report_br_netfilter();
+    let brnf = enforce::report_br_netfilter();
+    let metrics = metrics::start(&args.metrics_addr, &brnf)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -102,13 +116,15 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let kube_client = runtime.block_on(client(args.kubeconfig.clone()))?;
     let sink = Sink::new(tx.clone(), Event::Update);
-    runtime.spawn(kube_source::run(kube_client, args.node.clone(), sink));
+    let watches = runtime.spawn(kube_source::run(kube_client, args.node.clone(), sink));
+    let mut watches_stopped = false;
 
     let options = Options {
         police_node_traffic: args.police_node_traffic,
     };
     let mut reconciler = Reconciler::new(&args.node);
     let mut enforcer = Enforcer::new(args.status_file.clone())?;
+    enforcer.set_metrics(metrics.clone());
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
     let quiet = Duration::from_millis(args.coalesce_ms);
     let mut next_resync = Instant::now() + resync_every;
@@ -116,20 +132,30 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     tracing::info!(node = %args.node, "starting; the previous rules stay in force until every kind is listed");
 
     loop {
+        metrics.heartbeat();
+        if !watches_stopped && watches.is_finished() {
+            // The watchers retry forever; ending means a panic or a closed channel.
+            tracing::error!("the API watches stopped");
+            metrics.observe_watches_stopped();
+            watches_stopped = true;
+        }
         let wake = enforcer
             .retry_at()
-            .map_or(next_resync, |r| r.min(next_resync));
+            .map_or(next_resync, |r| r.min(next_resync))
+            .min(Instant::now() + metrics::HEARTBEAT_EVERY);
         match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Event::Update(update)) => {
                 waiting_since.get_or_insert_with(Instant::now);
+                metrics.observe_update(&update);
                 reconciler.apply(update);
-                if let Some(sig) = coalesce(&rx, &mut reconciler, quiet) {
+                if let Some(sig) = coalesce(&rx, &mut reconciler, quiet, &metrics) {
                     tracing::info!(signal = sig, "shutting down; rules stay in place");
                     return Ok(());
                 }
                 if reconciler.ready() {
                     let since = waiting_since.take().unwrap_or_else(Instant::now);
                     if reconciler.take_dirty() || enforcer.generation() == 0 {
+                        metrics.observe_plan(reconciler.plan());
                         enforcer.submit(Desired {
                             ruleset: Ruleset::build(reconciler.plan(), options),
                             fingerprint: summary(&reconciler),
@@ -149,12 +175,14 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                     let fixed = reconciler.full_resync();
                     if fixed > 0 {
                         tracing::warn!(endpoints = fixed, "full resync fixed endpoints");
+                        metrics.observe_plan(reconciler.plan());
                         enforcer.submit(Desired {
                             ruleset: Ruleset::build(reconciler.plan(), options),
                             fingerprint: summary(&reconciler),
                             since: now,
                         });
                     }
+                    metrics.observe_br_netfilter(&BrNetfilter::probe());
                     enforcer.resync();
                     next_resync = now + resync_every;
                 }

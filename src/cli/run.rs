@@ -17,10 +17,12 @@ use anyhow::Context;
 use notify::Watcher;
 
 use crate::compile::{Scope, compile};
+use crate::dataplane::br_netfilter::BrNetfilter;
 use crate::dataplane::{Options, Ruleset};
 use crate::enforce::{self, Desired, Enforcer};
 use crate::index::ClusterIndex;
 use crate::manifest;
+use crate::metrics::{self, Metrics};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -43,6 +45,9 @@ pub struct Args {
     /// Quiet period that ends a burst of file changes, in milliseconds.
     #[arg(long, default_value_t = 75)]
     pub debounce_ms: u64,
+    /// Address of /metrics, /livez and /readyz; "" or "off" disables them.
+    #[arg(long, default_value = metrics::DEFAULT_ADDR)]
+    pub metrics_addr: String,
 }
 
 enum Event {
@@ -55,7 +60,12 @@ enum Event {
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Reads the folder and compiles what it asks for this node.
-fn load_desired(args: &Args, options: Options, since: Instant) -> anyhow::Result<Desired> {
+fn load_desired(
+    args: &Args,
+    options: Options,
+    since: Instant,
+    metrics: &Metrics,
+) -> anyhow::Result<Desired> {
     let paths = [args.manifests.clone()];
     // Fingerprint first: if the files change while we read them, we report the older digest
     // and the watcher's next event brings us to the newer one, never the other way round.
@@ -73,6 +83,7 @@ fn load_desired(args: &Args, options: Options, since: Instant) -> anyhow::Result
     for (reason, n) in plan.skipped_counts() {
         tracing::info!(reason = reason.as_str(), pods = n, "pods not enforced");
     }
+    metrics.observe_plan(&plan);
     let stats = plan.stats();
     tracing::info!(
         endpoints = stats.endpoints,
@@ -89,8 +100,14 @@ fn load_desired(args: &Args, options: Options, since: Instant) -> anyhow::Result
 }
 
 /// Reloads the folder and enforces it; input that does not load keeps the last good state.
-fn reload(args: &Args, options: Options, enforcer: &mut Enforcer, since: Instant) {
-    match load_desired(args, options, since) {
+fn reload(
+    args: &Args,
+    options: Options,
+    enforcer: &mut Enforcer,
+    since: Instant,
+    metrics: &Metrics,
+) {
+    match load_desired(args, options, since, metrics) {
         Ok(desired) => enforcer.submit(desired),
         Err(e) => {
             tracing::error!("manifests not usable, keeping the last good state enforced: {e:#}")
@@ -122,7 +139,8 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
         ))
         .into());
     }
-    enforce::report_br_netfilter();
+    let brnf = enforce::report_br_netfilter();
+    let metrics = metrics::start(&args.metrics_addr, &brnf)?;
 
     let watch_tx = tx.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -142,16 +160,19 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
         police_node_traffic: args.police_node_traffic,
     };
     let mut enforcer = Enforcer::new(args.status_file.clone())?;
+    enforcer.set_metrics(metrics.clone());
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
     let quiet = Duration::from_millis(args.debounce_ms);
     tracing::info!(node = %args.node, manifests = %args.manifests.display(), "starting");
-    reload(&args, options, &mut enforcer, Instant::now());
+    reload(&args, options, &mut enforcer, Instant::now(), &metrics);
     let mut next_resync = Instant::now() + resync_every;
 
     loop {
+        metrics.heartbeat();
         let wake = enforcer
             .retry_at()
-            .map_or(next_resync, |r| r.min(next_resync));
+            .map_or(next_resync, |r| r.min(next_resync))
+            .min(Instant::now() + metrics::HEARTBEAT_EVERY);
         match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Event::Changed) => {
                 let since = Instant::now();
@@ -159,11 +180,11 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                     tracing::info!(signal = sig, "shutting down; rules stay in place");
                     return Ok(());
                 }
-                reload(&args, options, &mut enforcer, since);
+                reload(&args, options, &mut enforcer, since, &metrics);
             }
             Ok(Event::WatchError(e)) => {
                 tracing::warn!("file watcher: {e}; reloading");
-                reload(&args, options, &mut enforcer, Instant::now());
+                reload(&args, options, &mut enforcer, Instant::now(), &metrics);
             }
             Ok(Event::Shutdown(sig)) => {
                 tracing::info!(signal = sig, "shutting down; rules stay in place");
@@ -173,6 +194,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                 let now = Instant::now();
                 enforcer.tick(now);
                 if next_resync <= now {
+                    metrics.observe_br_netfilter(&BrNetfilter::probe());
                     enforcer.resync();
                     next_resync = now + resync_every;
                 }

@@ -576,6 +576,43 @@ pub unsafe fn rule_text(nlh: *const libc::nlmsghdr) -> Option<(String, String)> 
     }
 }
 
+/// The packet count of the first `counter` of a rule message, as (chain, packets): the
+/// `counter drop` that ends every per-pod chain is its only counter. `None` for a rule
+/// without one.
+///
+/// # Safety
+/// `nlh` must point to a complete netlink message of `nlh.nlmsg_len` bytes.
+pub unsafe fn rule_counter(nlh: *const libc::nlmsghdr) -> Option<(String, u64)> {
+    // SAFETY: the caller guarantees a complete message; every libnftnl object is freed and
+    // every string copied before returning.
+    unsafe {
+        let r = sys::nftnl_rule_alloc();
+        if sys::nftnl_rule_nlmsg_parse(nlh, r) < 0 {
+            sys::nftnl_rule_free(r);
+            return None;
+        }
+        let chain = cstr_attr(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_CHAIN as u16));
+        let mut packets = None;
+        let it = sys::nftnl_expr_iter_create(r);
+        if !it.is_null() {
+            let mut e = sys::nftnl_expr_iter_next(it);
+            while !e.is_null() && packets.is_none() {
+                let name = cstr_attr(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16));
+                if name.as_deref() == Some("counter") {
+                    packets = Some(sys::nftnl_expr_get_u64(
+                        e,
+                        sys::NFTNL_EXPR_CTR_PACKETS as u16,
+                    ));
+                }
+                e = sys::nftnl_expr_iter_next(it);
+            }
+            sys::nftnl_expr_iter_destroy(it);
+        }
+        sys::nftnl_rule_free(r);
+        chain.zip(packets)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

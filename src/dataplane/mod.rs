@@ -102,6 +102,11 @@ pub struct Stats {
     pub diff_applies: u64,
     pub failures: u64,
     pub drift_repairs: u64,
+    /// Batches sent to the kernel, committed or not (one apply may send several: a rejected
+    /// diff is retried as a full replace).
+    pub transactions: u64,
+    /// Batches the kernel rejected, or that failed on the socket or went unconfirmed.
+    pub transaction_errors: u64,
 }
 
 /// What differs between the kernel and the last applied ruleset.
@@ -121,7 +126,13 @@ pub struct Dataplane {
     sock: NlSocket,
     last: Option<Ruleset>,
     stats: Stats,
+    /// Build and commit time of each transaction committed since the last
+    /// [`Dataplane::take_commit_times`], at most [`MAX_COMMIT_TIMES`].
+    commit_times: Vec<Duration>,
 }
+
+/// Bounds the commit times kept for a caller that never takes them.
+const MAX_COMMIT_TIMES: usize = 1024;
 
 const INET: u16 = libc::NFPROTO_INET as u16;
 
@@ -133,11 +144,19 @@ impl Dataplane {
             sock: NlSocket::open()?,
             last: None,
             stats: Stats::default(),
+            commit_times: Vec::new(),
         })
     }
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// How long each transaction committed since the last call took (batch build and kernel
+    /// commit), oldest first: an apply may commit none, one or (after a rejected diff) two,
+    /// and a drift repair one.
+    pub fn take_commit_times(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.commit_times)
     }
 
     /// The ruleset of the last committed transaction.
@@ -158,10 +177,14 @@ impl Dataplane {
     ) -> Result<ApplyReport, DataplaneError> {
         let messages = tx.messages();
         let (batch, labels) = tx.finish();
+        self.stats.transactions += 1;
         let t0 = Instant::now();
-        let reply = self.sock.send_batch(&batch)?;
+        let reply = self.sock.send_batch(&batch).inspect_err(|_| {
+            self.stats.transaction_errors += 1;
+        })?;
         let kernel = t0.elapsed();
         if !reply.errors.is_empty() {
+            self.stats.transaction_errors += 1;
             let seqs = batch.sequence_numbers();
             return Err(DataplaneError::Rejected(name_errors(
                 &labels,
@@ -171,7 +194,11 @@ impl Dataplane {
         }
         let expects_end_ack = (seqs_len(&batch) as usize) == labels.len() + 2;
         if expects_end_ack && !reply.end_acked {
+            self.stats.transaction_errors += 1;
             return Err(DataplaneError::NotCommitted);
+        }
+        if self.commit_times.len() < MAX_COMMIT_TIMES {
+            self.commit_times.push(build + kernel);
         }
         Ok(ApplyReport {
             kind,
@@ -378,6 +405,32 @@ impl Dataplane {
             self.stats.drift_repairs += 1;
         }
         Ok(drift)
+    }
+}
+
+/// A read-only view of the packet counters of table `inet nftpol`, on its own netlink socket so
+/// that a metrics scrape never waits for (or interleaves with) a transaction of the
+/// [`Dataplane`].
+pub struct CounterReader {
+    sock: NlSocket,
+}
+
+impl CounterReader {
+    /// Opens the socket in the calling thread's network namespace, like [`Dataplane::new`].
+    pub fn new() -> Result<Self, DataplaneError> {
+        Ok(Self {
+            sock: NlSocket::open()?,
+        })
+    }
+
+    /// The drop counter of every per-pod chain, as (chain, packets); empty when the table does
+    /// not exist yet.
+    pub fn drop_counters(&self) -> Result<Vec<(String, u64)>, DataplaneError> {
+        match self.sock.dump_rule_counters(INET, c"nftpol") {
+            Ok(c) => Ok(c),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -381,6 +381,21 @@ impl NlSocket {
         Ok(out)
     }
 
+    /// The packet count of every rule of `table` that has a counter, as (chain, packets).
+    pub fn dump_rule_counters(&self, family: u16, table: &CStr) -> io::Result<Vec<(String, u64)>> {
+        let seq = 0x6e66_7300;
+        let mut req = vec![0u8; 4096];
+        let n = ext::build_dump_request(&mut req, DumpKind::Rules, family, Some(table), seq);
+        let mut out = Vec::new();
+        self.dump(&req[..n], seq, |m| {
+            // SAFETY: `m` is one complete message cut out by `header`.
+            if let Some(c) = unsafe { ext::rule_counter(m.as_ptr().cast()) } {
+                out.push(c);
+            }
+        })?;
+        Ok(out)
+    }
+
     /// The elements of one set.
     pub fn dump_elements(&self, family: u16, table: &CStr, set: &CStr) -> io::Result<Vec<RawElem>> {
         let seq = 0x6e66_7100;

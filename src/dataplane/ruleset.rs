@@ -549,6 +549,18 @@ impl Ruleset {
             + self.maps.iter().map(|m| m.entries.len()).sum::<usize>()
     }
 
+    pub fn rule_count(&self) -> usize {
+        self.pods
+            .values()
+            .map(|p| p.chain.rules.len())
+            .sum::<usize>()
+            + self
+                .base_chains
+                .iter()
+                .map(|c| c.rules.len())
+                .sum::<usize>()
+    }
+
     pub fn chain_count(&self) -> usize {
         self.pods.len() + self.base_chains.len()
     }

@@ -40,6 +40,35 @@ pub fn find_binary() -> Result<PathBuf> {
     )
 }
 
+/// `GET path` on `127.0.0.1:port` inside `ns` (where a daemon serves `/metrics`, `/livez` and
+/// `/readyz`): the status code and the body.
+pub fn http_get(ns: &Netns, port: u16, path: &str) -> Result<(u16, String)> {
+    ns.run(|| http_get_here(port, path))?
+        .with_context(|| format!("GET 127.0.0.1:{port}{path} in {}", ns.name()))
+}
+/// A one-shot HTTP/1.1 GET on the loopback of the calling thread's namespace.
+fn http_get_here(port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let Some((head, body)) = raw.split_once("\r\n\r\n") else {
+        bail!("no HTTP header in {raw:?}");
+    };
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((code, body.to_owned()))
+}
+
 /// What the daemon writes to its status file after every successful apply.
 #[derive(Debug, serde::Deserialize)]
 pub struct Status {
@@ -56,8 +85,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `bin run --manifests DIR --node NODE --status-file STATUS` inside `ns`, with its
-    /// stdout and stderr going to `log`.
+    /// Starts `bin run --manifests DIR --node NODE --status-file STATUS EXTRA...` inside `ns`,
+    /// with its stdout and stderr going to `log`.
     pub fn start(
         ns: &Netns,
         bin: &Path,
@@ -65,6 +94,7 @@ impl Daemon {
         node: &str,
         status_file: &Path,
         log: &Path,
+        extra_args: &[String],
     ) -> Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone().context("cloning the log file")?;
@@ -76,6 +106,7 @@ impl Daemon {
             .arg(node)
             .arg("--status-file")
             .arg(status_file)
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
