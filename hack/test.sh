@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every check and test of nftpol: formatting, clippy, `cargo test` (unit, conformance, the
+# Runs every check and test of nftpol: formatting, clippy, the Dockerfile lint, `cargo test` (unit, conformance, the
 # real-kernel dataplane and testbed suites: they need root for network namespaces), then the
 # end-to-end suite against a real kube-apiserver (hack/e2e.sh; its first run builds the API
 # server from Debian's source package, which takes 5 to 15 minutes, and caches it).
@@ -9,5 +9,6 @@ cd "$(dirname "$0")/.."
 bash hack/deps.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+bash hack/lint-dockerfile.sh
 cargo test --no-fail-fast
 bash hack/e2e.sh

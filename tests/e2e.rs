@@ -683,6 +683,90 @@ fn daemons_serve_metrics_and_probes(w: &mut World) -> Result<(), String> {
     Ok(())
 }
 
+fn manifests_apply(w: &mut World) -> Result<(), String> {
+    let crd = root().join("tests/fixtures/prometheusrule-crd.yaml");
+    let dir = root().join("manifests");
+    let (crd, dir) = (crd.to_string_lossy(), dir.to_string_lossy());
+    e(w.cluster.kubectl(&["apply", "-f", &crd], None).map(|_| ()))?;
+    e(w.cluster
+        .kubectl(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd/prometheusrules.monitoring.coreos.com",
+            ],
+            None,
+        )
+        .map(|_| ()))?;
+    e(w.cluster
+        .kubectl(&["apply", "--dry-run=client", "-f", &dir], None)
+        .map(|_| ()))?;
+    e(w.cluster
+        .kubectl(
+            &["apply", "--server-side", "--force-conflicts", "-f", &dir],
+            None,
+        )
+        .map(|_| ()))?;
+    e(w.cluster
+        .kubectl(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-f",
+                &format!("{dir}/cleanup"),
+            ],
+            None,
+        )
+        .map(|_| ()))?;
+    for (kind, name) in [
+        ("daemonset", "nftpol"),
+        ("daemonset", "nftpol-cleanup"),
+        ("prometheusrule", "nftpol"),
+    ] {
+        e(w.cluster
+            .kubectl(&["-n", "kube-system", "get", kind, name], None)
+            .map(|_| ()))?;
+    }
+    // Nothing runs them here (no kubelet); remove them so they do not linger.
+    e(w.cluster
+        .kubectl(
+            &[
+                "delete",
+                "-f",
+                &format!("{dir}/daemonset.yaml"),
+                "-f",
+                &format!("{dir}/cleanup"),
+            ],
+            None,
+        )
+        .map(|_| ()))
+}
+
+fn uninstall(w: &mut World) -> Result<(), String> {
+    // b2 takes traffic only from namespaces labelled team=blue (scenario 5): a1 is denied.
+    w.eventually(&[("a1", "b2", PORT, false)])?;
+    for n in w.nodes.iter_mut() {
+        n.stop_daemon();
+    }
+    // Deleting the daemons leaves the rules in force: a restart must not open the node.
+    if w.connects("a1", "b2", PORT) {
+        return Err("stopping the daemons opened the node".into());
+    }
+    let bin = env!("CARGO_BIN_EXE_nftpol");
+    for n in &w.nodes {
+        e(n.topo.node.exec(bin, &["cleanup"], None).map(|_| ()))?;
+        if n.topo
+            .node
+            .exec("nft", &["list", "table", "inet", "nftpol"], None)
+            .is_ok()
+        {
+            return Err(format!("{}: table inet nftpol still exists", n.name));
+        }
+    }
+    w.eventually(&[("a1", "b2", PORT, true), ("b2", "b1", PORT, true)])
+}
+
 #[test]
 fn e2e() {
     let Some(state) = std::env::var_os("NFTPOL_E2E_STATE").map(PathBuf::from) else {
@@ -723,6 +807,14 @@ fn e2e() {
         (
             "each daemon is ready and its metrics add up",
             daemons_serve_metrics_and_probes,
+        ),
+        (
+            "manifests/ pass a client dry run and a server-side apply",
+            manifests_apply,
+        ),
+        (
+            "uninstall: rules stay after the daemons stop, cleanup opens the nodes",
+            uninstall,
         ),
     ];
     let mut results = BTreeMap::new();
