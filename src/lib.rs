@@ -12,9 +12,11 @@
 //! - [`intervals`]: merged address and port intervals.
 //! - [`compile`]: the policy compiler.
 //! - [`verdict`]: connection verdicts and their explanation.
+//! - [`conntrack`]: the conntrack table through ctnetlink (`--strict` cuts connections).
 
 pub mod cli;
 pub mod compile;
+pub mod conntrack;
 pub mod convert;
 pub mod dataplane;
 pub mod enforce;
