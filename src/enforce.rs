@@ -7,15 +7,26 @@
 //! resync compares the kernel with what was applied and repairs drift (someone ran
 //! `nft flush ruleset`) with a full replace. On shutdown the rules stay in place: a restarting
 //! daemon must not open the node.
+//!
+//! With `--strict`, every apply that changed the ruleset is followed by a conntrack sweep: the
+//! entries of connections the new plan no longer allows are deleted, so their next packet is
+//! judged as new (and dropped) instead of riding on `ct state established accept`.
 
+use std::collections::HashSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
+use crate::compile::NodePlan;
+use crate::conntrack::{Conntrack, ConntrackError};
 use crate::dataplane::br_netfilter::BrNetfilter;
-use crate::dataplane::{Dataplane, DataplaneError, Ruleset};
+use crate::dataplane::{ApplyKind, Dataplane, DataplaneError, Ruleset};
+use crate::model::Protocol;
+use crate::verdict;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -28,6 +39,9 @@ pub struct Desired {
     /// What was read: the manifest fingerprint, or a summary of the API state.
     pub fingerprint: String,
     pub since: Instant,
+    /// The plan the ruleset was built from; `--strict` judges open connections with it (and
+    /// does nothing without it).
+    pub plan: Option<Arc<NodePlan>>,
 }
 
 #[derive(serde::Serialize)]
@@ -65,6 +79,10 @@ pub struct Enforcer {
     pending: Option<Desired>,
     backoff: Duration,
     retry_at: Option<Instant>,
+    /// `--strict`: the ctnetlink socket that cuts connections the plan no longer allows.
+    conntrack: Option<Conntrack>,
+    /// Connections cut so far.
+    cut: u64,
 }
 
 impl Enforcer {
@@ -78,7 +96,26 @@ impl Enforcer {
             pending: None,
             backoff: FIRST_BACKOFF,
             retry_at: None,
+            conntrack: None,
+            cut: 0,
         })
+    }
+
+    /// `--strict`: after every apply that changes the ruleset, deletes the conntrack entries of
+    /// open connections the new plan denies. Opens the ctnetlink socket in the calling
+    /// thread's network namespace, as [`Enforcer::new`] does for the dataplane.
+    pub fn strict(mut self, on: bool) -> anyhow::Result<Self> {
+        self.conntrack = if on {
+            Some(Conntrack::open().context("opening the conntrack netlink socket")?)
+        } else {
+            None
+        };
+        Ok(self)
+    }
+
+    /// Connections cut by `--strict` so far.
+    pub fn cut_connections(&self) -> u64 {
+        self.cut
     }
 
     /// Number of successful applies so far.
@@ -124,6 +161,25 @@ impl Enforcer {
                     fingerprint = %desired.fingerprint,
                     "applied"
                 );
+                if report.kind != ApplyKind::Unchanged
+                    && let (Some(ct), Some(plan)) = (self.conntrack.as_mut(), &desired.plan)
+                {
+                    match cut_denied(ct, plan) {
+                        Ok(n) => {
+                            self.cut += n;
+                            if n > 0 {
+                                tracing::info!(
+                                    cut = n,
+                                    total = self.cut,
+                                    "cut {n} connections no longer allowed"
+                                );
+                            }
+                        }
+                        // The ruleset is in force; only the cut is missing. The next change
+                        // sweeps again.
+                        Err(e) => tracing::error!("strict: cutting connections failed: {e}"),
+                    }
+                }
                 if let Some(path) = &self.status_file
                     && let Err(e) = write_status(path, self.generation, &desired.fingerprint)
                 {
@@ -170,6 +226,37 @@ impl Enforcer {
             Err(e) => tracing::error!("drift check failed: {e}"),
         }
     }
+}
+
+/// Deletes the conntrack entries of TCP, UDP and SCTP connections to or from a local endpoint
+/// that `plan` does not allow as new connections; returns how many were deleted.
+fn cut_denied(ct: &mut Conntrack, plan: &NodePlan) -> Result<u64, ConntrackError> {
+    let local: HashSet<IpAddr> = plan
+        .endpoints
+        .values()
+        .flat_map(|e| e.ips.iter().copied())
+        .collect();
+    if local.is_empty() {
+        return Ok(0);
+    }
+    let mut cut = 0;
+    for entry in ct.dump()? {
+        let (src, dst, proto, port) = entry.judged();
+        let protocol = match proto {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            132 => Protocol::Sctp,
+            _ => continue,
+        };
+        if !local.contains(&src) && !local.contains(&dst) {
+            continue;
+        }
+        if !verdict::judge(plan, src, dst, protocol, port).allowed() && ct.delete(&entry)? {
+            tracing::debug!(%src, %dst, protocol = protocol.as_str(), port, "cut");
+            cut += 1;
+        }
+    }
+    Ok(cut)
 }
 
 /// Logs whether bridged traffic can be filtered on this node (br_netfilter), loudly if not.

@@ -7,6 +7,7 @@
 //! previous table stays in force across a restart until the new state is complete.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,10 @@ pub struct Args {
     /// Quiet period that ends a burst of updates, in milliseconds.
     #[arg(long, default_value_t = 10)]
     pub coalesce_ms: u64,
+    /// Cut open connections a change no longer allows (deletes their conntrack entries).
+    /// Off: they keep flowing until they close, as conntrack accepts established traffic.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 enum Event {
@@ -108,7 +113,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
         police_node_traffic: args.police_node_traffic,
     };
     let mut reconciler = Reconciler::new(&args.node);
-    let mut enforcer = Enforcer::new(args.status_file.clone())?;
+    let mut enforcer = Enforcer::new(args.status_file.clone())?.strict(args.strict)?;
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
     let quiet = Duration::from_millis(args.coalesce_ms);
     let mut next_resync = Instant::now() + resync_every;
@@ -134,6 +139,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                             ruleset: Ruleset::build(reconciler.plan(), options),
                             fingerprint: summary(&reconciler),
                             since,
+                            plan: args.strict.then(|| Arc::new(reconciler.plan().clone())),
                         });
                     }
                 }
@@ -153,6 +159,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                             ruleset: Ruleset::build(reconciler.plan(), options),
                             fingerprint: summary(&reconciler),
                             since: now,
+                            plan: args.strict.then(|| Arc::new(reconciler.plan().clone())),
                         });
                     }
                     enforcer.resync();

@@ -10,6 +10,7 @@
 //! rejects a transaction is the enforcer's business (`crate::enforce`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,10 @@ pub struct Args {
     /// Quiet period that ends a burst of file changes, in milliseconds.
     #[arg(long, default_value_t = 75)]
     pub debounce_ms: u64,
+    /// Cut open connections a change no longer allows (deletes their conntrack entries).
+    /// Off: they keep flowing until they close, as conntrack accepts established traffic.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 enum Event {
@@ -85,6 +90,7 @@ fn load_desired(args: &Args, options: Options, since: Instant) -> anyhow::Result
         fingerprint,
         ruleset: Ruleset::build(&plan, options),
         since,
+        plan: Some(Arc::new(plan)),
     })
 }
 
@@ -141,7 +147,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     let options = Options {
         police_node_traffic: args.police_node_traffic,
     };
-    let mut enforcer = Enforcer::new(args.status_file.clone())?;
+    let mut enforcer = Enforcer::new(args.status_file.clone())?.strict(args.strict)?;
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
     let quiet = Duration::from_millis(args.debounce_ms);
     tracing::info!(node = %args.node, manifests = %args.manifests.display(), "starting");

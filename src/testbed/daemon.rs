@@ -56,8 +56,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `bin run --manifests DIR --node NODE --status-file STATUS` inside `ns`, with its
-    /// stdout and stderr going to `log`.
+    /// Starts `bin run --manifests DIR --node NODE --status-file STATUS [EXTRA...]` inside `ns`,
+    /// with its stdout and stderr going to `log`.
     pub fn start(
         ns: &Netns,
         bin: &Path,
@@ -65,6 +65,7 @@ impl Daemon {
         node: &str,
         status_file: &Path,
         log: &Path,
+        extra: &[String],
     ) -> Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone().context("cloning the log file")?;
@@ -76,6 +77,7 @@ impl Daemon {
             .arg(node)
             .arg("--status-file")
             .arg(status_file)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

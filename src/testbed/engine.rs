@@ -60,6 +60,7 @@ pub struct Testbed {
     probe_timeout: Duration,
     apply_timeout: Duration,
     binary: Option<PathBuf>,
+    daemon_args: Vec<String>,
 }
 
 impl Testbed {
@@ -114,6 +115,7 @@ impl Testbed {
             probe_timeout: Duration::from_secs(1),
             apply_timeout: Duration::from_secs(30),
             binary: None,
+            daemon_args: Vec::new(),
         };
         bed.listen_on_container_ports(state)?;
         Ok(bed)
@@ -154,6 +156,12 @@ impl Testbed {
     /// The `nftpol` binary to run (default: [`daemon::find_binary`]).
     pub fn set_binary(&mut self, path: impl Into<PathBuf>) {
         self.binary = Some(path.into());
+    }
+
+    /// Extra arguments of `nftpol run` (e.g. `--strict`); they take effect when the daemon
+    /// starts, at the first apply.
+    pub fn set_daemon_args(&mut self, args: Vec<String>) {
+        self.daemon_args = args;
     }
 
     /// The daemon's log so far (empty before the first apply).
@@ -222,6 +230,7 @@ impl Testbed {
                 NODE_NAME,
                 &self.work.path().join("status.json"),
                 &self.work.path().join("daemon.log"),
+                &self.daemon_args,
             )?;
             self.daemon = Some(d);
         }
