@@ -6,13 +6,17 @@
 //! as one transaction. Nothing is programmed before every kind has been listed once, so the
 //! previous table stays in force across a restart until the new state is complete.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ipnet::IpNet;
 
+use crate::dataplane::ruleset::known_pod_addresses;
 use crate::dataplane::{Options, Ruleset};
 use crate::enforce::{self, Desired, Enforcer};
 use crate::reconcile::Reconciler;
@@ -43,6 +47,16 @@ pub struct Args {
     /// Off: they keep flowing until they close, as conntrack accepts established traffic.
     #[arg(long)]
     pub strict: bool,
+    /// Drop traffic from or to an address of the node's pod CIDRs that belongs to no known
+    /// pod, until the pod is known. Off (default): a pod nftpol has not seen yet is not policed
+    /// until it has. On: a new pod is policed from its first packet, but cannot talk at all
+    /// until nftpol has seen it (a slow API server delays new pods).
+    #[arg(long)]
+    pub default_deny_unknown: bool,
+    /// The node's pod CIDR for `--default-deny-unknown` (repeat for several); default: the
+    /// Node's spec.podCIDRs.
+    #[arg(long = "pod-cidr", value_name = "CIDR")]
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 enum Event {
@@ -82,6 +96,32 @@ fn coalesce(rx: &Receiver<Event>, r: &mut Reconciler, quiet: Duration) -> Option
     None
 }
 
+/// What `--default-deny-unknown` depends on besides the plan: the pod CIDRs and the known
+/// addresses inside them (a pod anywhere in the cluster can change them). `None` when off.
+type Guard = Option<(Vec<IpNet>, BTreeSet<IpAddr>)>;
+
+fn guard(r: &Reconciler, args: &Args) -> Guard {
+    if !args.default_deny_unknown {
+        return None;
+    }
+    let cidrs = if args.pod_cidrs.is_empty() {
+        r.pod_cidrs().to_vec()
+    } else {
+        args.pod_cidrs.clone()
+    };
+    let mut known = known_pod_addresses(r.index().pods());
+    known.retain(|ip| cidrs.iter().any(|c| c.contains(ip)));
+    Some((cidrs, known))
+}
+
+fn ruleset(r: &Reconciler, options: Options, guard: &Guard) -> Ruleset {
+    let mut rs = Ruleset::build(r.plan(), options);
+    if let Some((cidrs, known)) = guard {
+        rs.guard_unknown(cidrs, known.iter().copied());
+    }
+    rs
+}
+
 fn summary(r: &Reconciler) -> String {
     let s = r.plan().stats();
     format!(
@@ -111,7 +151,9 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
 
     let options = Options {
         police_node_traffic: args.police_node_traffic,
+        default_deny_unknown: args.default_deny_unknown,
     };
+    let mut last_guard: Guard = None;
     let mut reconciler = Reconciler::new(&args.node);
     let mut enforcer = Enforcer::new(args.status_file.clone())?.strict(args.strict)?;
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
@@ -134,9 +176,13 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                 }
                 if reconciler.ready() {
                     let since = waiting_since.take().unwrap_or_else(Instant::now);
-                    if reconciler.take_dirty() || enforcer.generation() == 0 {
+                    let g = guard(&reconciler, &args);
+                    let dirty = reconciler.take_dirty() || g != last_guard;
+                    if dirty || enforcer.generation() == 0 {
+                        let ruleset = ruleset(&reconciler, options, &g);
+                        last_guard = g;
                         enforcer.submit(Desired {
-                            ruleset: Ruleset::build(reconciler.plan(), options),
+                            ruleset,
                             fingerprint: summary(&reconciler),
                             since,
                             plan: args.strict.then(|| Arc::new(reconciler.plan().clone())),
@@ -156,7 +202,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                     if fixed > 0 {
                         tracing::warn!(endpoints = fixed, "full resync fixed endpoints");
                         enforcer.submit(Desired {
-                            ruleset: Ruleset::build(reconciler.plan(), options),
+                            ruleset: ruleset(&reconciler, options, &last_guard),
                             fingerprint: summary(&reconciler),
                             since: now,
                             plan: args.strict.then(|| Arc::new(reconciler.plan().clone())),

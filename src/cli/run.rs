@@ -18,6 +18,7 @@ use anyhow::Context;
 use notify::Watcher;
 
 use crate::compile::{Scope, compile};
+use crate::dataplane::ruleset::known_pod_addresses;
 use crate::dataplane::{Options, Ruleset};
 use crate::enforce::{self, Desired, Enforcer};
 use crate::index::ClusterIndex;
@@ -48,6 +49,16 @@ pub struct Args {
     /// Off: they keep flowing until they close, as conntrack accepts established traffic.
     #[arg(long)]
     pub strict: bool,
+    /// Drop traffic from or to an address of the node's pod CIDRs that belongs to no known
+    /// pod, until the pod is known. Off (default): a pod nftpol has not seen yet is not policed
+    /// until it has. On: a new pod is policed from its first packet, but cannot talk at all
+    /// until nftpol has seen it (a slow API server delays new pods).
+    #[arg(long)]
+    pub default_deny_unknown: bool,
+    /// The node's pod CIDR for `--default-deny-unknown` (repeat for several; without it
+    /// nothing counts as unknown).
+    #[arg(long = "pod-cidr", value_name = "CIDR")]
+    pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 enum Event {
@@ -86,9 +97,11 @@ fn load_desired(args: &Args, options: Options, since: Instant) -> anyhow::Result
         policies = stats.policies,
         "compiled"
     );
+    let mut ruleset = Ruleset::build(&plan, options);
+    ruleset.guard_unknown(&args.pod_cidrs, known_pod_addresses(&loaded.state.pods));
     Ok(Desired {
         fingerprint,
-        ruleset: Ruleset::build(&plan, options),
+        ruleset,
         since,
         plan: Some(Arc::new(plan)),
     })
@@ -146,7 +159,11 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
 
     let options = Options {
         police_node_traffic: args.police_node_traffic,
+        default_deny_unknown: args.default_deny_unknown,
     };
+    if args.default_deny_unknown && args.pod_cidrs.is_empty() {
+        tracing::warn!("--default-deny-unknown without --pod-cidr: no address counts as unknown");
+    }
     let mut enforcer = Enforcer::new(args.status_file.clone())?.strict(args.strict)?;
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
     let quiet = Duration::from_millis(args.debounce_ms);

@@ -494,6 +494,20 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             r.add_expr(&Counter);
             r.add_expr(&Verdict::Drop);
         }
+        Rule::AddrDrop { family, field, set } => {
+            nfproto(r, *family);
+            r.add_expr(&PayloadLoad::addr(
+                *family == Family::V6,
+                *field == AddrField::Daddr,
+                ext::REG1,
+            ));
+            r.add_expr(&LookupExt {
+                set: cname(set)?,
+                set_id: 0,
+                dreg: None,
+            });
+            r.add_expr(&Verdict::Drop);
+        }
     }
     Ok(())
 }
@@ -507,6 +521,9 @@ pub fn full(ruleset: &Ruleset, per_element: bool) -> Result<Tx, BadName> {
 }
 
 fn add_contents(tx: &mut Tx, ruleset: &Ruleset) -> Result<(), BadName> {
+    for set in &ruleset.unknown {
+        tx.add_set(set)?;
+    }
     for pod in ruleset.pods.values() {
         tx.add_pod_objects(pod)?;
     }
@@ -535,6 +552,12 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             .maps
             .iter()
             .zip(&new.maps)
+            .any(|(a, b)| a.name != b.name || a.family != b.family)
+        || old.unknown.len() != new.unknown.len()
+        || old
+            .unknown
+            .iter()
+            .zip(&new.unknown)
             .any(|(a, b)| a.name != b.name || a.family != b.family)
     {
         return Ok(None);
@@ -571,7 +594,15 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             }
         }
     }
-    // 3. Changed pods: element deletes before adds, so a replaced interval never overlaps.
+    // 3. Changed pods and unknown-address sets: element deletes before adds, so a replaced
+    // interval never overlaps.
+    for (os, ns) in old.unknown.iter().zip(&new.unknown) {
+        if os.elements != ns.elements {
+            let (del, add) = element_diff(os, ns);
+            tx.set_elements(os, &del, ElemOp::Del)?;
+            tx.set_elements(ns, &add, ElemOp::Add)?;
+        }
+    }
     for (name, n) in &new.pods {
         let Some(o) = old.pods.get(name) else {
             continue;

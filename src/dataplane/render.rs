@@ -151,6 +151,9 @@ pub fn rule_text(rule: &Rule) -> String {
             log_text(log)
         ),
         Rule::CounterDrop => "counter packets 0 bytes 0 drop".into(),
+        Rule::AddrDrop { family, field, set } => {
+            format!("{} {} @{set} drop", family.keyword(), field.keyword())
+        }
     }
 }
 
