@@ -5,7 +5,7 @@
 //! Messages are built and parsed here as plain bytes (no libnetfilter_conntrack): the format is
 //! small and stable (`nlmsghdr`, `nfgenmsg`, then nested attributes), and byte-level code can be
 //! unit tested without a kernel. The only `unsafe` is the `setsockopt` giving the socket a
-//! receive timeout.
+//! receive timeout and `getifaddrs` for [`local_addresses`].
 //!
 //! Why the tuples matter: the kernel looks an entry up by its original tuple and its zone, so a
 //! delete carries exactly those. What the ruleset saw, though, is the original source and the
@@ -308,6 +308,42 @@ fn error_code(payload: &[u8]) -> Result<i32, ConntrackError> {
     Ok(-i32::from_ne_bytes(b))
 }
 
+/// The addresses of the calling thread's network namespace (the node's own addresses), so that
+/// connections the node itself opened can be told apart from forwarded ones.
+pub fn local_addresses() -> io::Result<std::collections::HashSet<IpAddr>> {
+    let mut out = std::collections::HashSet::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we walk read-only and free exactly once below; each
+    // `ifa_addr` is null or points to a sockaddr of the size its family implies.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() {
+                match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*addr.cast::<libc::sockaddr_in>();
+                        out.insert(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*addr.cast::<libc::sockaddr_in6>();
+                        out.insert(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    Ok(out)
+}
+
 /// A ctnetlink socket bound in the network namespace of the thread that opened it.
 pub struct Conntrack {
     sock: mnl::Socket,
@@ -476,6 +512,15 @@ mod tests {
         assert_eq!(
             entry("10.0.0.1", "10.0.0.2").judged().1,
             "10.0.0.2".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn loopback_is_a_local_address() {
+        let local = local_addresses().unwrap();
+        assert!(
+            local.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{local:?}"
         );
     }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 
 use crate::compile::NodePlan;
-use crate::conntrack::{Conntrack, ConntrackError};
+use crate::conntrack::{self, Conntrack, ConntrackError};
 use crate::dataplane::br_netfilter::BrNetfilter;
 use crate::dataplane::{ApplyKind, Dataplane, DataplaneError, Ruleset};
 use crate::model::Protocol;
@@ -164,7 +164,8 @@ impl Enforcer {
                 if report.kind != ApplyKind::Unchanged
                     && let (Some(ct), Some(plan)) = (self.conntrack.as_mut(), &desired.plan)
                 {
-                    match cut_denied(ct, plan) {
+                    let police_node = desired.ruleset.options.police_node_traffic;
+                    match cut_denied(ct, plan, police_node) {
                         Ok(n) => {
                             self.cut += n;
                             if n > 0 {
@@ -229,8 +230,19 @@ impl Enforcer {
 }
 
 /// Deletes the conntrack entries of TCP, UDP and SCTP connections to or from a local endpoint
-/// that `plan` does not allow as new connections; returns how many were deleted.
-fn cut_denied(ct: &mut Conntrack, plan: &NodePlan) -> Result<u64, ConntrackError> {
+/// that `plan` does not allow as new connections; returns how many were deleted. Connections
+/// the node opened to its pods are left alone unless `police_node` (nothing polices them, so a
+/// cut one would only come back with its next packet).
+fn cut_denied(
+    ct: &mut Conntrack,
+    plan: &NodePlan,
+    police_node: bool,
+) -> Result<u64, ConntrackError> {
+    let node: HashSet<IpAddr> = if police_node {
+        HashSet::new()
+    } else {
+        conntrack::local_addresses()?
+    };
     let local: HashSet<IpAddr> = plan
         .endpoints
         .values()
@@ -248,7 +260,7 @@ fn cut_denied(ct: &mut Conntrack, plan: &NodePlan) -> Result<u64, ConntrackError
             132 => Protocol::Sctp,
             _ => continue,
         };
-        if !local.contains(&src) && !local.contains(&dst) {
+        if (!local.contains(&src) && !local.contains(&dst)) || node.contains(&src) {
             continue;
         }
         if !verdict::judge(plan, src, dst, protocol, port).allowed() && ct.delete(&entry)? {

@@ -1,5 +1,6 @@
 //! `nftpol run --strict` with real packets on a testbed node: an established TCP connection is
-//! cut when a change stops allowing it, and one the change still allows keeps flowing.
+//! cut when a change stops allowing it, one the change still allows keeps flowing, and so does
+//! one the node opened (node-to-pod traffic is not policed without --police-node-traffic).
 //! (Without `--strict` the connection survives: tests/enforcement.rs.) Needs root.
 
 use std::io::{Read, Write};
@@ -151,6 +152,35 @@ fn strict_keeps_connections_the_change_still_allows() {
         assert!(
             echo(&mut stream, format!("after {i}").as_bytes()),
             "an allowed connection was cut; daemon log:\n{}",
+            bed.daemon_log()
+        );
+    }
+    assert!(!bed.daemon_log().contains("connections no longer allowed"));
+}
+
+#[test]
+fn strict_leaves_connections_the_node_opened_alone() {
+    let Some(mut bed) = strict_testbed() else {
+        return;
+    };
+    bed.apply_objects(&with(vec![server_policy(Some(json!([{"port": PORT}])))]))
+        .expect("apply");
+    let addr = SocketAddr::new(SERVER.2.parse().expect("ip"), PORT);
+    let mut stream = bed
+        .node()
+        .run(move || TcpStream::connect_timeout(&addr, T))
+        .expect("netns")
+        .expect("node to pod");
+    stream.set_read_timeout(Some(T)).expect("timeout");
+    assert!(echo(&mut stream, b"before"));
+    // The server's ingress now denies everyone, the node included; but node-to-pod traffic is
+    // not policed without --police-node-traffic, so its connection is not cut either.
+    bed.apply_objects(&with(vec![server_policy(None)]))
+        .expect("apply");
+    for i in 0..5 {
+        assert!(
+            echo(&mut stream, format!("after {i}").as_bytes()),
+            "the node's connection was cut; daemon log:\n{}",
             bed.daemon_log()
         );
     }
