@@ -349,6 +349,7 @@ fn guarded(plan: &NodePlan, police: bool, others: &[&str]) -> Ruleset {
         Options {
             police_node_traffic: police,
             default_deny_unknown: true,
+            strict: true,
         },
     );
     let cidrs: Vec<ipnet::IpNet> = POD_CIDRS.iter().map(|c| c.parse().unwrap()).collect();

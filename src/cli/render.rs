@@ -41,6 +41,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     let options = Options {
         police_node_traffic: args.police_node_traffic,
         default_deny_unknown: args.default_deny_unknown,
+        ..Options::default()
     };
     let mut ruleset = Ruleset::build(&plan, options);
     ruleset.guard_unknown(&args.pod_cidrs, known_pod_addresses(&loaded.state.pods));

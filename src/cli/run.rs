@@ -45,8 +45,10 @@ pub struct Args {
     /// Quiet period that ends a burst of file changes, in milliseconds.
     #[arg(long, default_value_t = 75)]
     pub debounce_ms: u64,
-    /// Cut open connections a change no longer allows (deletes their conntrack entries).
-    /// Off: they keep flowing until they close, as conntrack accepts established traffic.
+    /// Cut open connections a change no longer allows (deletes their conntrack entries; the
+    /// forward chain also drops TCP packets that would pick a connection up mid-stream, so a
+    /// cut one cannot come back). Off: they keep flowing until they close, as conntrack
+    /// accepts established traffic.
     #[arg(long)]
     pub strict: bool,
     /// Drop traffic from or to an address of the node's pod CIDRs that belongs to no known
@@ -160,6 +162,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     let options = Options {
         police_node_traffic: args.police_node_traffic,
         default_deny_unknown: args.default_deny_unknown,
+        strict: args.strict,
     };
     if args.default_deny_unknown && args.pod_cidrs.is_empty() {
         tracing::warn!("--default-deny-unknown without --pod-cidr: no address counts as unknown");

@@ -390,6 +390,9 @@ fn nfproto(r: &mut NftRule, family: Family) {
 }
 
 const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 mod libc_nfproto {
     use nftnl::nftnl_sys::libc;
@@ -412,6 +415,15 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
         }
         Rule::CtInvalidDrop => {
             ct_state(r, States::INVALID.bits());
+            r.add_expr(&Verdict::Drop);
+        }
+        Rule::TcpNewNotSynDrop => {
+            r.add_expr(&Meta::L4Proto);
+            r.add_expr(&Cmp::new(CmpOp::Eq, IPPROTO_TCP));
+            r.add_expr(&PayloadLoad::tcp_flags(ext::REG1));
+            r.add_expr(&Bitwise::new(TCP_SYN | TCP_ACK, 0u8));
+            r.add_expr(&Cmp::new(CmpOp::Neq, TCP_SYN));
+            ct_state(r, States::NEW.bits());
             r.add_expr(&Verdict::Drop);
         }
         Rule::NeighborDiscoveryAccept(t) => {

@@ -124,6 +124,7 @@ pub fn rule_text(rule: &Rule) -> String {
     match rule {
         Rule::CtEstablishedAccept => "ct state established,related accept".into(),
         Rule::CtInvalidDrop => "ct state invalid drop".into(),
+        Rule::TcpNewNotSynDrop => "tcp flags != syn / syn,ack ct state new drop".into(),
         Rule::NeighborDiscoveryAccept(t) => format!("icmpv6 type {} accept", t.keyword()),
         Rule::Vmap { family, field, map } => {
             format!("{} {} vmap @{map}", family.keyword(), field.keyword())

@@ -44,6 +44,11 @@ pub struct Options {
     /// Drop traffic from or to an address of the node's pod CIDRs that belongs to no known
     /// pod (the `unknown_v4`/`unknown_v6` sets, filled by [`Ruleset::guard_unknown`]).
     pub default_deny_unknown: bool,
+    /// `--strict`: the forward chain drops TCP packets that would start tracking a connection
+    /// mid-stream (conntrack's loose pickup of a non-SYN packet). Without it, a connection
+    /// whose entry `--strict` deleted comes back as soon as the side the policies still let
+    /// open connections sends a packet (an ACK in flight is enough).
+    pub strict: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -186,6 +191,8 @@ pub enum Rule {
     },
     /// `counter drop`: the end of every per-pod chain.
     CounterDrop,
+    /// `tcp flags != syn / syn,ack ct state new drop`: no mid-stream pickup.
+    TcpNewNotSynDrop,
     /// `ip saddr @unknown_v4 drop`: an address of the pod CIDRs no known pod has.
     AddrDrop {
         family: Family,
@@ -509,6 +516,9 @@ fn unknown_drops(options: Options, fields: &[AddrField]) -> Vec<Rule> {
 fn base_chains(options: Options) -> Vec<Chain> {
     let mut forward = preamble();
     forward.push(Rule::CtInvalidDrop);
+    if options.strict {
+        forward.push(Rule::TcpNewNotSynDrop);
+    }
     forward.extend(unknown_drops(
         options,
         &[AddrField::Saddr, AddrField::Daddr],
