@@ -7,16 +7,27 @@
 //! resync compares the kernel with what was applied and repairs drift (someone ran
 //! `nft flush ruleset`) with a full replace. On shutdown the rules stay in place: a restarting
 //! daemon must not open the node.
+//!
+//! With `--strict`, every apply that changed the ruleset is followed by a conntrack sweep: the
+//! entries of connections the new plan no longer allows are deleted, so their next packet is
+//! judged as new (and dropped) instead of riding on `ct state established accept`.
 
+use std::collections::HashSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
+use crate::compile::NodePlan;
+use crate::conntrack::{self, Conntrack, ConntrackError};
 use crate::dataplane::br_netfilter::BrNetfilter;
-use crate::dataplane::{Dataplane, DataplaneError, Ruleset};
+use crate::dataplane::{ApplyKind, Dataplane, DataplaneError, Ruleset};
 use crate::metrics::Metrics;
+use crate::model::Protocol;
+use crate::verdict;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -29,6 +40,9 @@ pub struct Desired {
     /// What was read: the manifest fingerprint, or a summary of the API state.
     pub fingerprint: String,
     pub since: Instant,
+    /// The plan the ruleset was built from; `--strict` judges open connections with it (and
+    /// does nothing without it).
+    pub plan: Option<Arc<NodePlan>>,
 }
 
 #[derive(serde::Serialize)]
@@ -67,6 +81,10 @@ pub struct Enforcer {
     backoff: Duration,
     retry_at: Option<Instant>,
     metrics: Option<Metrics>,
+    /// `--strict`: the ctnetlink socket that cuts connections the plan no longer allows.
+    conntrack: Option<Conntrack>,
+    /// Connections cut so far.
+    cut: u64,
 }
 
 impl Enforcer {
@@ -81,12 +99,31 @@ impl Enforcer {
             backoff: FIRST_BACKOFF,
             retry_at: None,
             metrics: None,
+            conntrack: None,
+            cut: 0,
         })
     }
 
     /// Records every apply, failure and drift repair in `metrics` from now on.
     pub fn set_metrics(&mut self, metrics: Metrics) {
         self.metrics = Some(metrics);
+    }
+
+    /// `--strict`: after every apply that changes the ruleset, deletes the conntrack entries of
+    /// open connections the new plan denies. Opens the ctnetlink socket in the calling
+    /// thread's network namespace, as [`Enforcer::new`] does for the dataplane.
+    pub fn strict(mut self, on: bool) -> anyhow::Result<Self> {
+        self.conntrack = if on {
+            Some(Conntrack::open().context("opening the conntrack netlink socket")?)
+        } else {
+            None
+        };
+        Ok(self)
+    }
+
+    /// Connections cut by `--strict` so far.
+    pub fn cut_connections(&self) -> u64 {
+        self.cut
     }
 
     /// Number of successful applies so far.
@@ -135,6 +172,26 @@ impl Enforcer {
                 if let Some(m) = &self.metrics {
                     m.observe_commits(&self.dp.take_commit_times());
                     m.observe_apply(desired.since, &desired.ruleset, self.dp.stats());
+                }
+                if report.kind != ApplyKind::Unchanged
+                    && let (Some(ct), Some(plan)) = (self.conntrack.as_mut(), &desired.plan)
+                {
+                    let police_node = desired.ruleset.options.police_node_traffic;
+                    match cut_denied(ct, plan, police_node) {
+                        Ok(n) => {
+                            self.cut += n;
+                            if n > 0 {
+                                tracing::info!(
+                                    cut = n,
+                                    total = self.cut,
+                                    "cut {n} connections no longer allowed"
+                                );
+                            }
+                        }
+                        // The ruleset is in force; only the cut is missing. The next change
+                        // sweeps again.
+                        Err(e) => tracing::error!("strict: cutting connections failed: {e}"),
+                    }
                 }
                 if let Some(path) = &self.status_file
                     && let Err(e) = write_status(path, self.generation, &desired.fingerprint)
@@ -190,6 +247,48 @@ impl Enforcer {
             m.observe_stats(self.dp.stats());
         }
     }
+}
+
+/// Deletes the conntrack entries of TCP, UDP and SCTP connections to or from a local endpoint
+/// that `plan` does not allow as new connections; returns how many were deleted. Connections
+/// the node opened to its pods are left alone unless `police_node` (nothing polices them, so a
+/// cut one would only come back with its next packet).
+fn cut_denied(
+    ct: &mut Conntrack,
+    plan: &NodePlan,
+    police_node: bool,
+) -> Result<u64, ConntrackError> {
+    let node: HashSet<IpAddr> = if police_node {
+        HashSet::new()
+    } else {
+        conntrack::local_addresses()?
+    };
+    let local: HashSet<IpAddr> = plan
+        .endpoints
+        .values()
+        .flat_map(|e| e.ips.iter().copied())
+        .collect();
+    if local.is_empty() {
+        return Ok(0);
+    }
+    let mut cut = 0;
+    for entry in ct.dump()? {
+        let (src, dst, proto, port) = entry.judged();
+        let protocol = match proto {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            132 => Protocol::Sctp,
+            _ => continue,
+        };
+        if (!local.contains(&src) && !local.contains(&dst)) || node.contains(&src) {
+            continue;
+        }
+        if !verdict::judge(plan, src, dst, protocol, port).allowed() && ct.delete(&entry)? {
+            tracing::debug!(%src, %dst, protocol = protocol.as_str(), port, "cut");
+            cut += 1;
+        }
+    }
+    Ok(cut)
 }
 
 /// Logs whether bridged traffic can be filtered on this node (br_netfilter), loudly if not.

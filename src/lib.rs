@@ -13,9 +13,11 @@
 //! - [`compile`]: the policy compiler.
 //! - [`verdict`]: connection verdicts and their explanation.
 //! - [`metrics`]: the Prometheus metrics and health probes of `run` and `daemon`.
+//! - [`conntrack`]: the conntrack table through ctnetlink (`--strict` cuts connections).
 
 pub mod cli;
 pub mod compile;
+pub mod conntrack;
 pub mod convert;
 pub mod dataplane;
 pub mod enforce;

@@ -317,6 +317,7 @@ fn plan_compiled(node: &str) -> NodePlan {
 fn rulesets() -> Vec<(&'static str, Ruleset)> {
     let police = Options {
         police_node_traffic: true,
+        ..Options::default()
     };
     vec![
         (
@@ -330,7 +331,83 @@ fn rulesets() -> Vec<(&'static str, Ruleset)> {
             "compiled",
             Ruleset::build(&plan_compiled("n1"), Options::default()),
         ),
+        ("v4-unknown", guarded(&plan_v4(), false, &[])),
+        ("v6-police-unknown", guarded(&plan_v6(), true, &[])),
+        (
+            "unknown-everything",
+            guarded(&NodePlan::default(), false, &[]),
+        ),
     ]
+}
+
+const POD_CIDRS: [&str; 2] = ["10.1.0.0/16", "fd00::/64"];
+
+/// `--default-deny-unknown` over the pod CIDRs: the plan's endpoints and `others` are known.
+fn guarded(plan: &NodePlan, police: bool, others: &[&str]) -> Ruleset {
+    let mut rs = Ruleset::build(
+        plan,
+        Options {
+            police_node_traffic: police,
+            default_deny_unknown: true,
+            strict: true,
+        },
+    );
+    let cidrs: Vec<ipnet::IpNet> = POD_CIDRS.iter().map(|c| c.parse().unwrap()).collect();
+    let known: Vec<IpAddr> = plan
+        .endpoints
+        .values()
+        .flat_map(|e| e.ips.iter().copied())
+        .chain(others.iter().map(|s| ip(s)))
+        .collect();
+    rs.guard_unknown(&cidrs, known);
+    rs
+}
+
+#[test]
+fn unknown_sets_follow_pods_incrementally() {
+    let steps = [
+        guarded(&plan_v4(), false, &[]),
+        guarded(&plan_v4(), false, &["10.1.2.3", "10.1.2.5", "fd00::7"]),
+        guarded(&plan_v4(), false, &["10.1.2.4"]),
+        guarded(&NodePlan::default(), false, &["10.1.0.0", "10.1.255.255"]),
+    ];
+    assert!(
+        render(&steps[1]).contains("ip saddr @unknown_v4 drop"),
+        "{}",
+        render(&steps[1])
+    );
+    let ns = Netns::new();
+    let rs = steps.to_vec();
+    let path = format!("/run/netns/{}", ns.name);
+    let name = ns.name.clone();
+    let listings: Vec<(String, String)> = std::thread::spawn(move || {
+        support::enter(&path);
+        let mut dp = Dataplane::new().unwrap();
+        dp.apply_full(&rs[0]).unwrap();
+        let mut out = Vec::new();
+        for w in rs.windows(2) {
+            let report = dp.apply_diff(&w[0], &w[1]).unwrap();
+            assert_eq!(dp.check_drift().unwrap(), None, "no drift after diff");
+            let listing = support::run(
+                "ip",
+                &[
+                    "netns", "exec", &name, "nft", "list", "table", "inet", "nftpol",
+                ],
+            );
+            out.push((format!("{:?}", report.kind), listing));
+        }
+        out
+    })
+    .join()
+    .unwrap();
+    for (i, (kind, listing)) in listings.iter().enumerate() {
+        assert_eq!(kind, "Diff", "step {i} should be incremental");
+        assert_eq!(
+            normalize(listing),
+            normalize(&render(&steps[i + 1])),
+            "step {i}"
+        );
+    }
 }
 
 fn apply_full_in(ns: &Netns, rs: &Ruleset) {
@@ -613,6 +690,7 @@ fn diff_falls_back_to_full_on_shape_change() {
         &plan_v4(),
         Options {
             police_node_traffic: true,
+            ..Options::default()
         },
     );
     let (a2, b2) = (a.clone(), b.clone());

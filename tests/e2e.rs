@@ -143,6 +143,8 @@ struct Node {
     status: PathBuf,
     log: PathBuf,
     daemon: Option<Child>,
+    /// Extra `nftpol daemon` arguments (`--strict`, ...), used at the next start.
+    extra_args: Vec<String>,
 }
 
 impl Node {
@@ -162,6 +164,7 @@ impl Node {
             .arg(&self.kubeconfig)
             .arg("--status-file")
             .arg(&self.status)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -329,6 +332,7 @@ fn build_world(state: &Path) -> anyhow::Result<World> {
             status: state.join(format!("status-{name}.json")),
             log: state.join(format!("daemon-{name}.log")),
             daemon: None,
+            extra_args: Vec::new(),
         });
     }
     // The underlay: node-a 192.168.200.1/30 <-> node-b .2, each routing the other's pod CIDR.
@@ -767,6 +771,51 @@ fn uninstall(w: &mut World) -> Result<(), String> {
     w.eventually(&[("a1", "b2", PORT, true), ("b2", "b1", PORT, true)])
 }
 
+/// Restarts node-a's daemon with `args` and waits for its first apply.
+fn restart_node_a(w: &mut World, args: &[&str]) -> Result<(), String> {
+    let a = &mut w.nodes[0];
+    a.extra_args = args.iter().map(|s| s.to_string()).collect();
+    let restarted = std::time::SystemTime::now();
+    a.stop_daemon();
+    a.start_daemon().map_err(|e| e.to_string())?;
+    a.wait_for_apply_after(restarted)
+}
+
+fn strict_and_unknown_on_node_a(w: &mut World) -> Result<(), String> {
+    // The pod CIDR comes from node-a's Node object (10.244.1.0/24): no --pod-cidr.
+    restart_node_a(w, &["--strict", "--default-deny-unknown"])?;
+    let r = (|| {
+        w.eventually(&[("a1", "a2", PORT, true), ("b1", "a2", PORT, true)])?;
+        // a1's Pod object goes, its namespace and address stay: an unknown address on node-a.
+        e(w.cluster.delete("pod", "a1"))?;
+        w.eventually(&[("a1", "a2", PORT, false), ("b1", "a2", PORT, true)])?;
+        e(w.cluster
+            .pod("a1", "node-a", "10.244.1.11", json!({"app": "a1"})))?;
+        w.eventually(&[("a1", "a2", PORT, true)])?;
+        // --strict: an established b1 -> a1 connection is cut on node-a when a1's ingress stops
+        // allowing it (node-b's daemon is not strict). (a2 was relabelled app=trusted.)
+        echo_server(w, "a1", 9100)?;
+        let mut s = established(w, "b1", "a1", 9100)?;
+        if !echo::round_trip(&mut s, b"before") {
+            return Err("no echo before the change".into());
+        }
+        e(w.cluster.apply(&policy(
+            "a1-deny",
+            json!({"podSelector": {"matchLabels": {"app": "a1"}}, "policyTypes": ["Ingress"]}),
+        )))?;
+        let deadline = Instant::now() + CONVERGE;
+        while echo::round_trip(&mut s, b"after") {
+            if Instant::now() > deadline {
+                return Err("the established connection was not cut".into());
+            }
+        }
+        e(w.cluster.delete("networkpolicy", "a1-deny"))?;
+        w.eventually(&[("b1", "a1", PORT, true)])
+    })();
+    restart_node_a(w, &[])?;
+    r
+}
+
 #[test]
 fn e2e() {
     let Some(state) = std::env::var_os("NFTPOL_E2E_STATE").map(PathBuf::from) else {
@@ -807,6 +856,10 @@ fn e2e() {
         (
             "each daemon is ready and its metrics add up",
             daemons_serve_metrics_and_probes,
+        ),
+        (
+            "--strict cuts, --default-deny-unknown from the Node's podCIDR",
+            strict_and_unknown_on_node_a,
         ),
         (
             "manifests/ pass a client dry run and a server-side apply",

@@ -6,13 +6,18 @@
 //! as one transaction. Nothing is programmed before every kind has been listed once, so the
 //! previous table stays in force across a restart until the new state is complete.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ipnet::IpNet;
 
 use crate::dataplane::br_netfilter::BrNetfilter;
+use crate::dataplane::ruleset::known_pod_addresses;
 use crate::dataplane::{Options, Ruleset};
 use crate::enforce::{self, Desired, Enforcer};
 use crate::metrics::{self, Metrics};
@@ -43,6 +48,22 @@ pub struct Args {
     /// Address of /metrics, /livez and /readyz; "" or "off" disables them.
     #[arg(long, default_value = metrics::DEFAULT_ADDR)]
     pub metrics_addr: String,
+    /// Cut open connections a change no longer allows (deletes their conntrack entries; the
+    /// forward chain also drops TCP packets that would pick a connection up mid-stream, so a
+    /// cut one cannot come back). Off: they keep flowing until they close, as conntrack
+    /// accepts established traffic.
+    #[arg(long)]
+    pub strict: bool,
+    /// Drop traffic from or to an address of the node's pod CIDRs that belongs to no known
+    /// pod, until the pod is known. Off (default): a pod nftpol has not seen yet is not policed
+    /// until it has. On: a new pod is policed from its first packet, but cannot talk at all
+    /// until nftpol has seen it (a slow API server delays new pods).
+    #[arg(long)]
+    pub default_deny_unknown: bool,
+    /// The node's pod CIDR for `--default-deny-unknown` (repeat for several); default: the
+    /// Node's spec.podCIDRs.
+    #[arg(long = "pod-cidr", value_name = "CIDR")]
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 enum Event {
@@ -90,6 +111,32 @@ fn coalesce(
     None
 }
 
+/// What `--default-deny-unknown` depends on besides the plan: the pod CIDRs and the known
+/// addresses inside them (a pod anywhere in the cluster can change them). `None` when off.
+type Guard = Option<(Vec<IpNet>, BTreeSet<IpAddr>)>;
+
+fn guard(r: &Reconciler, args: &Args) -> Guard {
+    if !args.default_deny_unknown {
+        return None;
+    }
+    let cidrs = if args.pod_cidrs.is_empty() {
+        r.pod_cidrs().to_vec()
+    } else {
+        args.pod_cidrs.clone()
+    };
+    let mut known = known_pod_addresses(r.index().pods());
+    known.retain(|ip| cidrs.iter().any(|c| c.contains(ip)));
+    Some((cidrs, known))
+}
+
+fn ruleset(r: &Reconciler, options: Options, guard: &Guard) -> Ruleset {
+    let mut rs = Ruleset::build(r.plan(), options);
+    if let Some((cidrs, known)) = guard {
+        rs.guard_unknown(cidrs, known.iter().copied());
+    }
+    rs
+}
+
 fn summary(r: &Reconciler) -> String {
     let s = r.plan().stats();
     format!(
@@ -121,9 +168,12 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
 
     let options = Options {
         police_node_traffic: args.police_node_traffic,
+        default_deny_unknown: args.default_deny_unknown,
+        strict: args.strict,
     };
+    let mut last_guard: Guard = None;
     let mut reconciler = Reconciler::new(&args.node);
-    let mut enforcer = Enforcer::new(args.status_file.clone())?;
+    let mut enforcer = Enforcer::new(args.status_file.clone())?.strict(args.strict)?;
     enforcer.set_metrics(metrics.clone());
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
     let quiet = Duration::from_millis(args.coalesce_ms);
@@ -154,12 +204,17 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                 }
                 if reconciler.ready() {
                     let since = waiting_since.take().unwrap_or_else(Instant::now);
-                    if reconciler.take_dirty() || enforcer.generation() == 0 {
+                    let g = guard(&reconciler, &args);
+                    let dirty = reconciler.take_dirty() || g != last_guard;
+                    if dirty || enforcer.generation() == 0 {
+                        let ruleset = ruleset(&reconciler, options, &g);
+                        last_guard = g;
                         metrics.observe_plan(reconciler.plan());
                         enforcer.submit(Desired {
-                            ruleset: Ruleset::build(reconciler.plan(), options),
+                            ruleset,
                             fingerprint: summary(&reconciler),
                             since,
+                            plan: args.strict.then(|| Arc::new(reconciler.plan().clone())),
                         });
                     }
                 }
@@ -177,9 +232,10 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                         tracing::warn!(endpoints = fixed, "full resync fixed endpoints");
                         metrics.observe_plan(reconciler.plan());
                         enforcer.submit(Desired {
-                            ruleset: Ruleset::build(reconciler.plan(), options),
+                            ruleset: ruleset(&reconciler, options, &last_guard),
                             fingerprint: summary(&reconciler),
                             since: now,
+                            plan: args.strict.then(|| Arc::new(reconciler.plan().clone())),
                         });
                     }
                     metrics.observe_br_netfilter(&BrNetfilter::probe());

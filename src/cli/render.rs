@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::compile::{Scope, compile};
 use crate::dataplane::render::{render, render_script};
+use crate::dataplane::ruleset::known_pod_addresses;
 use crate::dataplane::{Options, Ruleset};
 use crate::index::ClusterIndex;
 
@@ -22,6 +23,12 @@ pub struct Args {
     /// Print a script for `nft -f` that atomically replaces the table, instead of the listing.
     #[arg(long)]
     pub script: bool,
+    /// Render the unknown-address drops (as `run --default-deny-unknown`).
+    #[arg(long)]
+    pub default_deny_unknown: bool,
+    /// The node's pod CIDR for `--default-deny-unknown` (repeatable).
+    #[arg(long = "pod-cidr", value_name = "CIDR")]
+    pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 pub fn execute(args: Args) -> anyhow::Result<()> {
@@ -33,8 +40,11 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     }
     let options = Options {
         police_node_traffic: args.police_node_traffic,
+        default_deny_unknown: args.default_deny_unknown,
+        ..Options::default()
     };
-    let ruleset = Ruleset::build(&plan, options);
+    let mut ruleset = Ruleset::build(&plan, options);
+    ruleset.guard_unknown(&args.pod_cidrs, known_pod_addresses(&loaded.state.pods));
     if args.script {
         print!("{}", render_script(&ruleset));
     } else {

@@ -10,6 +10,7 @@
 //! rejects a transaction is the enforcer's business (`crate::enforce`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use notify::Watcher;
 
 use crate::compile::{Scope, compile};
 use crate::dataplane::br_netfilter::BrNetfilter;
+use crate::dataplane::ruleset::known_pod_addresses;
 use crate::dataplane::{Options, Ruleset};
 use crate::enforce::{self, Desired, Enforcer};
 use crate::index::ClusterIndex;
@@ -48,6 +50,22 @@ pub struct Args {
     /// Address of /metrics, /livez and /readyz; "" or "off" disables them.
     #[arg(long, default_value = metrics::DEFAULT_ADDR)]
     pub metrics_addr: String,
+    /// Cut open connections a change no longer allows (deletes their conntrack entries; the
+    /// forward chain also drops TCP packets that would pick a connection up mid-stream, so a
+    /// cut one cannot come back). Off: they keep flowing until they close, as conntrack
+    /// accepts established traffic.
+    #[arg(long)]
+    pub strict: bool,
+    /// Drop traffic from or to an address of the node's pod CIDRs that belongs to no known
+    /// pod, until the pod is known. Off (default): a pod nftpol has not seen yet is not policed
+    /// until it has. On: a new pod is policed from its first packet, but cannot talk at all
+    /// until nftpol has seen it (a slow API server delays new pods).
+    #[arg(long)]
+    pub default_deny_unknown: bool,
+    /// The node's pod CIDR for `--default-deny-unknown` (repeat for several; without it
+    /// nothing counts as unknown).
+    #[arg(long = "pod-cidr", value_name = "CIDR")]
+    pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 enum Event {
@@ -92,10 +110,13 @@ fn load_desired(
         policies = stats.policies,
         "compiled"
     );
+    let mut ruleset = Ruleset::build(&plan, options);
+    ruleset.guard_unknown(&args.pod_cidrs, known_pod_addresses(&loaded.state.pods));
     Ok(Desired {
         fingerprint,
-        ruleset: Ruleset::build(&plan, options),
+        ruleset,
         since,
+        plan: Some(Arc::new(plan)),
     })
 }
 
@@ -158,8 +179,13 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
 
     let options = Options {
         police_node_traffic: args.police_node_traffic,
+        default_deny_unknown: args.default_deny_unknown,
+        strict: args.strict,
     };
-    let mut enforcer = Enforcer::new(args.status_file.clone())?;
+    if args.default_deny_unknown && args.pod_cidrs.is_empty() {
+        tracing::warn!("--default-deny-unknown without --pod-cidr: no address counts as unknown");
+    }
+    let mut enforcer = Enforcer::new(args.status_file.clone())?.strict(args.strict)?;
     enforcer.set_metrics(metrics.clone());
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
     let quiet = Duration::from_millis(args.debounce_ms);

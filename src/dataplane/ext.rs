@@ -198,6 +198,16 @@ impl PayloadLoad {
         }
     }
 
+    /// `tcp flags`: byte 13 of the TCP header.
+    pub fn tcp_flags(dreg: u32) -> Self {
+        Self {
+            base: libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
+            offset: 13,
+            len: 1,
+            dreg,
+        }
+    }
+
     /// `th dport`: the destination port is at offset 2 for TCP, UDP and SCTP alike.
     pub fn th_dport(dreg: u32) -> Self {
         Self {

@@ -390,6 +390,9 @@ fn nfproto(r: &mut NftRule, family: Family) {
 }
 
 const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 mod libc_nfproto {
     use nftnl::nftnl_sys::libc;
@@ -412,6 +415,15 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
         }
         Rule::CtInvalidDrop => {
             ct_state(r, States::INVALID.bits());
+            r.add_expr(&Verdict::Drop);
+        }
+        Rule::TcpNewNotSynDrop => {
+            r.add_expr(&Meta::L4Proto);
+            r.add_expr(&Cmp::new(CmpOp::Eq, IPPROTO_TCP));
+            r.add_expr(&PayloadLoad::tcp_flags(ext::REG1));
+            r.add_expr(&Bitwise::new(TCP_SYN | TCP_ACK, 0u8));
+            r.add_expr(&Cmp::new(CmpOp::Neq, TCP_SYN));
+            ct_state(r, States::NEW.bits());
             r.add_expr(&Verdict::Drop);
         }
         Rule::NeighborDiscoveryAccept(t) => {
@@ -494,6 +506,20 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             r.add_expr(&Counter);
             r.add_expr(&Verdict::Drop);
         }
+        Rule::AddrDrop { family, field, set } => {
+            nfproto(r, *family);
+            r.add_expr(&PayloadLoad::addr(
+                *family == Family::V6,
+                *field == AddrField::Daddr,
+                ext::REG1,
+            ));
+            r.add_expr(&LookupExt {
+                set: cname(set)?,
+                set_id: 0,
+                dreg: None,
+            });
+            r.add_expr(&Verdict::Drop);
+        }
     }
     Ok(())
 }
@@ -507,6 +533,9 @@ pub fn full(ruleset: &Ruleset, per_element: bool) -> Result<Tx, BadName> {
 }
 
 fn add_contents(tx: &mut Tx, ruleset: &Ruleset) -> Result<(), BadName> {
+    for set in &ruleset.unknown {
+        tx.add_set(set)?;
+    }
     for pod in ruleset.pods.values() {
         tx.add_pod_objects(pod)?;
     }
@@ -535,6 +564,12 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             .maps
             .iter()
             .zip(&new.maps)
+            .any(|(a, b)| a.name != b.name || a.family != b.family)
+        || old.unknown.len() != new.unknown.len()
+        || old
+            .unknown
+            .iter()
+            .zip(&new.unknown)
             .any(|(a, b)| a.name != b.name || a.family != b.family)
     {
         return Ok(None);
@@ -571,7 +606,15 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             }
         }
     }
-    // 3. Changed pods: element deletes before adds, so a replaced interval never overlaps.
+    // 3. Changed pods and unknown-address sets: element deletes before adds, so a replaced
+    // interval never overlaps.
+    for (os, ns) in old.unknown.iter().zip(&new.unknown) {
+        if os.elements != ns.elements {
+            let (del, add) = element_diff(os, ns);
+            tx.set_elements(os, &del, ElemOp::Del)?;
+            tx.set_elements(ns, &add, ElemOp::Add)?;
+        }
+    }
     for (name, n) in &new.pods {
         let Some(o) = old.pods.get(name) else {
             continue;

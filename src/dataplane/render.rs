@@ -124,6 +124,7 @@ pub fn rule_text(rule: &Rule) -> String {
     match rule {
         Rule::CtEstablishedAccept => "ct state established,related accept".into(),
         Rule::CtInvalidDrop => "ct state invalid drop".into(),
+        Rule::TcpNewNotSynDrop => "tcp flags != syn / syn,ack ct state new drop".into(),
         Rule::NeighborDiscoveryAccept(t) => format!("icmpv6 type {} accept", t.keyword()),
         Rule::Vmap { family, field, map } => {
             format!("{} {} vmap @{map}", family.keyword(), field.keyword())
@@ -151,6 +152,9 @@ pub fn rule_text(rule: &Rule) -> String {
             log_text(log)
         ),
         Rule::CounterDrop => "counter packets 0 bytes 0 drop".into(),
+        Rule::AddrDrop { family, field, set } => {
+            format!("{} {} @{set} drop", family.keyword(), field.keyword())
+        }
     }
 }
 

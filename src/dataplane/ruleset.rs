@@ -12,6 +12,10 @@
 //! - Each per-pod chain has the same rules whatever the allowed traffic is (one any-port set and
 //!   one `addr . proto . port` set per address family the pod has), so a policy change is only
 //!   set-element adds and deletes: cheap transactions and no chain rewrites.
+//! - `--default-deny-unknown`: one interval set per family, `unknown_v4`/`unknown_v6`, holds
+//!   the node's pod CIDRs minus every known pod address (computed here, not in the kernel), so
+//!   the base chains drop a packet from or to an unknown address with one lookup per address
+//!   field, whatever the number of pods.
 //! - Names are derived from `namespace/name`, stable across runs; k8s names never contain `/`
 //!   or `_`, so `/` separates and `_` marks a hashed suffix when a name would exceed 255 bytes.
 
@@ -19,9 +23,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use crate::compile::{Endpoint, Isolation, NodePlan};
-use crate::intervals::Allowed;
-use crate::model::{Direction, ObjectKey, Protocol};
+use crate::intervals::{AddrSet, Allowed};
+use crate::model::{Direction, ObjectKey, Pod, Protocol};
 
 /// The table nftpol owns. Nothing else in the ruleset is touched.
 pub const TABLE: &str = "nftpol";
@@ -35,6 +41,14 @@ pub struct Options {
     /// Also check traffic from the node itself to its isolated pods against their ingress
     /// policy (the output hook). Off by default: kubelet probes come from the node.
     pub police_node_traffic: bool,
+    /// Drop traffic from or to an address of the node's pod CIDRs that belongs to no known
+    /// pod (the `unknown_v4`/`unknown_v6` sets, filled by [`Ruleset::guard_unknown`]).
+    pub default_deny_unknown: bool,
+    /// `--strict`: the forward chain drops TCP packets that would start tracking a connection
+    /// mid-stream (conntrack's loose pickup of a non-SYN packet). Without it, a connection
+    /// whose entry `--strict` deleted comes back as soon as the side the policies still let
+    /// open connections sends a packet (an ACK in flight is enough).
+    pub strict: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -177,6 +191,14 @@ pub enum Rule {
     },
     /// `counter drop`: the end of every per-pod chain.
     CounterDrop,
+    /// `tcp flags != syn / syn,ack ct state new drop`: no mid-stream pickup.
+    TcpNewNotSynDrop,
+    /// `ip saddr @unknown_v4 drop`: an address of the pod CIDRs no known pod has.
+    AddrDrop {
+        family: Family,
+        field: AddrField,
+        set: String,
+    },
 }
 
 /// The ICMPv6 neighbour discovery messages every base chain lets through.
@@ -248,6 +270,16 @@ pub struct Ruleset {
     /// `ingress_v4`, `ingress_v6`, `egress_v4`, `egress_v6`.
     pub maps: Vec<VerdictMap>,
     pub base_chains: Vec<Chain>,
+    /// With `default_deny_unknown`: `unknown_v4` and `unknown_v6`, else empty.
+    pub unknown: Vec<NamedSet>,
+}
+
+/// Name of the set of unknown pod-CIDR addresses of a family.
+pub fn unknown_set_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "unknown_v4",
+        Family::V6 => "unknown_v6",
+    }
 }
 
 /// Verdict map names, by direction and family.
@@ -315,10 +347,9 @@ pub fn set_name(pod: &ObjectKey, direction: Direction, family: Family, kind: Set
     )
 }
 
-fn addr_elements(allowed: &Allowed, family: Family) -> Vec<Element> {
+fn addr_elements(addrs: &AddrSet, family: Family) -> Vec<Element> {
     match family {
-        Family::V4 => allowed
-            .any_port
+        Family::V4 => addrs
             .v4_ranges()
             .map(|(lo, hi)| {
                 Element::Addr(AddrRange {
@@ -327,8 +358,7 @@ fn addr_elements(allowed: &Allowed, family: Family) -> Vec<Element> {
                 })
             })
             .collect(),
-        Family::V6 => allowed
-            .any_port
+        Family::V6 => addrs
             .v6_ranges()
             .map(|(lo, hi)| {
                 Element::Addr(AddrRange {
@@ -409,7 +439,7 @@ fn pod_direction(endpoint: &Endpoint, direction: Direction, iso: &Isolation) -> 
             name: any.clone(),
             family,
             kind: SetKind::Addr,
-            elements: addr_elements(&iso.allowed, family),
+            elements: addr_elements(&iso.allowed.any_port, family),
         });
         sets.push(NamedSet {
             name: tuples.clone(),
@@ -465,12 +495,39 @@ fn preamble() -> Vec<Rule> {
     ]
 }
 
+/// `ip saddr @unknown_v4 drop` (and the other fields and family) when the option is on.
+fn unknown_drops(options: Options, fields: &[AddrField]) -> Vec<Rule> {
+    if !options.default_deny_unknown {
+        return Vec::new();
+    }
+    let mut rules = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        for field in fields {
+            rules.push(Rule::AddrDrop {
+                family,
+                field: *field,
+                set: unknown_set_name(family).to_string(),
+            });
+        }
+    }
+    rules
+}
+
 fn base_chains(options: Options) -> Vec<Chain> {
     let mut forward = preamble();
     forward.push(Rule::CtInvalidDrop);
+    if options.strict {
+        forward.push(Rule::TcpNewNotSynDrop);
+    }
+    forward.extend(unknown_drops(
+        options,
+        &[AddrField::Saddr, AddrField::Daddr],
+    ));
     forward.extend(vmap_rules(Direction::Egress));
     forward.extend(vmap_rules(Direction::Ingress));
     let mut input = preamble();
+    // Pod to node: only the source can be a pod address.
+    input.extend(unknown_drops(options, &[AddrField::Saddr]));
     input.extend(vmap_rules(Direction::Egress));
     let mut chains = vec![
         Chain {
@@ -486,6 +543,7 @@ fn base_chains(options: Options) -> Vec<Chain> {
     ];
     if options.police_node_traffic {
         let mut output = preamble();
+        output.extend(unknown_drops(options, &[AddrField::Daddr]));
         output.extend(vmap_rules(Direction::Ingress));
         chains.push(Chain {
             name: "output".into(),
@@ -531,17 +589,47 @@ impl Ruleset {
                 pods.insert(pd.chain.name.clone(), pd);
             }
         }
+        let unknown = if options.default_deny_unknown {
+            [Family::V4, Family::V6]
+                .into_iter()
+                .map(|family| NamedSet {
+                    name: unknown_set_name(family).to_string(),
+                    family,
+                    kind: SetKind::Addr,
+                    elements: Vec::new(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ruleset {
             options,
             pods,
             maps: maps.into_values().collect(),
             base_chains: base_chains(options),
+            unknown,
         }
     }
 
-    /// Every named set in creation order: pod sets (by chain name), then nothing else.
+    /// With `default_deny_unknown`: fills `unknown_v4`/`unknown_v6` with the addresses of
+    /// `pod_cidrs` that no address of `known` is (every pod of the cluster that has one).
+    /// Without the option it does nothing. No pod CIDR: nothing is unknown.
+    pub fn guard_unknown(&mut self, pod_cidrs: &[IpNet], known: impl IntoIterator<Item = IpAddr>) {
+        if self.unknown.is_empty() {
+            return;
+        }
+        let unknown = AddrSet::from_nets(pod_cidrs).subtract(&AddrSet::from_addrs(known));
+        for set in &mut self.unknown {
+            set.elements = addr_elements(&unknown, set.family);
+        }
+    }
+
+    /// Every named set in creation order: the unknown-address sets, then pod sets (by chain
+    /// name).
     pub fn sets(&self) -> impl Iterator<Item = &NamedSet> {
-        self.pods.values().flat_map(|p| p.sets.iter())
+        self.unknown
+            .iter()
+            .chain(self.pods.values().flat_map(|p| p.sets.iter()))
     }
 
     pub fn element_count(&self) -> usize {
@@ -564,6 +652,17 @@ impl Ruleset {
     pub fn chain_count(&self) -> usize {
         self.pods.len() + self.base_chains.len()
     }
+}
+
+/// The addresses `--default-deny-unknown` treats as known: every address of every pod that
+/// takes part in enforcement (a Succeeded or Failed pod's address may be reused, so it is not).
+pub fn known_pod_addresses<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+) -> std::collections::BTreeSet<IpAddr> {
+    pods.into_iter()
+        .filter(|p| p.skip_reason().is_none())
+        .flat_map(|p| p.ips.iter().copied())
+        .collect()
 }
 
 impl fmt::Display for Family {

@@ -85,7 +85,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `bin run --manifests DIR --node NODE --status-file STATUS EXTRA...` inside `ns`,
+    /// Starts `bin run --manifests DIR --node NODE --status-file STATUS [EXTRA...]` inside `ns`,
     /// with its stdout and stderr going to `log`.
     pub fn start(
         ns: &Netns,

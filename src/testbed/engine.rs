@@ -158,7 +158,8 @@ impl Testbed {
         self.binary = Some(path.into());
     }
 
-    /// Extra arguments of `nftpol run` (e.g. `--metrics-addr`), for a daemon not started yet.
+    /// Extra arguments of `nftpol run` (e.g. `--metrics-addr`, `--strict`); they take effect
+    /// when the daemon starts, at the first apply.
     pub fn set_daemon_args(&mut self, args: Vec<String>) {
         self.daemon_args = args;
     }

@@ -1,0 +1,102 @@
+//! `nftpol run --default-deny-unknown --pod-cidr` with real packets on a testbed node: a pod
+//! namespace whose Pod object nftpol has not seen (its manifest is not applied yet) has an
+//! address inside the pod CIDR, and cannot reach a known pod until its manifest arrives; without
+//! the flag it can. Needs root.
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use nftpol::model::{ObjectKey, Protocol};
+use nftpol::testbed::{Mode, NODE_NAME, Testbed, netns::Netns};
+use serde_json::{Value, json};
+
+const CLIENT: (&str, &str, &str) = ("x", "client", "10.244.1.2");
+const SERVER: (&str, &str, &str) = ("x", "server", "10.244.1.3");
+/// Has a namespace and an address on the node, but no Pod object until the test applies it.
+const NEWCOMER: (&str, &str, &str) = ("x", "newcomer", "10.244.1.9");
+const T: Duration = Duration::from_millis(700);
+
+fn pod((ns, name, ip): (&str, &str, &str)) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+        "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c"}]},
+        "status": {"phase": "Running", "podIP": ip}
+    })
+}
+
+fn objects(pods: &[(&str, &str, &str)]) -> Vec<Value> {
+    let mut objects =
+        vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})];
+    objects.extend(pods.iter().map(|p| pod(*p)));
+    objects
+}
+
+fn testbed(args: &[&str]) -> Option<Testbed> {
+    if !nftpol::testbed::netns::available() {
+        eprintln!("skipping: network namespaces need root");
+        return None;
+    }
+    let all = objects(&[CLIENT, SERVER, NEWCOMER]);
+    let state = nftpol::manifest::load_values("cluster", all)
+        .expect("cluster loads")
+        .state;
+    let mut bed = Testbed::new(Mode::Bridge, &state).expect("testbed");
+    bed.set_daemon_args(args.iter().map(|a| a.to_string()).collect());
+    bed.listen(&ObjectKey::new(SERVER.0, SERVER.1), 80, Protocol::Tcp)
+        .expect("listen");
+    Some(bed)
+}
+
+fn pod_ns<'a>(bed: &'a Testbed, p: (&str, &str, &str)) -> &'a Netns {
+    let key = ObjectKey::new(p.0, p.1);
+    &bed.topology()
+        .pods
+        .iter()
+        .find(|n| n.key == key)
+        .expect("pod on the testbed")
+        .ns
+}
+
+fn connects(bed: &Testbed, from: (&str, &str, &str), to: (&str, &str, &str)) -> bool {
+    let addr = SocketAddr::new(to.2.parse::<IpAddr>().expect("ip"), 80);
+    pod_ns(bed, from)
+        .run(move || TcpStream::connect_timeout(&addr, T).is_ok())
+        .expect("run in netns")
+}
+
+#[test]
+fn an_unknown_pod_address_is_dropped_until_the_pod_is_known() {
+    let Some(mut bed) = testbed(&["--default-deny-unknown", "--pod-cidr", "10.244.0.0/16"]) else {
+        return;
+    };
+    // No policy at all: only the newcomer's unknown address is denied.
+    bed.apply_objects(&objects(&[CLIENT, SERVER]))
+        .expect("apply");
+    assert!(connects(&bed, CLIENT, SERVER), "a known pod is not policed");
+    assert!(
+        !connects(&bed, NEWCOMER, SERVER),
+        "an unknown address reached a pod; daemon log:\n{}",
+        bed.daemon_log()
+    );
+    bed.apply_objects(&objects(&[CLIENT, SERVER, NEWCOMER]))
+        .expect("apply");
+    assert!(
+        connects(&bed, NEWCOMER, SERVER),
+        "the newcomer is known now"
+    );
+    // And it goes away again with its Pod object.
+    bed.apply_objects(&objects(&[CLIENT, SERVER]))
+        .expect("apply");
+    assert!(!connects(&bed, NEWCOMER, SERVER), "deleted pod still known");
+}
+
+#[test]
+fn without_the_flag_an_unknown_pod_address_is_not_policed() {
+    let Some(mut bed) = testbed(&[]) else {
+        return;
+    };
+    bed.apply_objects(&objects(&[CLIENT, SERVER]))
+        .expect("apply");
+    assert!(connects(&bed, NEWCOMER, SERVER));
+}
