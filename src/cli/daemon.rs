@@ -22,8 +22,8 @@ use crate::dataplane::{Options, Ruleset};
 use crate::enforce::{self, Desired, Enforcer};
 use crate::metrics::{self, Metrics};
 use crate::reconcile::Reconciler;
-use crate::source::Update;
 use crate::source::kube::{self as kube_source, Sink};
+use crate::source::{Change, Update};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -91,24 +91,46 @@ async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
 }
 
 /// Applies every update that arrives until a quiet period; a shutdown wins.
+/// Applies one update to the reconciler; notes whether it was a relist.
+fn apply(r: &mut Reconciler, u: Update, metrics: &Metrics, relisted: &mut bool) {
+    metrics.observe_update(&u);
+    *relisted |= matches!(
+        &u,
+        Update::Namespace(Change::Relisted(_))
+            | Update::Pod(Change::Relisted(_))
+            | Update::Policy(Change::Relisted(_))
+    );
+    r.apply(u);
+}
+
+/// Applies every update that arrives until a quiet period; a shutdown wins.
 fn coalesce(
     rx: &Receiver<Event>,
     r: &mut Reconciler,
     quiet: Duration,
     metrics: &Metrics,
+    relisted: &mut bool,
 ) -> Option<i32> {
     let start = Instant::now();
     while start.elapsed() < MAX_COALESCE {
         match rx.recv_timeout(quiet) {
-            Ok(Event::Update(u)) => {
-                metrics.observe_update(&u);
-                r.apply(u)
-            }
+            Ok(Event::Update(u)) => apply(r, u, metrics, relisted),
             Ok(Event::Shutdown(sig)) => return Some(sig),
             Err(_) => break,
         }
     }
     None
+}
+
+/// A relist deserialises every object of a kind (10,000 pods are tens of MiB of JSON and
+/// k8s-openapi structs) and keeps only the compact model; glibc keeps the freed heap mapped
+/// unless asked to give it back.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it touches no live data.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// What `--default-deny-unknown` depends on besides the plan: the pod CIDRs and the known
@@ -196,9 +218,9 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
         match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Event::Update(update)) => {
                 waiting_since.get_or_insert_with(Instant::now);
-                metrics.observe_update(&update);
-                reconciler.apply(update);
-                if let Some(sig) = coalesce(&rx, &mut reconciler, quiet, &metrics) {
+                let mut relisted = false;
+                apply(&mut reconciler, update, &metrics, &mut relisted);
+                if let Some(sig) = coalesce(&rx, &mut reconciler, quiet, &metrics, &mut relisted) {
                     tracing::info!(signal = sig, "shutting down; rules stay in place");
                     return Ok(());
                 }
@@ -217,6 +239,9 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                             plan: args.strict.then(|| Arc::new(reconciler.plan().clone())),
                         });
                     }
+                }
+                if relisted {
+                    release_freed_memory();
                 }
             }
             Ok(Event::Shutdown(sig)) => {
