@@ -33,37 +33,15 @@ pub struct Args {
     /// Kubeconfig file; default: $KUBECONFIG, ~/.kube/config, or the in-cluster service account.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// Also check node-to-pod traffic (kubelet probes included) against ingress policies.
-    #[arg(long)]
-    pub police_node_traffic: bool,
-    /// Written atomically after every successful apply (as for `nftpol run`).
-    #[arg(long)]
-    pub status_file: Option<PathBuf>,
     /// Seconds between full resyncs (recompile everything, check the kernel for drift).
     #[arg(long, default_value_t = 300)]
     pub resync_interval: u64,
     /// Quiet period that ends a burst of updates, in milliseconds.
     #[arg(long, default_value_t = 10)]
     pub coalesce_ms: u64,
-    /// Address of /metrics, /livez and /readyz; "" or "off" disables them.
-    #[arg(long, default_value = metrics::DEFAULT_ADDR)]
-    pub metrics_addr: String,
-    /// Cut open connections a change no longer allows (deletes their conntrack entries; the
-    /// forward chain also drops TCP packets that would pick a connection up mid-stream, so a
-    /// cut one cannot come back). Off: they keep flowing until they close, as conntrack
-    /// accepts established traffic.
-    #[arg(long)]
-    pub strict: bool,
-    /// Drop traffic from or to an address of the node's pod CIDRs that belongs to no known
-    /// pod, until the pod is known. Off (default): a pod nftpol has not seen yet is not policed
-    /// until it has. On: a new pod is policed from its first packet, but cannot talk at all
-    /// until nftpol has seen it (a slow API server delays new pods).
-    #[arg(long)]
-    pub default_deny_unknown: bool,
-    /// The node's pod CIDR for `--default-deny-unknown` (repeat for several); default: the
-    /// Node's spec.podCIDRs.
-    #[arg(long = "pod-cidr", value_name = "CIDR")]
-    pub pod_cidrs: Vec<IpNet>,
+    /// Enforcement options shared with the other source.
+    #[command(flatten)]
+    pub enforce: super::EnforceArgs,
 }
 
 enum Event {
@@ -138,13 +116,13 @@ fn release_freed_memory() {
 type Guard = Option<(Vec<IpNet>, BTreeSet<IpAddr>)>;
 
 fn guard(r: &Reconciler, args: &Args) -> Guard {
-    if !args.default_deny_unknown {
+    if !args.enforce.default_deny_unknown {
         return None;
     }
-    let cidrs = if args.pod_cidrs.is_empty() {
+    let cidrs = if args.enforce.pod_cidrs.is_empty() {
         r.pod_cidrs().to_vec()
     } else {
-        args.pod_cidrs.clone()
+        args.enforce.pod_cidrs.clone()
     };
     let mut known = known_pod_addresses(r.index().pods());
     known.retain(|ip| cidrs.iter().any(|c| c.contains(ip)));
@@ -175,7 +153,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     // Before any other thread exists, so that they all inherit the blocked signals.
     enforce::install_signal_thread(tx.clone(), Event::Shutdown)?;
     let brnf = enforce::report_br_netfilter();
-    let metrics = metrics::start(&args.metrics_addr, &brnf)?;
+    let metrics = metrics::start(&args.enforce.metrics_addr, &brnf)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -189,13 +167,14 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     let mut watches_stopped = false;
 
     let options = Options {
-        police_node_traffic: args.police_node_traffic,
-        default_deny_unknown: args.default_deny_unknown,
-        strict: args.strict,
+        police_node_traffic: args.enforce.police_node_traffic,
+        default_deny_unknown: args.enforce.default_deny_unknown,
+        strict: args.enforce.strict,
     };
     let mut last_guard: Guard = None;
     let mut reconciler = Reconciler::new(&args.node);
-    let mut enforcer = Enforcer::new(args.status_file.clone())?.strict(args.strict)?;
+    let mut enforcer =
+        Enforcer::new(args.enforce.status_file.clone())?.strict(args.enforce.strict)?;
     enforcer.set_metrics(metrics.clone());
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
     let quiet = Duration::from_millis(args.coalesce_ms);
@@ -236,7 +215,10 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                             ruleset,
                             fingerprint: summary(&reconciler),
                             since,
-                            plan: args.strict.then(|| Arc::new(reconciler.plan().clone())),
+                            plan: args
+                                .enforce
+                                .strict
+                                .then(|| Arc::new(reconciler.plan().clone())),
                         });
                     }
                 }
@@ -260,7 +242,10 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                             ruleset: ruleset(&reconciler, options, &last_guard),
                             fingerprint: summary(&reconciler),
                             since: now,
-                            plan: args.strict.then(|| Arc::new(reconciler.plan().clone())),
+                            plan: args
+                                .enforce
+                                .strict
+                                .then(|| Arc::new(reconciler.plan().clone())),
                         });
                     }
                     metrics.observe_br_netfilter(&BrNetfilter::probe());

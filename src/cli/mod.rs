@@ -9,6 +9,37 @@ pub mod render;
 pub mod run;
 pub mod simulate;
 
+/// How a node is enforced, whatever the source of the cluster state (`run`, `daemon`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EnforceArgs {
+    /// Also check node-to-pod traffic (kubelet probes included) against ingress policies.
+    #[arg(long)]
+    pub police_node_traffic: bool,
+    /// Written atomically after every successful apply:
+    /// `{"generation", "fingerprint", "applied_at_unix_ms"}`.
+    #[arg(long)]
+    pub status_file: Option<PathBuf>,
+    /// Address of /metrics, /livez and /readyz; "" or "off" disables them.
+    #[arg(long, default_value = crate::metrics::DEFAULT_ADDR)]
+    pub metrics_addr: String,
+    /// Cut open connections a change no longer allows (deletes their conntrack entries; the
+    /// forward chain also drops TCP packets that would pick a connection up mid-stream, so a
+    /// cut one cannot come back). Off: they keep flowing until they close, as conntrack
+    /// accepts established traffic.
+    #[arg(long)]
+    pub strict: bool,
+    /// Drop traffic from or to an address of the node's pod CIDRs that belongs to no known
+    /// pod, until the pod is known. Off (default): a pod nftpol has not seen yet is not policed
+    /// until it has. On: a new pod is policed from its first packet, but cannot talk at all
+    /// until nftpol has seen it (a slow API server delays new pods).
+    #[arg(long)]
+    pub default_deny_unknown: bool,
+    /// The node's pod CIDR for `--default-deny-unknown` (repeat for several). `daemon` takes
+    /// the Node's spec.podCIDRs when none is given; for `run`, without it nothing is unknown.
+    #[arg(long = "pod-cidr", value_name = "CIDR")]
+    pub pod_cidrs: Vec<ipnet::IpNet>,
+}
+
 /// Input the command cannot use at all (exit code 2), as opposed to a runtime failure.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -34,38 +34,15 @@ pub struct Args {
     /// The node whose pods are enforced.
     #[arg(long, env = "NODE_NAME")]
     pub node: String,
-    /// Also check node-to-pod traffic (kubelet probes included) against ingress policies.
-    #[arg(long)]
-    pub police_node_traffic: bool,
-    /// Written atomically after every successful apply:
-    /// `{"generation", "fingerprint", "applied_at_unix_ms"}`.
-    #[arg(long)]
-    pub status_file: Option<PathBuf>,
     /// Seconds between drift checks (the kernel table against what was applied).
     #[arg(long, default_value_t = 30)]
     pub resync_interval: u64,
     /// Quiet period that ends a burst of file changes, in milliseconds.
     #[arg(long, default_value_t = 75)]
     pub debounce_ms: u64,
-    /// Address of /metrics, /livez and /readyz; "" or "off" disables them.
-    #[arg(long, default_value = metrics::DEFAULT_ADDR)]
-    pub metrics_addr: String,
-    /// Cut open connections a change no longer allows (deletes their conntrack entries; the
-    /// forward chain also drops TCP packets that would pick a connection up mid-stream, so a
-    /// cut one cannot come back). Off: they keep flowing until they close, as conntrack
-    /// accepts established traffic.
-    #[arg(long)]
-    pub strict: bool,
-    /// Drop traffic from or to an address of the node's pod CIDRs that belongs to no known
-    /// pod, until the pod is known. Off (default): a pod nftpol has not seen yet is not policed
-    /// until it has. On: a new pod is policed from its first packet, but cannot talk at all
-    /// until nftpol has seen it (a slow API server delays new pods).
-    #[arg(long)]
-    pub default_deny_unknown: bool,
-    /// The node's pod CIDR for `--default-deny-unknown` (repeat for several; without it
-    /// nothing counts as unknown).
-    #[arg(long = "pod-cidr", value_name = "CIDR")]
-    pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// Enforcement options shared with the other source.
+    #[command(flatten)]
+    pub enforce: super::EnforceArgs,
 }
 
 enum Event {
@@ -111,7 +88,10 @@ fn load_desired(
         "compiled"
     );
     let mut ruleset = Ruleset::build(&plan, options);
-    ruleset.guard_unknown(&args.pod_cidrs, known_pod_addresses(&loaded.state.pods));
+    ruleset.guard_unknown(
+        &args.enforce.pod_cidrs,
+        known_pod_addresses(&loaded.state.pods),
+    );
     Ok(Desired {
         fingerprint,
         ruleset,
@@ -161,7 +141,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
         .into());
     }
     let brnf = enforce::report_br_netfilter();
-    let metrics = metrics::start(&args.metrics_addr, &brnf)?;
+    let metrics = metrics::start(&args.enforce.metrics_addr, &brnf)?;
 
     let watch_tx = tx.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -178,14 +158,15 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("watching {}", args.manifests.display()))?;
 
     let options = Options {
-        police_node_traffic: args.police_node_traffic,
-        default_deny_unknown: args.default_deny_unknown,
-        strict: args.strict,
+        police_node_traffic: args.enforce.police_node_traffic,
+        default_deny_unknown: args.enforce.default_deny_unknown,
+        strict: args.enforce.strict,
     };
-    if args.default_deny_unknown && args.pod_cidrs.is_empty() {
+    if args.enforce.default_deny_unknown && args.enforce.pod_cidrs.is_empty() {
         tracing::warn!("--default-deny-unknown without --pod-cidr: no address counts as unknown");
     }
-    let mut enforcer = Enforcer::new(args.status_file.clone())?.strict(args.strict)?;
+    let mut enforcer =
+        Enforcer::new(args.enforce.status_file.clone())?.strict(args.enforce.strict)?;
     enforcer.set_metrics(metrics.clone());
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
     let quiet = Duration::from_millis(args.debounce_ms);
