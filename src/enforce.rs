@@ -8,6 +8,9 @@
 //! `nft flush ruleset`) with a full replace. On shutdown the rules stay in place: a restarting
 //! daemon must not open the node.
 //!
+//! It also records every commit, failure and repair in the metrics (`crate::metrics`), and
+//! with `--strict` cuts the open connections a new plan denies (`crate::conntrack`).
+//!
 //! With `--strict`, every apply that changed the ruleset is followed by a conntrack sweep: the
 //! entries of connections the new plan no longer allows are deleted, so their next packet is
 //! judged as new (and dropped) instead of riding on `ct state established accept`.
