@@ -230,10 +230,8 @@ impl World {
     }
 
     fn connects(&self, from: &str, to: &str, port: u16) -> bool {
-        let dst = SocketAddr::new(Self::ip(to), port);
         self.ns(from)
-            .run(move || TcpStream::connect_timeout(&dst, PROBE).is_ok())
-            .unwrap_or(false)
+            .tcp_connects(SocketAddr::new(Self::ip(to), port), PROBE)
     }
 
     /// Polls until every (from, to, port) -> expected holds at once, or the deadline.

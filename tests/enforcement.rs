@@ -70,20 +70,16 @@ fn testbed(mode: Mode) -> Option<Testbed> {
 }
 
 fn pod_ns<'a>(bed: &'a Testbed, p: (&str, &str, &str, &str)) -> &'a Netns {
-    let key = ObjectKey::new(p.0, p.1);
-    &bed.topology()
-        .pods
-        .iter()
-        .find(|n| n.key == key)
+    bed.pod_netns(&ObjectKey::new(p.0, p.1))
         .expect("pod on the testbed")
-        .ns
 }
 
 /// A new TCP connection from `from`'s namespace to `to:port`.
 fn connects(ns: &Netns, to: &str, port: u16, timeout: Duration) -> bool {
-    let addr = SocketAddr::new(to.parse::<IpAddr>().expect("ip"), port);
-    ns.run(move || TcpStream::connect_timeout(&addr, timeout).is_ok())
-        .expect("run in netns")
+    ns.tcp_connects(
+        SocketAddr::new(to.parse::<IpAddr>().expect("ip"), port),
+        timeout,
+    )
 }
 
 const T: Duration = Duration::from_millis(700);

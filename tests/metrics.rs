@@ -3,7 +3,7 @@
 //! manifests, the drop counters of the per-pod chains grow after a denied connection, and the
 //! probes answer. Needs root (network namespaces); every test cleans up (the testbed's drop).
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -101,19 +101,13 @@ fn testbed_with(mode: Mode, extra_args: &[&str]) -> Option<Testbed> {
 }
 
 fn pod_ns<'a>(bed: &'a Testbed, p: (&str, &str, &str)) -> &'a Netns {
-    let key = ObjectKey::new(p.0, p.1);
-    &bed.topology()
-        .pods
-        .iter()
-        .find(|n| n.key == key)
+    bed.pod_netns(&ObjectKey::new(p.0, p.1))
         .expect("pod on the testbed")
-        .ns
 }
 
 fn connects(ns: &Netns, to: &str, port: u16) -> bool {
     let addr = SocketAddr::new(to.parse().expect("address"), port);
-    ns.run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(700)).is_ok())
-        .expect("probe")
+    ns.tcp_connects(addr, Duration::from_millis(700))
 }
 
 /// The value of the sample `name` (with its labels, as exposed), if present.

@@ -51,13 +51,8 @@ fn server_policy(ports: Option<Value>) -> Value {
 }
 
 fn pod_ns<'a>(bed: &'a Testbed, p: (&str, &str, &str)) -> &'a Netns {
-    let key = ObjectKey::new(p.0, p.1);
-    &bed.topology()
-        .pods
-        .iter()
-        .find(|n| n.key == key)
+    bed.pod_netns(&ObjectKey::new(p.0, p.1))
         .expect("pod on the testbed")
-        .ns
 }
 
 /// A strict testbed with an echo server on the server pod.

@@ -3,7 +3,7 @@
 //! address inside the pod CIDR, and cannot reach a known pod until its manifest arrives; without
 //! the flag it can. Needs root.
 
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use nftpol::model::{ObjectKey, Protocol};
@@ -49,20 +49,12 @@ fn testbed(args: &[&str]) -> Option<Testbed> {
 }
 
 fn pod_ns<'a>(bed: &'a Testbed, p: (&str, &str, &str)) -> &'a Netns {
-    let key = ObjectKey::new(p.0, p.1);
-    &bed.topology()
-        .pods
-        .iter()
-        .find(|n| n.key == key)
+    bed.pod_netns(&ObjectKey::new(p.0, p.1))
         .expect("pod on the testbed")
-        .ns
 }
 
 fn connects(bed: &Testbed, from: (&str, &str, &str), to: (&str, &str, &str)) -> bool {
-    let addr = SocketAddr::new(to.2.parse::<IpAddr>().expect("ip"), 80);
-    pod_ns(bed, from)
-        .run(move || TcpStream::connect_timeout(&addr, T).is_ok())
-        .expect("run in netns")
+    pod_ns(bed, from).tcp_connects(SocketAddr::new(to.2.parse::<IpAddr>().expect("ip"), 80), T)
 }
 
 #[test]

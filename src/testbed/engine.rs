@@ -129,6 +129,16 @@ impl Testbed {
         NODE_NAME
     }
 
+    /// The namespace of a pod of the testbed (tests open connections from it).
+    pub fn pod_netns(&self, pod: &ObjectKey) -> Result<&Netns> {
+        self.topology
+            .pods
+            .iter()
+            .find(|p| &p.key == pod)
+            .map(|p| &p.ns)
+            .with_context(|| format!("pod {pod} is not on the testbed"))
+    }
+
     /// The node namespace (where nftpol enforces; tests may run `nft` there).
     pub fn node(&self) -> &Netns {
         &self.topology.node

@@ -122,6 +122,13 @@ impl Netns {
             .context("spawning a thread")
     }
 
+    /// Whether a new TCP connection from inside this namespace to `dst` is established before
+    /// `timeout` (a policy drop shows as a timeout).
+    pub fn tcp_connects(&self, dst: std::net::SocketAddr, timeout: std::time::Duration) -> bool {
+        self.run(move || std::net::TcpStream::connect_timeout(&dst, timeout).is_ok())
+            .unwrap_or(false)
+    }
+
     /// `ip -n <name> ARGS...`
     pub fn ip(&self, args: &[&str]) -> Result<()> {
         let mut full = vec!["-n", self.name.as_str()];
