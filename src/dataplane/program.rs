@@ -406,6 +406,29 @@ fn ct_state(r: &mut NftRule, mask: u32) {
     r.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
 }
 
+/// `ip saddr @set` (or `ip6 daddr @set`, or a vmap lookup with `dreg`): the packet's family,
+/// then the address loaded into register 1 and looked up.
+fn addr_lookup(
+    r: &mut NftRule,
+    family: Family,
+    field: AddrField,
+    set: &str,
+    dreg: Option<u32>,
+) -> Result<(), BadName> {
+    nfproto(r, family);
+    r.add_expr(&PayloadLoad::addr(
+        family == Family::V6,
+        field == AddrField::Daddr,
+        ext::REG1,
+    ));
+    r.add_expr(&LookupExt {
+        set: cname(set)?,
+        set_id: 0,
+        dreg,
+    });
+    Ok(())
+}
+
 fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
     use nftnl::expr::ct::States;
     match rule {
@@ -435,17 +458,7 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             r.add_expr(&Verdict::Accept);
         }
         Rule::Vmap { family, field, map } => {
-            nfproto(r, *family);
-            r.add_expr(&PayloadLoad::addr(
-                *family == Family::V6,
-                *field == AddrField::Daddr,
-                ext::REG1,
-            ));
-            r.add_expr(&LookupExt {
-                set: cname(map)?,
-                set_id: 0,
-                dreg: Some(ext::REG_VERDICT),
-            });
+            addr_lookup(r, *family, *field, map, Some(ext::REG_VERDICT))?;
         }
         Rule::AddrReturn {
             family,
@@ -453,17 +466,7 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             set,
             log,
         } => {
-            nfproto(r, *family);
-            r.add_expr(&PayloadLoad::addr(
-                *family == Family::V6,
-                *field == AddrField::Daddr,
-                ext::REG1,
-            ));
-            r.add_expr(&LookupExt {
-                set: cname(set)?,
-                set_id: 0,
-                dreg: None,
-            });
+            addr_lookup(r, *family, *field, set, None)?;
             if let Some(prefix) = log {
                 r.add_expr(&ext::Log {
                     prefix: cname(prefix)?,
@@ -507,17 +510,7 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             r.add_expr(&Verdict::Drop);
         }
         Rule::AddrDrop { family, field, set } => {
-            nfproto(r, *family);
-            r.add_expr(&PayloadLoad::addr(
-                *family == Family::V6,
-                *field == AddrField::Daddr,
-                ext::REG1,
-            ));
-            r.add_expr(&LookupExt {
-                set: cname(set)?,
-                set_id: 0,
-                dreg: None,
-            });
+            addr_lookup(r, *family, *field, set, None)?;
             r.add_expr(&Verdict::Drop);
         }
     }
