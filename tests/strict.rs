@@ -3,12 +3,11 @@
 //! one the node opened (node-to-pod traffic is not policed without --police-node-traffic).
 //! (Without `--strict` the connection survives: tests/enforcement.rs.) Needs root.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use nftpol::model::{ClusterState, ObjectKey};
-use nftpol::testbed::{Mode, NODE_NAME, Testbed, netns::Netns};
+use nftpol::testbed::{Mode, NODE_NAME, Testbed, echo, netns::Netns};
 use serde_json::{Value, json};
 
 const CLIENT: (&str, &str, &str) = ("x", "client", "10.244.1.2");
@@ -65,22 +64,8 @@ fn strict_testbed() -> Option<Testbed> {
     let state: ClusterState = loaded.state;
     let mut bed = Testbed::new(Mode::Bridge, &state).expect("testbed");
     bed.set_daemon_args(vec!["--strict".into()]);
-    let listener = pod_ns(&bed, SERVER)
-        .run(|| TcpListener::bind((SERVER.2, PORT)))
-        .expect("netns")
-        .expect("bind");
-    std::thread::spawn(move || {
-        while let Ok((mut s, _)) = listener.accept() {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let addr = SocketAddr::new(SERVER.2.parse().expect("ip"), PORT);
+    echo::serve(pod_ns(&bed, SERVER), addr).expect("echo server");
     Some(bed)
 }
 
@@ -94,11 +79,6 @@ fn open_connection(bed: &Testbed) -> TcpStream {
     stream
 }
 
-fn echo(stream: &mut TcpStream, msg: &[u8]) -> bool {
-    let mut buf = vec![0u8; msg.len()];
-    stream.write_all(msg).is_ok() && stream.read_exact(&mut buf).is_ok() && buf == msg
-}
-
 #[test]
 fn strict_cuts_an_established_connection_that_loses_its_allow() {
     let Some(mut bed) = strict_testbed() else {
@@ -107,13 +87,13 @@ fn strict_cuts_an_established_connection_that_loses_its_allow() {
     bed.apply_objects(&with(vec![server_policy(Some(json!([{"port": PORT}])))]))
         .expect("apply");
     let mut stream = open_connection(&bed);
-    assert!(echo(&mut stream, b"before"));
+    assert!(echo::round_trip(&mut stream, b"before"));
     bed.apply_objects(&with(vec![server_policy(None)]))
         .expect("apply");
     // The entry is deleted before the status file reports the change; poll anyway, bounded.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut i = 0;
-    while echo(&mut stream, format!("after {i}").as_bytes()) {
+    while echo::round_trip(&mut stream, format!("after {i}").as_bytes()) {
         i += 1;
         assert!(
             Instant::now() < deadline,
@@ -137,7 +117,7 @@ fn strict_keeps_connections_the_change_still_allows() {
     bed.apply_objects(&with(vec![server_policy(Some(json!([{"port": PORT}])))]))
         .expect("apply");
     let mut stream = open_connection(&bed);
-    assert!(echo(&mut stream, b"before"));
+    assert!(echo::round_trip(&mut stream, b"before"));
     // Another port is added: the ruleset changes, this connection stays allowed.
     bed.apply_objects(&with(vec![server_policy(Some(
         json!([{"port": PORT}, {"port": 9000}]),
@@ -145,7 +125,7 @@ fn strict_keeps_connections_the_change_still_allows() {
     .expect("apply");
     for i in 0..20 {
         assert!(
-            echo(&mut stream, format!("after {i}").as_bytes()),
+            echo::round_trip(&mut stream, format!("after {i}").as_bytes()),
             "an allowed connection was cut; daemon log:\n{}",
             bed.daemon_log()
         );
@@ -167,14 +147,14 @@ fn strict_leaves_connections_the_node_opened_alone() {
         .expect("netns")
         .expect("node to pod");
     stream.set_read_timeout(Some(T)).expect("timeout");
-    assert!(echo(&mut stream, b"before"));
+    assert!(echo::round_trip(&mut stream, b"before"));
     // The server's ingress now denies everyone, the node included; but node-to-pod traffic is
     // not policed without --police-node-traffic, so its connection is not cut either.
     bed.apply_objects(&with(vec![server_policy(None)]))
         .expect("apply");
     for i in 0..5 {
         assert!(
-            echo(&mut stream, format!("after {i}").as_bytes()),
+            echo::round_trip(&mut stream, format!("after {i}").as_bytes()),
             "the node's connection was cut; daemon log:\n{}",
             bed.daemon_log()
         );

@@ -77,15 +77,6 @@ fn nft(bed: &Testbed, script: &str) {
         .expect("nft -f");
 }
 
-fn listed(name: &str) -> bool {
-    let out = Command::new("ip").args(["netns", "list"]).output();
-    let text = out
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    text.lines()
-        .any(|l| l.split_whitespace().next() == Some(name))
-}
-
 fn nft_available() -> bool {
     Command::new("nft")
         .arg("--version")
@@ -165,7 +156,7 @@ fn drops_are_seen(mode: Mode) {
 
     drop(bed);
     for name in &names {
-        assert!(!listed(name), "{name} still exists after drop");
+        assert!(!netns::is_listed(name), "{name} still exists after drop");
     }
     let mine = format!("{}-{}-", netns::NAME_PREFIX, std::process::id());
     let left: Vec<String> = nftpol::testbed::cleanup::live_namespaces()

@@ -230,6 +230,17 @@ impl Drop for Netns {
     }
 }
 
+/// Whether `ip netns list` shows exactly this name (not merely a longer one it prefixes): how
+/// tests check that a namespace is gone.
+pub fn is_listed(name: &str) -> bool {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .any(|l| l.split_whitespace().next() == Some(name))
+}
+
 /// Moves the calling thread into the network namespace `file` refers to.
 pub fn enter(file: &File) -> Result<()> {
     // SAFETY: setns on a valid fd; it only changes the calling thread's network namespace.
@@ -301,16 +312,6 @@ pub fn available() -> bool {
 mod tests {
     use super::*;
 
-    /// Whether `ip netns list` shows exactly this name (not merely a longer one it prefixes).
-    fn listed(name: &str) -> bool {
-        let out = Command::new("ip").args(["netns", "list"]).output();
-        let text = out
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        text.lines()
-            .any(|l| l.split_whitespace().next() == Some(name))
-    }
-
     #[test]
     fn namespaces_isolate_sockets_and_are_deleted_on_drop() {
         if !available() {
@@ -350,13 +351,13 @@ mod tests {
         assert_eq!(b.read_sysctl("net.ipv4.ip_forward").expect("read"), "0");
 
         let names = [a.name().to_owned(), b.name().to_owned()];
-        assert!(listed(&names[0]));
+        assert!(is_listed(&names[0]));
         assert!(live_contains(&names[0]));
         drop(listener);
         drop(a);
         drop(b);
         for name in &names {
-            assert!(!listed(name), "{name} still listed");
+            assert!(!is_listed(name), "{name} still listed");
             assert!(!live_contains(name));
         }
     }
@@ -379,6 +380,6 @@ mod tests {
         });
         assert!(result.is_err());
         let name = name.into_inner().expect("lock");
-        assert!(!listed(&name));
+        assert!(!is_listed(&name));
     }
 }
