@@ -14,6 +14,7 @@
 //! - [`verdict`]: connection verdicts and their explanation.
 //! - [`metrics`]: the Prometheus metrics and health probes of `run` and `daemon`.
 //! - [`conntrack`]: the conntrack table through ctnetlink (`--strict` cuts connections).
+//! - [`nflog`]: reading the packets the ruleset logs to an NFLOG group.
 
 pub mod cli;
 pub mod compile;
@@ -26,6 +27,7 @@ pub mod intervals;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod nflog;
 pub mod reconcile;
 pub mod source;
 pub mod testbed;
