@@ -68,6 +68,7 @@ fn synthetic_500x10() -> Ruleset {
                     log_allowed: false,
                 }),
                 egress: None,
+                audit: false,
             },
         );
     }

@@ -82,6 +82,9 @@ pub struct Endpoint {
     pub ingress: Option<Isolation>,
     /// `None`: not isolated for egress, everything is allowed out.
     pub egress: Option<Isolation>,
+    /// The pod's namespace is in audit mode (`nftpol.io/enforcement: audit`): what its
+    /// policies deny is logged and counted, and let through.
+    pub audit: bool,
 }
 
 impl Endpoint {
@@ -426,6 +429,7 @@ impl Compiler {
             ips: pod.ips.clone(),
             ingress: side(Direction::Ingress),
             egress: side(Direction::Egress),
+            audit: index.namespace(&pod.key.namespace).is_some_and(|n| n.audit),
         };
         let changed = self.plan.endpoints.get(&key) != Some(&endpoint);
         self.plan.endpoints.insert(key, endpoint);
@@ -613,6 +617,20 @@ impl Compiler {
             .cloned()
             .collect();
         self.recompile_users(index, &affected, &mut changed);
+        // Entering or leaving audit mode changes the endpoints of the namespace's own pods.
+        if old.is_some_and(|n| n.audit) != new.is_some_and(|n| n.audit)
+            && let Some(name) = old.or(new).map(|n| n.name.clone())
+        {
+            let pods: Vec<&Pod> = index
+                .pods()
+                .filter(|p| p.key.namespace == name && self.scope.includes(p))
+                .collect();
+            for pod in pods {
+                if self.compile_pod(index, pod) {
+                    changed.insert(pod.key.clone());
+                }
+            }
+        }
         changed
     }
 }

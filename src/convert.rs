@@ -23,6 +23,17 @@ use crate::model::{
 /// Annotation on a NetworkPolicy: also log the new connections its rules allow.
 pub const LOG_ANNOTATION: &str = "nftpol.io/log";
 
+/// Annotation on a Namespace: `audit` lets through (and logs and counts) what the policies of
+/// its pods would drop; anything else, or none, enforces them.
+pub const ENFORCEMENT_ANNOTATION: &str = "nftpol.io/enforcement";
+
+fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
 /// An object the API server would reject, or that nftpol cannot enforce.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {object}: {field}: {message}")]
@@ -82,7 +93,12 @@ pub fn namespace(ns: &core::Namespace) -> Result<Namespace, InvalidObject> {
     labels
         .entry(NAMESPACE_NAME_LABEL.to_string())
         .or_insert_with(|| name.clone());
-    Ok(Namespace { name, labels })
+    let audit = annotation(&ns.metadata, ENFORCEMENT_ANNOTATION) == Some("audit");
+    Ok(Namespace {
+        name,
+        labels,
+        audit,
+    })
 }
 
 /// A namespace known only because objects live in it.
@@ -90,6 +106,7 @@ pub fn implied_namespace(name: &str) -> Namespace {
     Namespace {
         name: name.to_string(),
         labels: Labels::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())]),
+        audit: false,
     }
 }
 
@@ -416,12 +433,7 @@ pub fn policy(np: &net::NetworkPolicy) -> Result<Policy, InvalidObject> {
             (seen.contains("Ingress"), seen.contains("Egress"))
         }
     };
-    let log_allowed = np
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(LOG_ANNOTATION))
-        .is_some_and(|v| v == "true");
+    let log_allowed = annotation(&np.metadata, LOG_ANNOTATION) == Some("true");
     Ok(Policy {
         key,
         pod_selector,
@@ -436,6 +448,21 @@ pub fn policy(np: &net::NetworkPolicy) -> Result<Policy, InvalidObject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_audit_value_puts_a_namespace_in_audit_mode() {
+        let ns = |annotations: serde_json::Value| {
+            let object: core::Namespace = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "shop", "annotations": annotations}
+            }))
+            .unwrap();
+            namespace(&object).unwrap().audit
+        };
+        assert!(ns(serde_json::json!({"nftpol.io/enforcement": "audit"})));
+        assert!(!ns(serde_json::json!({"nftpol.io/enforcement": "enforce"})));
+        assert!(!ns(serde_json::json!({"nftpol.io/enforcement": "Audit"})));
+        assert!(!ns(serde_json::json!({})));
+    }
 
     fn np(json: serde_json::Value) -> net::NetworkPolicy {
         serde_json::from_value(json).unwrap()

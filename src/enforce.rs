@@ -176,7 +176,9 @@ impl Enforcer {
                     m.observe_commits(&self.dp.take_commit_times());
                     m.observe_apply(desired.since, &desired.ruleset, self.dp.stats());
                 }
+                // Audit mode drops nothing, so it cuts nothing either.
                 if report.kind != ApplyKind::Unchanged
+                    && !desired.ruleset.options.audit
                     && let (Some(ct), Some(plan)) = (self.conntrack.as_mut(), &desired.plan)
                 {
                     let police_node = desired.ruleset.options.police_node_traffic;
@@ -286,7 +288,12 @@ fn cut_denied(
         if (!local.contains(&src) && !local.contains(&dst)) || node.contains(&src) {
             continue;
         }
-        if !verdict::judge(plan, src, dst, protocol, port).allowed() && ct.delete(&entry)? {
+        // A side in audit mode lets through what it denies; only enforced denials count.
+        let enforced = |ip: IpAddr| plan.endpoint_by_ip(ip).is_none_or(|e| !e.audit);
+        let v = verdict::judge(plan, src, dst, protocol, port);
+        let denied =
+            (!v.egress.allows() && enforced(src)) || (!v.ingress.allows() && enforced(dst));
+        if denied && ct.delete(&entry)? {
             tracing::debug!(%src, %dst, protocol = protocol.as_str(), port, "cut");
             cut += 1;
         }

@@ -15,6 +15,7 @@
 //! - [`metrics`]: the Prometheus metrics and health probes of `run` and `daemon`.
 //! - [`conntrack`]: the conntrack table through ctnetlink (`--strict` cuts connections).
 //! - [`nflog`]: reading the packets the ruleset logs to an NFLOG group.
+//! - [`flowlog`]: those packets as log lines naming the pods and policies.
 
 pub mod cli;
 pub mod compile;
@@ -22,6 +23,7 @@ pub mod conntrack;
 pub mod convert;
 pub mod dataplane;
 pub mod enforce;
+pub mod flowlog;
 pub mod index;
 pub mod intervals;
 pub mod manifest;

@@ -1,5 +1,6 @@
 //! The `nftpol` binary: parses the command line and hands over to `nftpol::cli`.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -12,8 +13,23 @@ use nftpol::cli;
     about = "Kubernetes NetworkPolicy enforcement with nftables"
 )]
 struct Cli {
+    /// Log lines as text, or as one JSON object per line (flow logs included).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "NFTPOL_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -33,14 +49,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        // Colours only on a terminal: a log file or `kubectl logs` gets plain text.
+        .with_ansi(std::io::stderr().is_terminal());
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let result = match cli.command {
         Command::Simulate(args) => cli::simulate::execute(args),
         Command::Explain(args) => cli::explain::execute(args),

@@ -31,6 +31,7 @@ use prometheus_client::registry::Registry;
 
 use crate::compile::NodePlan;
 use crate::dataplane::br_netfilter::BrNetfilter;
+use crate::dataplane::ext::{CountedVerdict, RuleCounter};
 use crate::dataplane::{CounterReader, Ruleset, Stats};
 use crate::model::SkipReason;
 use crate::source::Update;
@@ -82,6 +83,9 @@ struct Inner {
     nft_errors: Monotonic,
     skipped: Family<Labels, Gauge>,
     br_netfilter: Gauge,
+    flow_logs: Family<Labels, Monotonic>,
+    flow_logs_lost: Monotonic,
+    flow_log_active: Gauge,
 }
 
 /// The metric handles and health state of one nftpol process.
@@ -196,6 +200,27 @@ impl Metrics {
             "1 when bridged pod traffic goes through nftables (or the node has no Linux bridge), 0 when it bypasses the policies",
             br_netfilter.clone(),
         );
+        let flow_logs = Family::<Labels, Monotonic>::default();
+        registry.register(
+            "nftpol_flow_logs",
+            "Flow log lines written, by action: drop, audit (would drop), allow (nftpol.io/log) (only goes up)",
+            flow_logs.clone(),
+        );
+        let flow_logs_lost = Monotonic::default();
+        registry.register(
+            "nftpol_flow_logs_lost",
+            "Logged packets the kernel could not pass to nftpol (its NFLOG buffer overran) (only goes up)",
+            flow_logs_lost.clone(),
+        );
+        let flow_log_active = Gauge::default();
+        registry.register(
+            "nftpol_flow_log_active",
+            "1 when nftpol reads its NFLOG group, 0 when flow logs are off or the group could not be bound",
+            flow_log_active.clone(),
+        );
+        for action in ["drop", "audit", "allow"] {
+            flow_logs.get_or_create(&vec![("action", action)]).set(0);
+        }
         // Every label value exists from the start, so that dashboards see zeros, not gaps.
         for direction in ["ingress", "egress"] {
             isolated
@@ -236,6 +261,9 @@ impl Metrics {
                 nft_errors,
                 skipped,
                 br_netfilter,
+                flow_logs,
+                flow_logs_lost,
+                flow_log_active,
             }),
         }
     }
@@ -355,6 +383,24 @@ impl Metrics {
         }
     }
 
+    /// Whether the NFLOG group is bound and read.
+    pub fn observe_flow_log_active(&self, active: bool) {
+        self.inner.flow_log_active.set(i64::from(active));
+    }
+
+    /// A flow log line was written.
+    pub fn observe_flow_log(&self, action: &'static str) {
+        self.inner
+            .flow_logs
+            .get_or_create(&vec![("action", action)])
+            .inc();
+    }
+
+    /// The kernel dropped `n` log messages before nftpol read them.
+    pub fn observe_flow_logs_lost(&self, n: u64) {
+        self.inner.flow_logs_lost.inc_by(n);
+    }
+
     /// The br_netfilter check: a problem makes the node unready.
     pub fn observe_br_netfilter(&self, brnf: &BrNetfilter) {
         let problem = brnf.problem();
@@ -383,14 +429,16 @@ impl Metrics {
     }
 }
 
-/// Per-namespace totals of the drop counters of the per-pod chains. The kernel's counters go
-/// back to zero when a chain is replaced or deleted; the totals only go up: a counter lower
-/// than last time counts from zero. Packets dropped between the last scrape and a chain's
-/// removal are lost, which is the price of bounded cardinality (namespaces, not pods).
+/// Per-namespace totals of the counters ending the per-pod chains: drops, and in audit mode
+/// would-be drops. The kernel's counters go back to zero when a chain is replaced or deleted;
+/// the totals only go up: a counter lower than last time counts from zero. Packets counted
+/// between the last scrape and a chain's removal are lost, which is the price of bounded
+/// cardinality (namespaces, not pods).
 #[derive(Debug, Default)]
 struct DropTotals {
-    last: HashMap<String, u64>,
-    totals: BTreeMap<(&'static str, String), u64>,
+    last: HashMap<(String, CountedVerdict), u64>,
+    /// (audit, direction, namespace) -> packets.
+    totals: BTreeMap<(bool, &'static str, String), u64>,
 }
 
 /// `ing/<namespace>/<pod>` or `egr/...`: the direction and namespace of a per-pod chain.
@@ -407,23 +455,29 @@ fn parse_chain(chain: &str) -> Option<(&'static str, &str)> {
 }
 
 impl DropTotals {
-    fn update(&mut self, counters: &[(String, u64)]) {
+    fn update(&mut self, counters: &[RuleCounter]) {
         let mut seen = HashMap::with_capacity(counters.len());
-        for (chain, packets) in counters {
-            let Some((direction, namespace)) = parse_chain(chain) else {
+        for c in counters {
+            let audit = match c.verdict {
+                CountedVerdict::Drop => false,
+                CountedVerdict::Return => true,
+                CountedVerdict::Other => continue,
+            };
+            let Some((direction, namespace)) = parse_chain(&c.chain) else {
                 continue;
             };
-            let before = self.last.get(chain).copied().unwrap_or(0);
-            let delta = if *packets >= before {
-                packets - before
+            let key = (c.chain.clone(), c.verdict);
+            let before = self.last.get(&key).copied().unwrap_or(0);
+            let delta = if c.packets >= before {
+                c.packets - before
             } else {
-                *packets
+                c.packets
             };
             *self
                 .totals
-                .entry((direction, namespace.to_string()))
+                .entry((audit, direction, namespace.to_string()))
                 .or_default() += delta;
-            seen.insert(chain.clone(), *packets);
+            seen.insert(key, c.packets);
         }
         self.last = seen;
     }
@@ -451,16 +505,26 @@ impl Collector for DropCollector {
                 Err(e) => tracing::warn!("reading the drop counters: {e}"),
             }
         }
-        let mut family = encoder.encode_descriptor(
-            "nftpol_dropped_packets",
-            "Packets dropped by the policies, by direction and namespace of the pod (only goes up)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for ((direction, namespace), n) in &totals.totals {
-            let labels: Vec<(&str, &str)> =
-                vec![("direction", direction), ("namespace", namespace.as_str())];
-            family.encode_family(&labels)?.encode_gauge(n)?;
+        for (audit, name, help) in [
+            (
+                false,
+                "nftpol_dropped_packets",
+                "Packets dropped by the policies, by direction and namespace of the pod (only goes up)",
+            ),
+            (
+                true,
+                "nftpol_audit_would_drop_packets",
+                "Packets the policies would have dropped, let through in audit mode, by direction and namespace of the pod (only goes up)",
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for ((a, direction, namespace), n) in &totals.totals {
+                if *a == audit {
+                    let labels: Vec<(&str, &str)> =
+                        vec![("direction", direction), ("namespace", namespace.as_str())];
+                    family.encode_family(&labels)?.encode_gauge(n)?;
+                }
+            }
         }
         Ok(())
     }
@@ -777,20 +841,36 @@ mod tests {
 
     #[test]
     fn drop_totals_aggregate_by_namespace_and_survive_resets() {
+        let c = |chain: &str, packets: u64, verdict: CountedVerdict| RuleCounter {
+            chain: chain.into(),
+            packets,
+            verdict,
+        };
+        use CountedVerdict::{Drop, Other, Return};
         let mut t = DropTotals::default();
         t.update(&[
-            ("ing/a/p1".into(), 3),
-            ("ing/a/p2".into(), 4),
-            ("egr/b/p1".into(), 1),
-            ("forward".into(), 99),
+            c("ing/a/p1", 3, Drop),
+            c("ing/a/p2", 4, Drop),
+            c("egr/b/p1", 1, Drop),
+            c("egr/c/p9", 6, Return),
+            c("forward", 99, Drop),
+            c("ing/a/p3", 50, Other),
         ]);
-        assert_eq!(t.totals[&("ingress", "a".to_string())], 7);
-        assert_eq!(t.totals[&("egress", "b".to_string())], 1);
-        // p1's chain was replaced (counter back to 2), p2 went away.
-        t.update(&[("ing/a/p1".into(), 2), ("egr/b/p1".into(), 5)]);
-        assert_eq!(t.totals[&("ingress", "a".to_string())], 9);
-        assert_eq!(t.totals[&("egress", "b".to_string())], 5);
-        assert_eq!(t.totals.len(), 2);
+        let key = |audit: bool, d: &'static str, ns: &str| (audit, d, ns.to_string());
+        assert_eq!(t.totals[&key(false, "ingress", "a")], 7);
+        assert_eq!(t.totals[&key(false, "egress", "b")], 1);
+        assert_eq!(t.totals[&key(true, "egress", "c")], 6);
+        // p1's chain was replaced (counter back to 2), p2 went away, c/p9 left audit mode.
+        t.update(&[
+            c("ing/a/p1", 2, Drop),
+            c("egr/b/p1", 5, Drop),
+            c("egr/c/p9", 1, Drop),
+        ]);
+        assert_eq!(t.totals[&key(false, "ingress", "a")], 9);
+        assert_eq!(t.totals[&key(false, "egress", "b")], 5);
+        assert_eq!(t.totals[&key(false, "egress", "c")], 1);
+        assert_eq!(t.totals[&key(true, "egress", "c")], 6);
+        assert_eq!(t.totals.len(), 4);
     }
 
     #[test]

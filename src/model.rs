@@ -168,6 +168,9 @@ impl fmt::Display for Selector {
 pub struct Namespace {
     pub name: String,
     pub labels: Labels,
+    /// `nftpol.io/enforcement: audit`: the policies of its pods log and count what they would
+    /// drop, and drop nothing.
+    pub audit: bool,
 }
 
 /// A port a container declares; named ports are resolved against these.

@@ -280,27 +280,38 @@ pub fn explain_text(
             "DENIED"
         }
     );
-    let src_iso = plan
-        .endpoint_by_ip(verdict.src)
-        .and_then(|e| e.egress.as_ref());
-    let dst_iso = plan
-        .endpoint_by_ip(verdict.dst)
-        .and_then(|e| e.ingress.as_ref());
+    let src = plan.endpoint_by_ip(verdict.src);
+    let dst = plan.endpoint_by_ip(verdict.dst);
     side_words(
         &mut out,
         index,
         Direction::Egress,
         from,
         &verdict.egress,
-        src_iso,
+        src.and_then(|e| e.egress.as_ref()),
     );
+    audit_words(&mut out, src, &verdict.egress);
     side_words(
         &mut out,
         index,
         Direction::Ingress,
         to,
         &verdict.ingress,
-        dst_iso,
+        dst.and_then(|e| e.ingress.as_ref()),
     );
+    audit_words(&mut out, dst, &verdict.ingress);
     out
+}
+
+/// A denial in a namespace in audit mode is logged and let through, not dropped.
+fn audit_words(out: &mut String, endpoint: Option<&Endpoint>, side: &SideVerdict) {
+    if let Some(e) = endpoint.filter(|e| e.audit)
+        && !side.allows()
+    {
+        let _ = writeln!(
+            out,
+            "    namespace {} is in audit mode (nftpol.io/enforcement: audit): this is logged and let through, not dropped",
+            e.pod.namespace
+        );
+    }
 }

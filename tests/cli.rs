@@ -283,3 +283,74 @@ fn unknown_protocol_and_bad_pod_reference_exit_2() {
     let out = nftpol(&["simulate", "-f", "/nonexistent/nftpol", "--port", "80"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn explain_and_render_know_audit_mode() {
+    let scratch = Scratch::new();
+    // The demo, with namespace production annotated for audit.
+    let cluster =
+        std::fs::read_to_string(Path::new(&demo()).join("00-cluster.yaml")).expect("demo cluster");
+    let annotated = cluster.replacen(
+        "metadata: {name: production, labels: {env: production}}",
+        "metadata: {name: production, labels: {env: production}, annotations: {nftpol.io/enforcement: audit}}",
+        1,
+    );
+    assert_ne!(annotated, cluster, "the demo declares namespace production");
+    let dir = scratch.0.join("m");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("00-cluster.yaml"), annotated).expect("write");
+    for entry in std::fs::read_dir(demo()).expect("demo") {
+        let path = entry.expect("entry").path();
+        if path.file_name().is_some_and(|n| n != "00-cluster.yaml") {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).expect("copy");
+        }
+    }
+    let dir = dir.display().to_string();
+    let out = nftpol(&[
+        "explain",
+        "-f",
+        &dir,
+        "--from",
+        "production/frontend",
+        "--to",
+        "production/postgres",
+        "--port",
+        "5432",
+    ]);
+    let s = text(&out.stdout);
+    assert!(s.contains("DENIED"), "{s}");
+    assert!(s.contains("namespace production is in audit mode"), "{s}");
+    let out = nftpol(&["render", "-f", &dir, "--node", "demo-node"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("log prefix \"nftpol audit ingress\" group 100"),
+        "{s}"
+    );
+    assert!(!s.contains("counter packets 0 bytes 0 drop"), "{s}");
+    // Node-wide audit mode and no logs.
+    let out = nftpol(&[
+        "render",
+        "-f",
+        &demo(),
+        "--node",
+        "demo-node",
+        "--mode",
+        "audit",
+        "--nflog-group",
+        "off",
+    ]);
+    let s = text(&out.stdout);
+    assert!(s.contains("counter packets 0 bytes 0 return"), "{s}");
+    assert!(!s.contains(" log "), "{s}");
+    let out = nftpol(&[
+        "render",
+        "-f",
+        &demo(),
+        "--node",
+        "demo-node",
+        "--nflog-group",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

@@ -51,6 +51,7 @@ fn endpoint(
         ips: ips.iter().map(|s| ip(s)).collect(),
         ingress: ingress.map(iso),
         egress: egress.map(iso),
+        audit: false,
     }
 }
 
@@ -205,10 +206,12 @@ fn plan_compiled(node: &str) -> NodePlan {
             Namespace {
                 name: "shop".into(),
                 labels: labels(&[("team", "shop")]),
+                audit: false,
             },
             Namespace {
                 name: "ops".into(),
                 labels: labels(&[("team", "ops")]),
+                audit: false,
             },
         ],
         pods: vec![
@@ -314,6 +317,19 @@ fn plan_compiled(node: &str) -> NodePlan {
     )
 }
 
+/// `plan` as if every isolating policy carried `nftpol.io/log: "true"`.
+fn log_allowed(mut plan: NodePlan) -> NodePlan {
+    for e in plan.endpoints.values_mut() {
+        for iso in [e.ingress.as_mut(), e.egress.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            iso.log_allowed = true;
+        }
+    }
+    plan
+}
+
 fn rulesets() -> Vec<(&'static str, Ruleset)> {
     let police = Options {
         police_node_traffic: true,
@@ -326,6 +342,27 @@ fn rulesets() -> Vec<(&'static str, Ruleset)> {
         ),
         ("v4", Ruleset::build(&plan_v4(), Options::default())),
         ("v4-police", Ruleset::build(&plan_v4(), police)),
+        (
+            "v4-logs",
+            Ruleset::build(
+                &log_allowed(plan_v4()),
+                Options {
+                    nflog_group: Some(100),
+                    ..Options::default()
+                },
+            ),
+        ),
+        (
+            "compiled-audit",
+            Ruleset::build(
+                &log_allowed(plan_compiled("n1")),
+                Options {
+                    audit: true,
+                    nflog_group: Some(7),
+                    ..Options::default()
+                },
+            ),
+        ),
         ("v6", Ruleset::build(&plan_v6(), Options::default())),
         (
             "compiled",
@@ -350,6 +387,7 @@ fn guarded(plan: &NodePlan, police: bool, others: &[&str]) -> Ruleset {
             police_node_traffic: police,
             default_deny_unknown: true,
             strict: true,
+            ..Options::default()
         },
     );
     let cidrs: Vec<ipnet::IpNet> = POD_CIDRS.iter().map(|c| c.parse().unwrap()).collect();
@@ -425,12 +463,26 @@ fn render_equals_kernel_listing() {
         apply_full_in(&ns, &rs);
         let listed = ns.list_table();
         let rendered = render(&rs);
-        if name == "v4" {
-            assert!(
-                rendered
-                    .contains(r#"@egr4/prod/web log prefix "nftpol allow egr/prod/web " return"#)
-            );
-            assert!(rendered.contains(r#"log prefix "nftpol allow ing/nnnn"#));
+        match name {
+            "v4" => assert!(!rendered.contains(" log "), "no NFLOG group, no logs"),
+            "v4-logs" => {
+                assert!(rendered.contains(
+                    r#"@egr4/prod/web log prefix "nftpol allow egress" group 100 return"#
+                ));
+                assert!(rendered.contains(
+                    r#"limit rate 10/second burst 20 packets log prefix "nftpol drop ingress" group 100"#
+                ));
+                assert!(!rendered.contains("counter packets 0 bytes 0 return"));
+            }
+            "compiled-audit" => {
+                assert!(rendered.contains(r#"log prefix "nftpol audit egress" group 7"#));
+                assert!(rendered.contains("counter packets 0 bytes 0 return"));
+                assert!(
+                    !rendered.contains("counter packets 0 bytes 0 drop"),
+                    "no pod chain drops in audit mode"
+                );
+            }
+            _ => {}
         }
         assert_eq!(
             listed, rendered,
@@ -623,6 +675,8 @@ fn mutate(p: &NodePlan) -> NodePlan {
     }
     if let Some(free) = p.endpoints.get_mut(&ObjectKey::new("prod", "free")) {
         free.egress = Some(iso(Allowed::default()));
+        // Its namespace goes to audit mode: the chain's last rule changes.
+        free.audit = true;
     }
     p
 }
@@ -639,10 +693,11 @@ fn diff_converges_to_full() {
         mutate(&base),
     ];
     let ns = Netns::new();
-    let rulesets: Vec<Ruleset> = steps
-        .iter()
-        .map(|p| Ruleset::build(p, Options::default()))
-        .collect();
+    let logged = Options {
+        nflog_group: Some(100),
+        ..Options::default()
+    };
+    let rulesets: Vec<Ruleset> = steps.iter().map(|p| Ruleset::build(p, logged)).collect();
     let rs = rulesets.clone();
     let listings: Vec<(String, Vec<String>)> = {
         let path = format!("/run/netns/{}", ns.name);

@@ -814,6 +814,71 @@ fn strict_and_unknown_on_node_a(w: &mut World) -> Result<(), String> {
     r
 }
 
+/// The bytes of `node`'s daemon log so far: [`wait_for_log`] looks after that offset.
+fn log_len(node: &Node) -> u64 {
+    std::fs::metadata(&node.log).map_or(0, |m| m.len())
+}
+
+/// Polls `node`'s daemon log, after byte `from`, for a line holding every one of `parts`.
+fn wait_for_log(node: &Node, from: u64, parts: &[&str]) -> Result<String, String> {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let log = std::fs::read(&node.log).unwrap_or_default();
+        let tail = String::from_utf8_lossy(log.get(from as usize..).unwrap_or_default());
+        if let Some(line) = tail.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
+            return Ok(line.to_string());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{}: no log line with {parts:?}", node.name));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn flow_logs_and_namespace_audit(w: &mut World) -> Result<(), String> {
+    // b2 (node-b) takes traffic only from namespaces labelled team=blue (scenario 5): a1 is
+    // dropped there, by node-b, which logs it naming both pods and the isolating policy.
+    let from = log_len(&w.nodes[1]);
+    w.eventually(&[("a1", "b2", PORT, false)])?;
+    let denied = format!(":{PORT}): dropped");
+    wait_for_log(
+        &w.nodes[1],
+        from,
+        &[
+            "nftpol::flow",
+            "TCP drop e2e/a1",
+            &denied,
+            "e2e/b2-from-blue",
+        ],
+    )?;
+    let annotate = |value: &str| {
+        e(w.cluster
+            .kubectl(&["annotate", "namespace", NS, value, "--overwrite"], None)
+            .map(|_| ()))
+    };
+    annotate("nftpol.io/enforcement=audit")?;
+    let r = (|| {
+        let from = log_len(&w.nodes[1]);
+        w.eventually(&[("a1", "b2", PORT, true)])?;
+        wait_for_log(
+            &w.nodes[1],
+            from,
+            &["nftpol::flow", "TCP audit e2e/a1", "would be dropped"],
+        )?;
+        let (_, text) =
+            nftpol::testbed::daemon::http_get(&w.nodes[1].topo.node, METRICS_PORT, "/metrics")
+                .map_err(|e| format!("{e:#}"))?;
+        let name = "nftpol_audit_would_drop_packets{direction=\"ingress\",namespace=\"e2e\"}";
+        match sample(&text, name) {
+            Some(v) if v > 0.0 => Ok(()),
+            other => Err(format!("node-b: {name} is {other:?}:\n{text}")),
+        }
+    })();
+    annotate("nftpol.io/enforcement-")?;
+    r?;
+    w.eventually(&[("a1", "b2", PORT, false)])
+}
+
 #[test]
 fn e2e() {
     let Some(state) = std::env::var_os("NFTPOL_E2E_STATE").map(PathBuf::from) else {
@@ -858,6 +923,10 @@ fn e2e() {
         (
             "--strict cuts, --default-deny-unknown from the Node's podCIDR",
             strict_and_unknown_on_node_a,
+        ),
+        (
+            "flow logs name the pods and policies; a namespace in audit mode",
+            flow_logs_and_namespace_audit,
         ),
         (
             "manifests/ pass a client dry run and a server-side apply",

@@ -149,3 +149,48 @@ fn deletions_during_an_outage_are_applied_by_the_relist() {
     relist(&mut r, &after);
     assert!(!r.take_dirty());
 }
+
+#[test]
+fn a_namespace_entering_and_leaving_audit_mode_changes_only_its_pods() {
+    let model = corpus::load_model();
+    let cases = corpus::load_cases();
+    let case = cases
+        .iter()
+        .find(|c| c.id == "should-support-a-default-deny-ingress-policy")
+        .expect("case");
+    let mut state = corpus::State::new(&model, case);
+    state.apply(&case.steps[0]);
+    let enforced = state_of(&state);
+    let mut r = Reconciler::new(NODE);
+    relist(&mut r, &enforced);
+    r.take_dirty();
+    assert!(r.plan().endpoints.values().all(|e| !e.audit));
+
+    // The annotation arrives as a watch event on namespace x.
+    let mut audited = enforced.clone();
+    for ns in &mut audited.namespaces {
+        ns.audit = ns.name == "x";
+    }
+    for u in changes(&enforced, &audited) {
+        r.apply(u);
+    }
+    assert!(r.take_dirty());
+    assert_eq!(r.plan(), &expected(&audited));
+    let audit: Vec<String> = r
+        .plan()
+        .endpoints
+        .values()
+        .filter(|e| e.audit)
+        .map(|e| e.pod.to_string())
+        .collect();
+    assert_eq!(audit, ["x/a", "x/b", "x/c"]);
+    assert_eq!(r.full_resync(), 0);
+
+    // And leaves.
+    for u in changes(&audited, &enforced) {
+        r.apply(u);
+    }
+    assert!(r.take_dirty());
+    assert_eq!(r.plan(), &expected(&enforced));
+    assert!(r.plan().endpoints.values().all(|e| !e.audit));
+}

@@ -144,6 +144,7 @@ pub fn cluster() -> ClusterState {
                 ("kubernetes.io/metadata.name", format!("ns-{ns}")),
                 ("team", format!("t{}", ns % TEAMS)),
             ]),
+            audit: false,
         });
         state.pods.extend((0..PODS_PER_NS).map(|i| pod(ns, i)));
         state.policies.extend(policies(ns));

@@ -71,6 +71,10 @@ struct ProbeArgs {
     /// Write timings (setup, apply, probe) as JSON to this file.
     #[arg(long)]
     timings_out: Option<PathBuf>,
+    /// Write the daemon's flow log lines (the connections it dropped, one per line) to this
+    /// file.
+    #[arg(long)]
+    flow_log_out: Option<PathBuf>,
 }
 
 /// Where the testbed's daemon serves /metrics, inside the node namespace.
@@ -120,6 +124,29 @@ fn probe(args: ProbeArgs) -> Result<()> {
             anyhow::bail!("GET /metrics answered {code}: {body}");
         }
         std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = args.flow_log_out {
+        // The reader writes a line as soon as the kernel hands it the packet; the last probes'
+        // lines may still be on their way: wait until the count stops moving.
+        let flow_lines = |bed: &Testbed| -> String {
+            bed.daemon_log()
+                .lines()
+                .filter(|l| l.contains(" nftpol::flow: "))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        let mut lines = flow_lines(&bed);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = flow_lines(&bed);
+            if now == lines || Instant::now() > deadline {
+                lines = now;
+                break;
+            }
+            lines = now;
+        }
+        std::fs::write(&path, lines).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = args.timings_out {
         let metrics = serde_json::json!({

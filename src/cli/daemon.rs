@@ -20,7 +20,9 @@ use crate::dataplane::br_netfilter::BrNetfilter;
 use crate::dataplane::ruleset::known_pod_addresses;
 use crate::dataplane::{Options, Ruleset};
 use crate::enforce::{self, Desired, Enforcer};
+use crate::flowlog::{self, FlowLogger};
 use crate::metrics::{self, Metrics};
+use crate::nflog::LoggedPacket;
 use crate::reconcile::Reconciler;
 use crate::source::kube::{self as kube_source, Sink};
 use crate::source::{Change, Update};
@@ -46,6 +48,7 @@ pub struct Args {
 
 enum Event {
     Update(Update),
+    Flow(Vec<LoggedPacket>),
     Shutdown(i32),
 }
 
@@ -68,7 +71,6 @@ async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
     kube::Client::try_from(config).context("creating the Kubernetes client")
 }
 
-/// Applies every update that arrives until a quiet period; a shutdown wins.
 /// Applies one update to the reconciler; notes whether it was a relist.
 fn apply(r: &mut Reconciler, u: Update, metrics: &Metrics, relisted: &mut bool) {
     metrics.observe_update(&u);
@@ -81,23 +83,38 @@ fn apply(r: &mut Reconciler, u: Update, metrics: &Metrics, relisted: &mut bool) 
     r.apply(u);
 }
 
-/// Applies every update that arrives until a quiet period; a shutdown wins.
+/// Applies every update that arrives until a quiet period; a shutdown wins. Flow logs that
+/// arrive meanwhile are written against the state as it is.
 fn coalesce(
     rx: &Receiver<Event>,
     r: &mut Reconciler,
     quiet: Duration,
     metrics: &Metrics,
     relisted: &mut bool,
+    flows: &mut FlowLogger,
 ) -> Option<i32> {
-    let start = Instant::now();
-    while start.elapsed() < MAX_COALESCE {
-        match rx.recv_timeout(quiet) {
-            Ok(Event::Update(u)) => apply(r, u, metrics, relisted),
+    let end = Instant::now() + MAX_COALESCE;
+    // Only an update restarts the quiet period: flow logs keep coming while pods talk.
+    let mut quiet_until = Instant::now() + quiet;
+    loop {
+        let wait = quiet_until
+            .min(end)
+            .saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return None;
+        }
+        match rx.recv_timeout(wait) {
+            Ok(Event::Update(u)) => {
+                apply(r, u, metrics, relisted);
+                quiet_until = Instant::now() + quiet;
+            }
+            Ok(Event::Flow(packets)) => {
+                flows.log(&packets, r.plan(), r.index());
+            }
             Ok(Event::Shutdown(sig)) => return Some(sig),
-            Err(_) => break,
+            Err(_) => return None,
         }
     }
-    None
 }
 
 /// A relist deserialises every object of a kind (10,000 pods are tens of MiB of JSON and
@@ -116,13 +133,13 @@ fn release_freed_memory() {
 type Guard = Option<(Vec<IpNet>, BTreeSet<IpAddr>)>;
 
 fn guard(r: &Reconciler, args: &Args) -> Guard {
-    if !args.enforce.default_deny_unknown {
+    if !args.enforce.ruleset.default_deny_unknown {
         return None;
     }
-    let cidrs = if args.enforce.pod_cidrs.is_empty() {
+    let cidrs = if args.enforce.ruleset.pod_cidrs.is_empty() {
         r.pod_cidrs().to_vec()
     } else {
-        args.enforce.pod_cidrs.clone()
+        args.enforce.ruleset.pod_cidrs.clone()
     };
     let mut known = known_pod_addresses(r.index().pods());
     known.retain(|ip| cidrs.iter().any(|c| c.contains(ip)));
@@ -166,15 +183,13 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     let watches = runtime.spawn(kube_source::run(kube_client, args.node.clone(), sink));
     let mut watches_stopped = false;
 
-    let options = Options {
-        police_node_traffic: args.enforce.police_node_traffic,
-        default_deny_unknown: args.enforce.default_deny_unknown,
-        strict: args.enforce.strict,
-    };
+    let options = args.enforce.ruleset.options();
+    flowlog::start(options.nflog_group, tx.clone(), Event::Flow, &metrics);
+    let mut flows = FlowLogger::new(metrics.clone());
     let mut last_guard: Guard = None;
     let mut reconciler = Reconciler::new(&args.node);
     let mut enforcer =
-        Enforcer::new(args.enforce.status_file.clone())?.strict(args.enforce.strict)?;
+        Enforcer::new(args.enforce.status_file.clone())?.strict(args.enforce.ruleset.strict)?;
     enforcer.set_metrics(metrics.clone());
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
     let quiet = Duration::from_millis(args.coalesce_ms);
@@ -199,7 +214,14 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                 waiting_since.get_or_insert_with(Instant::now);
                 let mut relisted = false;
                 apply(&mut reconciler, update, &metrics, &mut relisted);
-                if let Some(sig) = coalesce(&rx, &mut reconciler, quiet, &metrics, &mut relisted) {
+                if let Some(sig) = coalesce(
+                    &rx,
+                    &mut reconciler,
+                    quiet,
+                    &metrics,
+                    &mut relisted,
+                    &mut flows,
+                ) {
                     tracing::info!(signal = sig, "shutting down; rules stay in place");
                     return Ok(());
                 }
@@ -217,6 +239,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                             since,
                             plan: args
                                 .enforce
+                                .ruleset
                                 .strict
                                 .then(|| Arc::new(reconciler.plan().clone())),
                         });
@@ -225,6 +248,9 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                 if relisted {
                     release_freed_memory();
                 }
+            }
+            Ok(Event::Flow(packets)) => {
+                flows.log(&packets, reconciler.plan(), reconciler.index());
             }
             Ok(Event::Shutdown(sig)) => {
                 tracing::info!(signal = sig, "shutting down; rules stay in place");
@@ -244,6 +270,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                             since: now,
                             plan: args
                                 .enforce
+                                .ruleset
                                 .strict
                                 .then(|| Arc::new(reconciler.plan().clone())),
                         });

@@ -12,9 +12,6 @@ pub mod simulate;
 /// How a node is enforced, whatever the source of the cluster state (`run`, `daemon`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct EnforceArgs {
-    /// Also check node-to-pod traffic (kubelet probes included) against ingress policies.
-    #[arg(long)]
-    pub police_node_traffic: bool,
     /// Written atomically after every successful apply:
     /// `{"generation", "fingerprint", "applied_at_unix_ms"}`.
     #[arg(long)]
@@ -22,6 +19,25 @@ pub struct EnforceArgs {
     /// Address of /metrics, /livez and /readyz; "" or "off" disables them.
     #[arg(long, default_value = crate::metrics::DEFAULT_ADDR)]
     pub metrics_addr: String,
+    /// The shape of the ruleset (shared with `render`).
+    #[command(flatten)]
+    pub ruleset: RulesetArgs,
+}
+
+/// `enforce` drops what the policies deny; `audit` drops nothing and logs and counts what
+/// would have been dropped (per namespace: the `nftpol.io/enforcement: audit` annotation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Enforce,
+    Audit,
+}
+
+/// Flags that change the ruleset itself: `run` and `daemon` program it, `render` prints it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RulesetArgs {
+    /// Also check node-to-pod traffic (kubelet probes included) against ingress policies.
+    #[arg(long)]
+    pub police_node_traffic: bool,
     /// Cut open connections a change no longer allows (deletes their conntrack entries; the
     /// forward chain also drops TCP packets that would pick a connection up mid-stream, so a
     /// cut one cannot come back). Off: they keep flowing until they close, as conntrack
@@ -38,6 +54,38 @@ pub struct EnforceArgs {
     /// the Node's spec.podCIDRs when none is given; for `run`, without it nothing is unknown.
     #[arg(long = "pod-cidr", value_name = "CIDR")]
     pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// `audit`: drop nothing on this node; log and count what the policies would drop.
+    #[arg(long, value_enum, default_value = "enforce")]
+    pub mode: Mode,
+    /// NFLOG group of the drop, audit and `nftpol.io/log` logs, which nftpol reads and writes
+    /// as log lines; `off`: no such logs (drops are still counted).
+    #[arg(long, value_name = "GROUP|off", default_value = "100", value_parser = parse_nflog_group)]
+    pub nflog_group: NflogGroup,
+}
+
+/// `--nflog-group`: a group number or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NflogGroup(pub Option<u16>);
+
+fn parse_nflog_group(s: &str) -> Result<NflogGroup, String> {
+    if s == "off" {
+        return Ok(NflogGroup(None));
+    }
+    s.parse::<u16>()
+        .map(|g| NflogGroup(Some(g)))
+        .map_err(|_| format!("{s:?} is neither a group number (0-65535) nor \"off\""))
+}
+
+impl RulesetArgs {
+    pub fn options(&self) -> crate::dataplane::Options {
+        crate::dataplane::Options {
+            police_node_traffic: self.police_node_traffic,
+            default_deny_unknown: self.default_deny_unknown,
+            strict: self.strict,
+            audit: self.mode == Mode::Audit,
+            nflog_group: self.nflog_group.0,
+        }
+    }
 }
 
 /// Input the command cannot use at all (exit code 2), as opposed to a runtime failure.

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use crate::compile::{Scope, compile};
+use crate::dataplane::Ruleset;
 use crate::dataplane::render::{render, render_script};
 use crate::dataplane::ruleset::known_pod_addresses;
-use crate::dataplane::{Options, Ruleset};
 use crate::index::ClusterIndex;
 
 #[derive(Debug, clap::Args)]
@@ -17,18 +17,12 @@ pub struct Args {
     /// The node whose pods are rendered.
     #[arg(long)]
     pub node: String,
-    /// Render the output chain that checks node-to-pod traffic (as `run --police-node-traffic`).
-    #[arg(long)]
-    pub police_node_traffic: bool,
     /// Print a script for `nft -f` that atomically replaces the table, instead of the listing.
     #[arg(long)]
     pub script: bool,
-    /// Render the unknown-address drops (as `run --default-deny-unknown`).
-    #[arg(long)]
-    pub default_deny_unknown: bool,
-    /// The node's pod CIDR for `--default-deny-unknown` (repeatable).
-    #[arg(long = "pod-cidr", value_name = "CIDR")]
-    pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// The same flags as `run` and `daemon`, for the same ruleset.
+    #[command(flatten)]
+    pub ruleset: super::RulesetArgs,
 }
 
 pub fn execute(args: Args) -> anyhow::Result<()> {
@@ -38,13 +32,11 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     for (pod, reason) in &plan.skipped {
         eprintln!("note: {pod} is not enforced ({})", reason.as_str());
     }
-    let options = Options {
-        police_node_traffic: args.police_node_traffic,
-        default_deny_unknown: args.default_deny_unknown,
-        ..Options::default()
-    };
-    let mut ruleset = Ruleset::build(&plan, options);
-    ruleset.guard_unknown(&args.pod_cidrs, known_pod_addresses(&loaded.state.pods));
+    let mut ruleset = Ruleset::build(&plan, args.ruleset.options());
+    ruleset.guard_unknown(
+        &args.ruleset.pod_cidrs,
+        known_pod_addresses(&loaded.state.pods),
+    );
     if args.script {
         print!("{}", render_script(&ruleset));
     } else {

@@ -17,14 +17,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use notify::Watcher;
 
-use crate::compile::{Scope, compile};
+use crate::compile::{NodePlan, Scope, compile};
 use crate::dataplane::br_netfilter::BrNetfilter;
 use crate::dataplane::ruleset::known_pod_addresses;
 use crate::dataplane::{Options, Ruleset};
 use crate::enforce::{self, Desired, Enforcer};
+use crate::flowlog::{self, FlowLogger};
 use crate::index::ClusterIndex;
 use crate::manifest;
 use crate::metrics::{self, Metrics};
+use crate::nflog::LoggedPacket;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -48,7 +50,15 @@ pub struct Args {
 enum Event {
     Changed,
     WatchError(String),
+    Flow(Vec<LoggedPacket>),
     Shutdown(i32),
+}
+
+/// What flow log lines are resolved against: the last state read from the folder.
+#[derive(Default)]
+struct View {
+    plan: Arc<NodePlan>,
+    index: ClusterIndex,
 }
 
 /// A burst of changes is cut after this long even if files keep changing.
@@ -60,7 +70,7 @@ fn load_desired(
     options: Options,
     since: Instant,
     metrics: &Metrics,
-) -> anyhow::Result<Desired> {
+) -> anyhow::Result<(Desired, View)> {
     let paths = [args.manifests.clone()];
     // Fingerprint first: if the files change while we read them, we report the older digest
     // and the watcher's next event brings us to the newer one, never the other way round.
@@ -89,15 +99,19 @@ fn load_desired(
     );
     let mut ruleset = Ruleset::build(&plan, options);
     ruleset.guard_unknown(
-        &args.enforce.pod_cidrs,
+        &args.enforce.ruleset.pod_cidrs,
         known_pod_addresses(&loaded.state.pods),
     );
-    Ok(Desired {
-        fingerprint,
-        ruleset,
-        since,
-        plan: Some(Arc::new(plan)),
-    })
+    let plan = Arc::new(plan);
+    Ok((
+        Desired {
+            fingerprint,
+            ruleset,
+            since,
+            plan: Some(plan.clone()),
+        },
+        View { plan, index },
+    ))
 }
 
 /// Reloads the folder and enforces it; input that does not load keeps the last good state.
@@ -107,9 +121,13 @@ fn reload(
     enforcer: &mut Enforcer,
     since: Instant,
     metrics: &Metrics,
+    view: &mut View,
 ) {
     match load_desired(args, options, since, metrics) {
-        Ok(desired) => enforcer.submit(desired),
+        Ok((desired, new_view)) => {
+            enforcer.submit(desired);
+            *view = new_view;
+        }
         Err(e) => {
             tracing::error!("manifests not usable, keeping the last good state enforced: {e:#}")
         }
@@ -117,16 +135,32 @@ fn reload(
 }
 
 /// Waits until `quiet` passes without an event (or `MAX_DEBOUNCE` in all); a shutdown wins.
-fn debounce(rx: &Receiver<Event>, quiet: Duration) -> Option<i32> {
-    let start = Instant::now();
-    while start.elapsed() < MAX_DEBOUNCE {
-        match rx.recv_timeout(quiet) {
+/// Flow logs that arrive meanwhile are written against the state still in force.
+fn debounce(
+    rx: &Receiver<Event>,
+    quiet: Duration,
+    flows: &mut FlowLogger,
+    view: &View,
+) -> Option<i32> {
+    let end = Instant::now() + MAX_DEBOUNCE;
+    // Only a file change restarts the quiet period: flow logs keep coming while pods talk.
+    let mut quiet_until = Instant::now() + quiet;
+    loop {
+        let wait = quiet_until
+            .min(end)
+            .saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return None;
+        }
+        match rx.recv_timeout(wait) {
             Ok(Event::Shutdown(sig)) => return Some(sig),
-            Ok(_) => continue,
-            Err(_) => break,
+            Ok(Event::Flow(packets)) => {
+                flows.log(&packets, &view.plan, &view.index);
+            }
+            Ok(Event::Changed | Event::WatchError(_)) => quiet_until = Instant::now() + quiet,
+            Err(_) => return None,
         }
     }
-    None
 }
 
 pub fn execute(args: Args) -> anyhow::Result<()> {
@@ -157,21 +191,27 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
         .watch(&args.manifests, notify::RecursiveMode::NonRecursive)
         .with_context(|| format!("watching {}", args.manifests.display()))?;
 
-    let options = Options {
-        police_node_traffic: args.enforce.police_node_traffic,
-        default_deny_unknown: args.enforce.default_deny_unknown,
-        strict: args.enforce.strict,
-    };
-    if args.enforce.default_deny_unknown && args.enforce.pod_cidrs.is_empty() {
+    let options = args.enforce.ruleset.options();
+    flowlog::start(options.nflog_group, tx.clone(), Event::Flow, &metrics);
+    let mut flows = FlowLogger::new(metrics.clone());
+    let mut view = View::default();
+    if args.enforce.ruleset.default_deny_unknown && args.enforce.ruleset.pod_cidrs.is_empty() {
         tracing::warn!("--default-deny-unknown without --pod-cidr: no address counts as unknown");
     }
     let mut enforcer =
-        Enforcer::new(args.enforce.status_file.clone())?.strict(args.enforce.strict)?;
+        Enforcer::new(args.enforce.status_file.clone())?.strict(args.enforce.ruleset.strict)?;
     enforcer.set_metrics(metrics.clone());
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
     let quiet = Duration::from_millis(args.debounce_ms);
     tracing::info!(node = %args.node, manifests = %args.manifests.display(), "starting");
-    reload(&args, options, &mut enforcer, Instant::now(), &metrics);
+    reload(
+        &args,
+        options,
+        &mut enforcer,
+        Instant::now(),
+        &metrics,
+        &mut view,
+    );
     let mut next_resync = Instant::now() + resync_every;
 
     loop {
@@ -183,15 +223,25 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
         match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Event::Changed) => {
                 let since = Instant::now();
-                if let Some(sig) = debounce(&rx, quiet) {
+                if let Some(sig) = debounce(&rx, quiet, &mut flows, &view) {
                     tracing::info!(signal = sig, "shutting down; rules stay in place");
                     return Ok(());
                 }
-                reload(&args, options, &mut enforcer, since, &metrics);
+                reload(&args, options, &mut enforcer, since, &metrics, &mut view);
             }
             Ok(Event::WatchError(e)) => {
                 tracing::warn!("file watcher: {e}; reloading");
-                reload(&args, options, &mut enforcer, Instant::now(), &metrics);
+                reload(
+                    &args,
+                    options,
+                    &mut enforcer,
+                    Instant::now(),
+                    &metrics,
+                    &mut view,
+                );
+            }
+            Ok(Event::Flow(packets)) => {
+                flows.log(&packets, &view.plan, &view.index);
             }
             Ok(Event::Shutdown(sig)) => {
                 tracing::info!(signal = sig, "shutting down; rules stay in place");

@@ -287,10 +287,12 @@ impl Expression for LookupExt {
     }
 }
 
-/// `log prefix "..."` (kernel log). nftnl has no log expression at all.
+/// `log prefix "..." group N`: the packet goes to NFLOG group `group`, where the daemon reads
+/// it. nftnl has no log expression at all.
 #[derive(Clone, Debug)]
 pub struct Log {
     pub prefix: CString,
+    pub group: u16,
 }
 
 impl Expression for Log {
@@ -303,6 +305,34 @@ impl Expression for Log {
                 sys::NFTNL_EXPR_LOG_PREFIX as u16,
                 self.prefix.as_ptr(),
             );
+            sys::nftnl_expr_set_u16(e.as_ptr(), sys::NFTNL_EXPR_LOG_GROUP as u16, self.group);
+        }
+        e
+    }
+}
+
+/// `limit rate N/second burst B packets`: over the rate, the rest of the rule is skipped.
+/// nftnl has no limit expression either.
+#[derive(Clone, Debug)]
+pub struct Limit {
+    pub per_second: u64,
+    pub burst: u32,
+}
+
+/// `NFT_LIMIT_PKTS`: the limit counts packets, not bytes.
+const NFT_LIMIT_PKTS: u32 = 0;
+
+impl Expression for Limit {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let e = alloc_expr(c"limit");
+        // SAFETY: `e` is a fresh limit expression; every attribute is a plain integer.
+        unsafe {
+            let p = e.as_ptr();
+            sys::nftnl_expr_set_u64(p, sys::NFTNL_EXPR_LIMIT_RATE as u16, self.per_second);
+            sys::nftnl_expr_set_u64(p, sys::NFTNL_EXPR_LIMIT_UNIT as u16, 1);
+            sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LIMIT_BURST as u16, self.burst);
+            sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LIMIT_TYPE as u16, NFT_LIMIT_PKTS);
+            sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LIMIT_FLAGS as u16, 0);
         }
         e
     }
@@ -586,13 +616,30 @@ pub unsafe fn rule_text(nlh: *const libc::nlmsghdr) -> Option<(String, String)> 
     }
 }
 
-/// The packet count of the first `counter` of a rule message, as (chain, packets): the
-/// `counter drop` that ends every per-pod chain is its only counter. `None` for a rule
-/// without one.
+/// What a rule with a counter does after counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CountedVerdict {
+    /// `counter drop`: the end of an enforced per-pod chain.
+    Drop,
+    /// `counter return`: the end of a per-pod chain in audit mode.
+    Return,
+    Other,
+}
+
+/// A rule's counter: its chain, the packets it counted and the verdict after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleCounter {
+    pub chain: String,
+    pub packets: u64,
+    pub verdict: CountedVerdict,
+}
+
+/// The first `counter` of a rule message, with the rule's verdict: the counted `drop` or
+/// `return` ending each per-pod chain is its only counter. `None` for a rule without one.
 ///
 /// # Safety
 /// `nlh` must point to a complete netlink message of `nlh.nlmsg_len` bytes.
-pub unsafe fn rule_counter(nlh: *const libc::nlmsghdr) -> Option<(String, u64)> {
+pub unsafe fn rule_counter(nlh: *const libc::nlmsghdr) -> Option<RuleCounter> {
     // SAFETY: the caller guarantees a complete message; every libnftnl object is freed and
     // every string copied before returning.
     unsafe {
@@ -603,23 +650,41 @@ pub unsafe fn rule_counter(nlh: *const libc::nlmsghdr) -> Option<(String, u64)> 
         }
         let chain = cstr_attr(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_CHAIN as u16));
         let mut packets = None;
+        let mut verdict = CountedVerdict::Other;
         let it = sys::nftnl_expr_iter_create(r);
         if !it.is_null() {
             let mut e = sys::nftnl_expr_iter_next(it);
-            while !e.is_null() && packets.is_none() {
+            while !e.is_null() {
                 let name = cstr_attr(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16));
-                if name.as_deref() == Some("counter") {
-                    packets = Some(sys::nftnl_expr_get_u64(
-                        e,
-                        sys::NFTNL_EXPR_CTR_PACKETS as u16,
-                    ));
+                match name.as_deref() {
+                    Some("counter") if packets.is_none() => {
+                        packets = Some(sys::nftnl_expr_get_u64(
+                            e,
+                            sys::NFTNL_EXPR_CTR_PACKETS as u16,
+                        ));
+                    }
+                    Some("immediate")
+                        if sys::nftnl_expr_is_set(e, sys::NFTNL_EXPR_IMM_VERDICT as u16) =>
+                    {
+                        let v = sys::nftnl_expr_get_u32(e, sys::NFTNL_EXPR_IMM_VERDICT as u16);
+                        verdict = match v as i32 {
+                            x if x == libc::NF_DROP => CountedVerdict::Drop,
+                            x if x == libc::NFT_RETURN => CountedVerdict::Return,
+                            _ => CountedVerdict::Other,
+                        };
+                    }
+                    _ => {}
                 }
                 e = sys::nftnl_expr_iter_next(it);
             }
             sys::nftnl_expr_iter_destroy(it);
         }
         sys::nftnl_rule_free(r);
-        chain.zip(packets)
+        Some(RuleCounter {
+            chain: chain?,
+            packets: packets?,
+            verdict,
+        })
     }
 }
 

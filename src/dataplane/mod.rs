@@ -423,9 +423,9 @@ impl CounterReader {
         })
     }
 
-    /// The drop counter of every per-pod chain, as (chain, packets); empty when the table does
-    /// not exist yet.
-    pub fn drop_counters(&self) -> Result<Vec<(String, u64)>, DataplaneError> {
+    /// The counter ending every per-pod chain (of drops, or in audit mode of would-be drops);
+    /// empty when the table does not exist yet.
+    pub fn drop_counters(&self) -> Result<Vec<ext::RuleCounter>, DataplaneError> {
         match self.sock.dump_rule_counters(INET, c"nftpol") {
             Ok(c) => Ok(c),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),

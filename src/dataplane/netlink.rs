@@ -382,7 +382,11 @@ impl NlSocket {
     }
 
     /// The packet count of every rule of `table` that has a counter, as (chain, packets).
-    pub fn dump_rule_counters(&self, family: u16, table: &CStr) -> io::Result<Vec<(String, u64)>> {
+    pub fn dump_rule_counters(
+        &self,
+        family: u16,
+        table: &CStr,
+    ) -> io::Result<Vec<ext::RuleCounter>> {
         let seq = 0x6e66_7300;
         let mut req = vec![0u8; 4096];
         let n = ext::build_dump_request(&mut req, DumpKind::Rules, family, Some(table), seq);

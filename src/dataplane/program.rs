@@ -22,8 +22,8 @@ use super::ext::{
 use super::netlink::Labels;
 use super::render::{element_text, rule_text};
 use super::ruleset::{
-    AddrField, Chain, Element, Family, Hook, NamedSet, PodDirection, Rule, Ruleset, SetKind, TABLE,
-    VerdictMap,
+    AddrField, Chain, Element, Family, Hook, LOG_BURST, LOG_RATE_PER_SECOND, LogTo, NamedSet,
+    PodDirection, Rule, Ruleset, SetKind, TABLE, VerdictMap,
 };
 
 pub const FAMILY: ProtoFamily = ProtoFamily::Inet;
@@ -429,6 +429,14 @@ fn addr_lookup(
     Ok(())
 }
 
+fn log_to(r: &mut NftRule, to: &LogTo) -> Result<(), BadName> {
+    r.add_expr(&ext::Log {
+        prefix: cname(&to.prefix)?,
+        group: to.group,
+    });
+    Ok(())
+}
+
 fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
     use nftnl::expr::ct::States;
     match rule {
@@ -467,10 +475,8 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             log,
         } => {
             addr_lookup(r, *family, *field, set, None)?;
-            if let Some(prefix) = log {
-                r.add_expr(&ext::Log {
-                    prefix: cname(prefix)?,
-                });
+            if let Some(to) = log {
+                log_to(r, to)?;
             }
             r.add_expr(&Verdict::Return);
         }
@@ -498,16 +504,25 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
                 set_id: 0,
                 dreg: None,
             });
-            if let Some(prefix) = log {
-                r.add_expr(&ext::Log {
-                    prefix: cname(prefix)?,
-                });
+            if let Some(to) = log {
+                log_to(r, to)?;
             }
             r.add_expr(&Verdict::Return);
+        }
+        Rule::LimitedLog(to) => {
+            r.add_expr(&ext::Limit {
+                per_second: LOG_RATE_PER_SECOND,
+                burst: LOG_BURST,
+            });
+            log_to(r, to)?;
         }
         Rule::CounterDrop => {
             r.add_expr(&Counter);
             r.add_expr(&Verdict::Drop);
+        }
+        Rule::CounterReturn => {
+            r.add_expr(&Counter);
+            r.add_expr(&Verdict::Return);
         }
         Rule::AddrDrop { family, field, set } => {
             addr_lookup(r, *family, *field, set, None)?;
@@ -568,7 +583,7 @@ fn cheaper_to_rebuild(old: &PodDirection, new: &PodDirection) -> bool {
 }
 
 /// The changes from `old` to `new` as one transaction, or `None` when the shape changed
-/// (options, base chains, maps, or a pod's chain rules) and a full replace is simpler.
+/// (options, base chains, maps, or a pod's sets) and a full replace is simpler.
 pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx>, BadName> {
     if old.options != new.options
         || old.base_chains != new.base_chains
@@ -594,7 +609,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
                     .iter()
                     .zip(&n.sets)
                     .all(|(a, b)| a.name == b.name && a.family == b.family && a.kind == b.kind);
-            if o.chain != n.chain || !same_sets {
+            if !same_sets {
                 return Ok(None);
             }
         }
@@ -605,9 +620,11 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
         .pods
         .iter()
         .filter(|(name, n)| {
+            // A chain whose rules changed (audit mode switched, logging asked for) is rebuilt
+            // whole: its rules have no stable handles to replace them by.
             old.pods
                 .get(*name)
-                .is_some_and(|o| cheaper_to_rebuild(o, n))
+                .is_some_and(|o| o.chain != n.chain || cheaper_to_rebuild(o, n))
         })
         .map(|(name, _)| name)
         .collect();

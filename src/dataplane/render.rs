@@ -10,7 +10,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use super::ruleset::{
-    AddrRange, Chain, Element, Family, NamedSet, Rule, Ruleset, SetKind, TABLE, VerdictMap,
+    AddrRange, Chain, Element, Family, LOG_BURST, LOG_RATE_PER_SECOND, LogTo, NamedSet, Rule,
+    Ruleset, SetKind, TABLE, VerdictMap,
 };
 
 /// `nft list table inet nftpol` of the programmed ruleset.
@@ -151,16 +152,21 @@ pub fn rule_text(rule: &Rule) -> String {
             field.keyword(),
             log_text(log)
         ),
+        Rule::LimitedLog(to) => format!(
+            "limit rate {LOG_RATE_PER_SECOND}/second burst {LOG_BURST} packets{}",
+            log_text(&Some(to.clone()))
+        ),
         Rule::CounterDrop => "counter packets 0 bytes 0 drop".into(),
+        Rule::CounterReturn => "counter packets 0 bytes 0 return".into(),
         Rule::AddrDrop { family, field, set } => {
             format!("{} {} @{set} drop", family.keyword(), field.keyword())
         }
     }
 }
 
-fn log_text(log: &Option<String>) -> String {
+fn log_text(log: &Option<LogTo>) -> String {
     log.as_ref()
-        .map(|p| format!(" log prefix \"{p}\""))
+        .map(|to| format!(" log prefix \"{}\" group {}", to.prefix, to.group))
         .unwrap_or_default()
 }
 

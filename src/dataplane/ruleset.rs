@@ -49,6 +49,71 @@ pub struct Options {
     /// whose entry `--strict` deleted comes back as soon as the side the policies still let
     /// open connections sends a packet (an ACK in flight is enough).
     pub strict: bool,
+    /// `--mode audit`: every isolated pod's chain ends in a counted `return` instead of a
+    /// drop, as for a namespace annotated `nftpol.io/enforcement: audit`.
+    pub audit: bool,
+    /// The NFLOG group drop (and audit and `nftpol.io/log`) logs go to; `None`: no logs.
+    pub nflog_group: Option<u16>,
+}
+
+/// What a logged packet's prefix says happened to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LogAction {
+    /// Dropped: no rule of the policies isolating the pod allows it.
+    Drop,
+    /// Would have been dropped, let through because the pod is in audit mode.
+    Audit,
+    /// Allowed by the pod's policies (`nftpol.io/log`).
+    Allow,
+}
+
+impl LogAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogAction::Drop => "drop",
+            LogAction::Audit => "audit",
+            LogAction::Allow => "allow",
+        }
+    }
+}
+
+/// Kernel-side limit of the drop and audit logs of one pod direction (one `limit` per
+/// chain, so a noisy pod cannot starve the others' logs), in packets per second and burst.
+pub const LOG_RATE_PER_SECOND: u64 = 10;
+pub const LOG_BURST: u32 = 20;
+
+/// A log statement: NFLOG `group`, with a prefix naming the action and the direction, which
+/// is all the reader needs (the pod is the packet's address on that side).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LogTo {
+    pub prefix: String,
+    pub group: u16,
+}
+
+impl LogTo {
+    pub fn new(action: LogAction, direction: Direction, group: u16) -> Self {
+        LogTo {
+            prefix: format!("nftpol {} {}", action.as_str(), direction.as_str()),
+            group,
+        }
+    }
+
+    /// The inverse of the prefix [`LogTo::new`] writes.
+    pub fn parse_prefix(prefix: &str) -> Option<(LogAction, Direction)> {
+        let mut words = prefix.strip_prefix("nftpol ")?.split(' ');
+        let action = match words.next()? {
+            "drop" => LogAction::Drop,
+            "audit" => LogAction::Audit,
+            "allow" => LogAction::Allow,
+            _ => return None,
+        };
+        let direction = match words.next()? {
+            "ingress" => Direction::Ingress,
+            "egress" => Direction::Egress,
+            _ => return None,
+        };
+        words.next().is_none().then_some((action, direction))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -175,22 +240,28 @@ pub enum Rule {
         field: AddrField,
         map: String,
     },
-    /// `ip saddr @set [log prefix "..."] return`
+    /// `ip saddr @set [log prefix "..." group N] return`
     AddrReturn {
         family: Family,
         field: AddrField,
         set: String,
-        log: Option<String>,
+        log: Option<LogTo>,
     },
-    /// `ip saddr . meta l4proto . th dport @set [log prefix "..."] return`
+    /// `ip saddr . meta l4proto . th dport @set [log prefix "..." group N] return`
     TupleReturn {
         family: Family,
         field: AddrField,
         set: String,
-        log: Option<String>,
+        log: Option<LogTo>,
     },
-    /// `counter drop`: the end of every per-pod chain.
+    /// `limit rate 10/second burst 20 packets log prefix "..." group N`: before the end of a
+    /// per-pod chain; over the limit the rule does nothing and the packet goes on.
+    LimitedLog(LogTo),
+    /// `counter drop`: the end of every enforced per-pod chain.
     CounterDrop,
+    /// `counter return`: the end of a per-pod chain in audit mode; the counter counts what
+    /// would have been dropped.
+    CounterReturn,
     /// `tcp flags != syn / syn,ack ct state new drop`: no mid-stream pickup.
     TcpNewNotSynDrop,
     /// `ip saddr @unknown_v4 drop`: an address of the pod CIDRs no known pod has.
@@ -409,27 +480,21 @@ fn families(ips: &[IpAddr]) -> Vec<Family> {
     f
 }
 
-/// The kernel keeps at most 127 bytes of a log prefix.
-const MAX_LOG_PREFIX: usize = 127;
-
-/// `nftpol allow <chain> `, cut to the kernel's limit.
-pub fn allow_log_prefix(chain: &str) -> String {
-    let mut p = format!("nftpol allow {chain}");
-    let mut cut = p.len().min(MAX_LOG_PREFIX - 1);
-    while !p.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    p.truncate(cut);
-    p.push(' ');
-    p
-}
-
-fn pod_direction(endpoint: &Endpoint, direction: Direction, iso: &Isolation) -> PodDirection {
+fn pod_direction(
+    endpoint: &Endpoint,
+    direction: Direction,
+    iso: &Isolation,
+    options: Options,
+) -> PodDirection {
     let chain = chain_name(&endpoint.pod, direction);
     let field = AddrField::peer_of(direction);
     // `nftpol.io/log`: new connections the policy allows are logged (established ones never
-    // reach the per-pod chain).
-    let log = iso.log_allowed.then(|| allow_log_prefix(&chain));
+    // reach the per-pod chain). Not rate limited: a `limit` over its rate would skip the
+    // `return` too. The reader keeps only the lines of the policies that asked.
+    let log = options
+        .nflog_group
+        .filter(|_| iso.log_allowed)
+        .map(|group| LogTo::new(LogAction::Allow, direction, group));
     let mut sets = Vec::new();
     let mut rules = Vec::new();
     for family in families(&endpoint.ips) {
@@ -460,7 +525,20 @@ fn pod_direction(endpoint: &Endpoint, direction: Direction, iso: &Isolation) -> 
             log: log.clone(),
         });
     }
-    rules.push(Rule::CounterDrop);
+    let audit = options.audit || endpoint.audit;
+    let action = if audit {
+        LogAction::Audit
+    } else {
+        LogAction::Drop
+    };
+    if let Some(group) = options.nflog_group {
+        rules.push(Rule::LimitedLog(LogTo::new(action, direction, group)));
+    }
+    rules.push(if audit {
+        Rule::CounterReturn
+    } else {
+        Rule::CounterDrop
+    });
     PodDirection {
         pod: endpoint.pod.clone(),
         direction,
@@ -576,7 +654,7 @@ impl Ruleset {
                 let Some(iso) = endpoint.isolation(direction) else {
                     continue;
                 };
-                let pd = pod_direction(endpoint, direction, iso);
+                let pd = pod_direction(endpoint, direction, iso, options);
                 for ip in &endpoint.ips {
                     if let Some(map) = maps.get_mut(&(direction, Family::of(ip))) {
                         // Two endpoints never share an IP in a consistent plan; if the API
@@ -713,6 +791,7 @@ mod tests {
                 ips: vec!["10.0.0.1".parse().unwrap()],
                 ingress: None,
                 egress: None,
+                audit: false,
             },
         );
         let rs = Ruleset::build(&plan, Options::default());

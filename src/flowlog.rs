@@ -1,0 +1,461 @@
+//! Flow logs: the packets the per-pod chains sent to NFLOG (`crate::nflog` reads them) become
+//! one log line each, naming the pods on both ends and the policies that decided.
+//!
+//! The kernel side only says what happened and in which direction (the log prefix, see
+//! `LogTo`); the pod is the packet's address on that side, so the line is resolved here
+//! against the plan and the index the daemon holds at that moment. Resolution is pure
+//! ([`describe`]); [`FlowLogger`] adds what makes the output readable:
+//! - one line per connection: a dropped TCP SYN is retransmitted (1 s, 3 s, 7 s...) and a UDP
+//!   flow sends many datagrams, each logged by the kernel as new; the same 5-tuple is written
+//!   once until it has been quiet for [`QUIET`];
+//! - `nftpol.io/log` allow lines only for the connections a logging policy's rule allows (the
+//!   kernel logs every new connection of a pod direction that any such policy isolates).
+//!
+//! Lines are `tracing` events of target `nftpol::flow` (text, or JSON with `--log-format
+//! json`), with the fields `action`, `direction`, `src`, `src_pod`, `dst`, `dst_pod`,
+//! `protocol`, `port`, `pod`, `policies`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::compile::NodePlan;
+use crate::dataplane::ruleset::{LogAction, LogTo};
+use crate::index::ClusterIndex;
+use crate::metrics::Metrics;
+use crate::model::{Direction, ObjectKey, Protocol};
+use crate::nflog::{LoggedPacket, NflogSocket, PacketInfo};
+
+/// A 5-tuple seen again within this long (since it was last seen) is the same connection.
+pub const QUIET: Duration = Duration::from_secs(60);
+/// Remembered connections; beyond it the expired ones are forgotten, then all of them.
+const MAX_REMEMBERED: usize = 16_384;
+
+/// One logged packet, as the prefix and the headers tell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub action: LogAction,
+    pub direction: Direction,
+    pub packet: PacketInfo,
+}
+
+impl Flow {
+    /// `None` for a packet some other rule logged to our group.
+    pub fn of(logged: &LoggedPacket) -> Option<Self> {
+        let (action, direction) = LogTo::parse_prefix(&logged.prefix)?;
+        Some(Flow {
+            action,
+            direction,
+            packet: logged.packet,
+        })
+    }
+
+    /// The local pod's address (whose chain logged it) and the peer's.
+    fn pod_and_peer(&self) -> (IpAddr, IpAddr) {
+        match self.direction {
+            Direction::Ingress => (self.packet.dst, self.packet.src),
+            Direction::Egress => (self.packet.src, self.packet.dst),
+        }
+    }
+}
+
+/// What a flow log line says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowLine {
+    pub action: LogAction,
+    pub direction: Direction,
+    pub src: IpAddr,
+    pub src_pod: Option<String>,
+    pub dst: IpAddr,
+    pub dst_pod: Option<String>,
+    /// `TCP`, `UDP`, `SCTP`, or the IP protocol number.
+    pub protocol: String,
+    pub port: Option<u16>,
+    /// The local pod whose policies decided.
+    pub pod: Option<String>,
+    /// Drop and audit: the policies isolating the pod. Allow: the rules that allow it, as
+    /// `namespace/name#rule`.
+    pub policies: Vec<String>,
+    /// The sentence a person reads.
+    pub message: String,
+}
+
+fn protocol_name(number: u8) -> String {
+    match number {
+        6 => Protocol::Tcp.as_str().to_string(),
+        17 => Protocol::Udp.as_str().to_string(),
+        132 => Protocol::Sctp.as_str().to_string(),
+        1 => "ICMP".into(),
+        58 => "ICMPv6".into(),
+        n => n.to_string(),
+    }
+}
+
+fn protocol_of(number: u8) -> Option<Protocol> {
+    match number {
+        6 => Some(Protocol::Tcp),
+        17 => Some(Protocol::Udp),
+        132 => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+fn pod_name(index: &ClusterIndex, ip: IpAddr) -> Option<String> {
+    index.pods_with_ip(ip).next().map(|p| p.key.to_string())
+}
+
+fn keys(list: &[ObjectKey]) -> String {
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The line for `flow`, or `None` for an allowed connection that no rule of a policy asking
+/// for logs (`nftpol.io/log`) allows.
+pub fn describe(flow: &Flow, plan: &NodePlan, index: &ClusterIndex) -> Option<FlowLine> {
+    let p = &flow.packet;
+    let (pod_ip, peer_ip) = flow.pod_and_peer();
+    let endpoint = plan.endpoint_by_ip(pod_ip);
+    let isolation = endpoint.and_then(|e| e.isolation(flow.direction));
+    let pod = endpoint.map(|e| e.pod.to_string());
+    let dir = flow.direction;
+    let (policies, message) = match (flow.action, isolation) {
+        (LogAction::Allow, iso) => {
+            let protocol = protocol_of(p.protocol)?;
+            let port = p.dst_port?;
+            let rules: Vec<String> = iso?
+                .allowing_rules(peer_ip, protocol, port)
+                .filter(|r| index.policy(&r.policy).is_some_and(|pol| pol.log_allowed))
+                .map(|r| format!("{}#{}", r.policy, r.rule))
+                .collect();
+            if rules.is_empty() {
+                return None;
+            }
+            let message = format!("allowed by {dir} rule {}", rules.join(", "));
+            (rules, message)
+        }
+        (action, Some(iso)) => {
+            let them = if iso.policies.len() == 1 {
+                "it"
+            } else {
+                "them"
+            };
+            let what = if action == LogAction::Audit {
+                "would be dropped (audit mode: let through)"
+            } else {
+                "dropped"
+            };
+            let message = format!(
+                "{what}: isolated for {dir} by {}, and no {dir} rule of {them} allows it",
+                keys(&iso.policies)
+            );
+            (
+                iso.policies.iter().map(ToString::to_string).collect(),
+                message,
+            )
+        }
+        // The plan changed between the packet and this line.
+        (action, None) => (
+            Vec::new(),
+            format!(
+                "{}: the pod's {dir} policies changed since",
+                if action == LogAction::Audit {
+                    "would be dropped"
+                } else {
+                    "dropped"
+                }
+            ),
+        ),
+    };
+    Some(FlowLine {
+        action: flow.action,
+        direction: dir,
+        src: p.src,
+        src_pod: pod_name(index, p.src),
+        dst: p.dst,
+        dst_pod: pod_name(index, p.dst),
+        protocol: protocol_name(p.protocol),
+        port: p.dst_port,
+        pod,
+        policies,
+        message,
+    })
+}
+
+/// Writes flow lines, once per connection.
+#[derive(Debug, Default)]
+pub struct FlowLogger {
+    seen: HashMap<Flow, Instant>,
+    metrics: Option<Metrics>,
+}
+
+impl FlowLogger {
+    /// A logger that counts its lines in `metrics` (`nftpol_flow_logs`).
+    pub fn new(metrics: Metrics) -> Self {
+        FlowLogger {
+            seen: HashMap::new(),
+            metrics: Some(metrics),
+        }
+    }
+
+    /// Whether `flow` is the first packet of its connection (and remembers it).
+    fn first(&mut self, flow: &Flow, now: Instant) -> bool {
+        let first = self
+            .seen
+            .get(flow)
+            .is_none_or(|last| now.duration_since(*last) >= QUIET);
+        if self.seen.len() >= MAX_REMEMBERED {
+            self.seen
+                .retain(|_, last| now.duration_since(*last) < QUIET);
+            if self.seen.len() >= MAX_REMEMBERED {
+                self.seen.clear();
+            }
+        }
+        self.seen.insert(*flow, now);
+        first
+    }
+
+    /// The lines `packets` make, skipping repeats of a connection already written; writes
+    /// them as `tracing` events too.
+    pub fn log(
+        &mut self,
+        packets: &[LoggedPacket],
+        plan: &NodePlan,
+        index: &ClusterIndex,
+    ) -> Vec<FlowLine> {
+        let now = Instant::now();
+        let mut lines = Vec::new();
+        for logged in packets {
+            let Some(flow) = Flow::of(logged) else {
+                continue;
+            };
+            if !self.first(&flow, now) {
+                continue;
+            }
+            if let Some(line) = describe(&flow, plan, index) {
+                emit(&line);
+                if let Some(m) = &self.metrics {
+                    m.observe_flow_log(line.action.as_str());
+                }
+                lines.push(line);
+            }
+        }
+        lines
+    }
+}
+
+fn endpoint_text(ip: IpAddr, port: Option<u16>, pod: &Option<String>) -> String {
+    let addr = match (ip, port) {
+        (IpAddr::V6(v6), Some(port)) => format!("[{v6}]:{port}"),
+        (ip, Some(port)) => format!("{ip}:{port}"),
+        (ip, None) => ip.to_string(),
+    };
+    match pod {
+        Some(pod) => format!("{pod} ({addr})"),
+        None => addr,
+    }
+}
+
+fn emit(line: &FlowLine) {
+    let src = endpoint_text(line.src, None, &line.src_pod);
+    let dst = endpoint_text(line.dst, line.port, &line.dst_pod);
+    tracing::info!(
+        target: "nftpol::flow",
+        action = line.action.as_str(),
+        direction = line.direction.as_str(),
+        src = %line.src,
+        src_pod = line.src_pod.as_deref().unwrap_or(""),
+        dst = %line.dst,
+        dst_pod = line.dst_pod.as_deref().unwrap_or(""),
+        protocol = %line.protocol,
+        port = line.port.unwrap_or(0),
+        pod = line.pod.as_deref().unwrap_or(""),
+        policies = %line.policies.join(","),
+        "{} {} {src} -> {dst}: {}",
+        line.protocol,
+        line.action.as_str(),
+        line.message
+    );
+}
+
+/// Binds `group` in the calling thread's network namespace and starts a thread that sends
+/// what the kernel logs through `tx` (wrapped by `wrap`), until the receiver goes away. Lost
+/// messages (the kernel's buffer overran) are counted on `lost`.
+pub fn spawn_reader<E: Send + 'static>(
+    group: u16,
+    tx: Sender<E>,
+    wrap: fn(Vec<LoggedPacket>) -> E,
+    lost: impl Fn(u64) + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let mut socket =
+        NflogSocket::bind(group).with_context(|| format!("binding NFLOG group {group}"))?;
+    std::thread::Builder::new()
+        .name("nflog".into())
+        .spawn(move || {
+            let mut overruns = 0;
+            loop {
+                match socket.recv(Duration::from_secs(1)) {
+                    Ok(packets) => {
+                        if socket.overruns() > overruns {
+                            lost(socket.overruns() - overruns);
+                            overruns = socket.overruns();
+                        }
+                        if !packets.is_empty() && tx.send(wrap(packets)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("reading NFLOG group {group}: {e}");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+        })
+        .context("starting the NFLOG reader thread")
+}
+
+/// Starts the flow logs of `run` and `daemon` when `group` is set: a failure to bind (another
+/// process reads the group) turns them off, loudly, and enforcement goes on.
+pub fn start<E: Send + 'static>(
+    group: Option<u16>,
+    tx: Sender<E>,
+    wrap: fn(Vec<LoggedPacket>) -> E,
+    metrics: &Metrics,
+) {
+    let Some(group) = group else {
+        metrics.observe_flow_log_active(false);
+        return;
+    };
+    let m = metrics.clone();
+    match spawn_reader(group, tx, wrap, move |n| m.observe_flow_logs_lost(n)) {
+        Ok(_) => {
+            tracing::info!(group, "flow logs: reading NFLOG group {group}");
+            metrics.observe_flow_log_active(true);
+        }
+        Err(e) => {
+            tracing::error!("flow logs are off: {e:#}");
+            metrics.observe_flow_log_active(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{Scope, compile};
+    use crate::manifest;
+
+    const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: prod, labels: {app: db}}
+spec: {nodeName: n1, containers: [{name: c, image: x}]}
+status: {podIP: 10.0.0.2, phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: prod, labels: {app: api}}
+spec: {nodeName: n2, containers: [{name: c, image: x}]}
+status: {podIP: 10.0.0.3, phase: Running}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: prod}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-to-db, namespace: prod, annotations: {nftpol.io/log: "true"}}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: api}}}], ports: [{port: 5432}]}]
+"#;
+
+    fn state() -> (NodePlan, ClusterIndex) {
+        use serde::Deserialize;
+        let docs = serde_norway::Deserializer::from_str(MANIFESTS)
+            .map(|d| serde_json::Value::deserialize(d).unwrap());
+        let loaded = manifest::load_values("flowlog", docs).unwrap();
+        let index = ClusterIndex::from_state(&loaded.state);
+        let plan = compile(&index, &Scope::Node("n1".into()));
+        (plan, index)
+    }
+
+    fn packet(src: &str, dst: &str, sport: u16, dport: u16) -> PacketInfo {
+        PacketInfo {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol: 6,
+            src_port: Some(sport),
+            dst_port: Some(dport),
+        }
+    }
+
+    fn logged(prefix: &str, packet: PacketInfo) -> LoggedPacket {
+        LoggedPacket {
+            prefix: prefix.into(),
+            packet,
+        }
+    }
+
+    #[test]
+    fn a_drop_names_both_pods_and_the_isolating_policies() {
+        let (plan, index) = state();
+        let flow = Flow::of(&logged(
+            "nftpol drop ingress",
+            packet("10.0.0.3", "10.0.0.2", 40000, 80),
+        ))
+        .unwrap();
+        let line = describe(&flow, &plan, &index).unwrap();
+        assert_eq!(line.action, LogAction::Drop);
+        assert_eq!(line.src_pod.as_deref(), Some("prod/api"));
+        assert_eq!(line.dst_pod.as_deref(), Some("prod/db"));
+        assert_eq!(line.pod.as_deref(), Some("prod/db"));
+        assert_eq!(line.policies, ["prod/api-to-db", "prod/deny"]);
+        assert_eq!(line.port, Some(80));
+        assert!(line.message.contains("no ingress rule of them allows it"));
+    }
+
+    #[test]
+    fn allow_lines_only_for_rules_of_logging_policies() {
+        let (plan, index) = state();
+        let allowed = Flow::of(&logged(
+            "nftpol allow ingress",
+            packet("10.0.0.3", "10.0.0.2", 40000, 5432),
+        ))
+        .unwrap();
+        let line = describe(&allowed, &plan, &index).unwrap();
+        assert_eq!(line.policies, ["prod/api-to-db#0"]);
+        // Not a packet any rule allows: no allow line (the kernel would have dropped it).
+        let other = Flow::of(&logged(
+            "nftpol allow ingress",
+            packet("10.9.9.9", "10.0.0.2", 40000, 5432),
+        ))
+        .unwrap();
+        assert_eq!(describe(&other, &plan, &index), None);
+    }
+
+    #[test]
+    fn one_line_per_connection_and_foreign_prefixes_ignored() {
+        let (plan, index) = state();
+        let mut logger = FlowLogger::default();
+        let syn = logged(
+            "nftpol audit ingress",
+            packet("10.0.0.3", "10.0.0.2", 40000, 80),
+        );
+        let retry = syn.clone();
+        let next = logged(
+            "nftpol audit ingress",
+            packet("10.0.0.3", "10.0.0.2", 40001, 80),
+        );
+        let foreign = logged("ulogd", packet("10.0.0.3", "10.0.0.2", 1, 2));
+        let lines = logger.log(&[syn, retry, foreign, next], &plan, &index);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].message.starts_with("would be dropped"));
+        assert_eq!(lines[1].src, "10.0.0.3".parse::<IpAddr>().unwrap());
+    }
+}
