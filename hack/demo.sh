@@ -20,12 +20,17 @@ section "Rows are clients, columns servers. A pod to itself (the diagonal) never
 section "Before any policy: measured with real TCP connections on 8080 (every pod is reachable)"
 $bin/nftpol-testbed probe -f "$demo/00-cluster.yaml" --port 8080 --protocol TCP -o table
 
+flows=$(mktemp /tmp/nftpol-demo-flows.XXXXXX)
+trap 'rm -f "$flows"' EXIT
 for port in 8080 5432; do
   section "With examples/demo's policies, $port/TCP: measured with real packets"
-  $bin/nftpol-testbed probe -f "$demo" --port "$port" --protocol TCP -o table
+  $bin/nftpol-testbed probe -f "$demo" --port "$port" --protocol TCP -o table --flow-log-out "$flows"
   section "...and what nftpol simulate predicts"
   $bin/nftpol simulate -f "$demo" --port "$port" --protocol TCP
 done
+
+section "Which policy dropped it? The flow log of the last run, for the stranger's connections (one line per connection)"
+grep 'drop staging/stranger' "$flows" | sed -e 's/^.*nftpol::flow: //' -e 's/ action=.*$//' | head -n 4
 
 section "DNS (53/UDP) under default deny + allow-dns, measured"
 $bin/nftpol-testbed probe -f "$demo" --port 53 --protocol UDP -o table
