@@ -158,11 +158,13 @@ pub fn describe(flow: &Flow, plan: &NodePlan, index: &ClusterIndex) -> Option<Fl
                 message,
             )
         }
-        // The plan changed between the packet and this line.
+        // The rules in force and the state held here disagree: the plan changed between the
+        // packet and this line, or a restarted nftpol has not listed everything yet (the
+        // previous rules stay in force until it has).
         (action, None) => (
             Vec::new(),
             format!(
-                "{}: the pod's {dir} policies changed since",
+                "{} by the rules in force; the {dir} policies of this address are not known here (changed since, or still syncing)",
                 if action == LogAction::Audit {
                     "would be dropped"
                 } else {
@@ -437,6 +439,37 @@ spec:
         ))
         .unwrap();
         assert_eq!(describe(&other, &plan, &index), None);
+    }
+
+    #[test]
+    fn a_connection_quiet_for_a_minute_is_new_again() {
+        let mut logger = FlowLogger::default();
+        let flow = Flow::of(&logged(
+            "nftpol drop egress",
+            packet("10.0.0.2", "10.0.0.3", 40000, 53),
+        ))
+        .unwrap();
+        let t0 = Instant::now();
+        assert!(logger.first(&flow, t0));
+        // Retransmissions keep it remembered, however long they go on.
+        assert!(!logger.first(&flow, t0 + QUIET / 2));
+        assert!(!logger.first(&flow, t0 + QUIET));
+        assert!(logger.first(&flow, t0 + QUIET * 2 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_drop_for_an_address_no_longer_isolated_says_so() {
+        let (_, index) = state();
+        let flow = Flow::of(&logged(
+            "nftpol drop ingress",
+            packet("10.0.0.3", "10.0.0.2", 40000, 80),
+        ))
+        .unwrap();
+        let line = describe(&flow, &NodePlan::default(), &index).unwrap();
+        assert_eq!(line.pod, None);
+        assert!(line.policies.is_empty());
+        assert!(line.message.contains("not known here"), "{}", line.message);
+        assert_eq!(line.dst_pod.as_deref(), Some("prod/db"));
     }
 
     #[test]
