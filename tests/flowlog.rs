@@ -12,22 +12,11 @@ use nftpol::model::{ObjectKey, Protocol};
 use nftpol::testbed::{Mode, NODE_NAME, Testbed, netns::Netns};
 use serde_json::{Value, json};
 
+mod pods;
+use pods::{CLIENT, OTHER, SERVER, pod, sample};
+
 const PORT: u16 = 19965;
 const DEADLINE: Duration = Duration::from_secs(15);
-
-const CLIENT: (&str, &str, &str) = ("x", "client", "10.244.1.2");
-const SERVER: (&str, &str, &str) = ("x", "server", "10.244.1.3");
-const OTHER: (&str, &str, &str) = ("y", "other", "10.244.2.4");
-
-fn pod((ns, name, ip): (&str, &str, &str)) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
-        "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c", "ports": [
-            {"containerPort": 80}, {"containerPort": 81}]}]},
-        "status": {"phase": "Running", "podIPs": [{"ip": ip}]}
-    })
-}
 
 /// Namespace `x` (in audit mode when `x_audit`), namespace `y`, three pods; x/server takes
 /// port 80 from x/client only (the policy logs what it allows when `log_allowed`), and y
@@ -54,9 +43,9 @@ fn objects(x_audit: bool, log_allowed: bool) -> Vec<Value> {
     vec![
         x,
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "y"}}),
-        pod(CLIENT),
-        pod(SERVER),
-        pod(OTHER),
+        pod(CLIENT, &[80, 81]),
+        pod(SERVER, &[80, 81]),
+        pod(OTHER, &[80, 81]),
         server_policy,
         json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -155,11 +144,6 @@ fn scrape(bed: &Testbed) -> String {
     let (code, body) = bed.http_get(PORT, "/metrics").expect("GET /metrics");
     assert_eq!(code, 200, "{body}");
     body
-}
-
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Scrapes until `name` is above zero, or fails after [`DEADLINE`].

@@ -11,23 +11,12 @@ use nftpol::model::{ObjectKey, Protocol};
 use nftpol::testbed::{Mode, NODE_NAME, Testbed, netns::Netns};
 use serde_json::{Value, json};
 
+mod pods;
+use pods::{CLIENT, OTHER, SERVER, pod, sample};
+
 /// Not the default port, so that the test proves `--metrics-addr` is honoured.
 const PORT: u16 = 19964;
 const DEADLINE: Duration = Duration::from_secs(15);
-
-const CLIENT: (&str, &str, &str) = ("x", "client", "10.244.1.2");
-const SERVER: (&str, &str, &str) = ("x", "server", "10.244.1.3");
-const OTHER: (&str, &str, &str) = ("y", "other", "10.244.2.4");
-
-fn pod((ns, name, ip): (&str, &str, &str)) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
-        "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c", "ports": [
-            {"containerPort": 80}, {"containerPort": 81}]}]},
-        "status": {"phase": "Running", "podIPs": [{"ip": ip}]}
-    })
-}
 
 fn policy(ns: &str, name: &str, spec: Value) -> Value {
     json!({
@@ -40,9 +29,9 @@ fn cluster() -> Vec<Value> {
     vec![
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}),
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "y"}}),
-        pod(CLIENT),
-        pod(SERVER),
-        pod(OTHER),
+        pod(CLIENT, &[80, 81]),
+        pod(SERVER, &[80, 81]),
+        pod(OTHER, &[80, 81]),
         // A hostNetwork pod: counted as skipped, never enforced.
         json!({
             "apiVersion": "v1", "kind": "Pod",
@@ -108,12 +97,6 @@ fn pod_ns<'a>(bed: &'a Testbed, p: (&str, &str, &str)) -> &'a Netns {
 fn connects(ns: &Netns, to: &str, port: u16) -> bool {
     let addr = SocketAddr::new(to.parse().expect("address"), port);
     ns.tcp_connects(addr, Duration::from_millis(700))
-}
-
-/// The value of the sample `name` (with its labels, as exposed), if present.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn scrape(bed: &Testbed) -> String {

@@ -69,6 +69,13 @@ fn changes(old: &ClusterState, new: &ClusterState) -> Vec<Update> {
     out
 }
 
+/// Feeds `r` the watch events that lead from `old` to `new`.
+fn watch(r: &mut Reconciler, old: &ClusterState, new: &ClusterState) {
+    for u in changes(old, new) {
+        r.apply(u);
+    }
+}
+
 fn expected(s: &ClusterState) -> nftpol::compile::NodePlan {
     compile(&ClusterIndex::from_state(s), &Scope::Node(NODE.into()))
 }
@@ -103,9 +110,7 @@ fn incremental_updates_and_relists_match_full_compiles_on_the_corpus() {
             let next = state_of(&state);
             // Alternate: per-object watch events, or a relist as after an outage.
             if i % 2 == 0 {
-                for u in changes(&prev, &next) {
-                    r.apply(u);
-                }
+                watch(&mut r, &prev, &next);
             } else {
                 relist(&mut r, &next);
             }
@@ -121,8 +126,8 @@ fn incremental_updates_and_relists_match_full_compiles_on_the_corpus() {
     }
 }
 
-#[test]
-fn deletions_during_an_outage_are_applied_by_the_relist() {
+/// The corpus case with a default-deny ingress policy in namespace x, after its first step.
+fn default_deny_ingress() -> ClusterState {
     let model = corpus::load_model();
     let cases = corpus::load_cases();
     let case = cases
@@ -131,7 +136,12 @@ fn deletions_during_an_outage_are_applied_by_the_relist() {
         .expect("case");
     let mut state = corpus::State::new(&model, case);
     state.apply(&case.steps[0]);
-    let before = state_of(&state);
+    state_of(&state)
+}
+
+#[test]
+fn deletions_during_an_outage_are_applied_by_the_relist() {
+    let before = default_deny_ingress();
     let mut r = Reconciler::new(NODE);
     relist(&mut r, &before);
     assert!(r.plan().isolated().count() > 0);
@@ -152,15 +162,7 @@ fn deletions_during_an_outage_are_applied_by_the_relist() {
 
 #[test]
 fn a_namespace_entering_and_leaving_audit_mode_changes_only_its_pods() {
-    let model = corpus::load_model();
-    let cases = corpus::load_cases();
-    let case = cases
-        .iter()
-        .find(|c| c.id == "should-support-a-default-deny-ingress-policy")
-        .expect("case");
-    let mut state = corpus::State::new(&model, case);
-    state.apply(&case.steps[0]);
-    let enforced = state_of(&state);
+    let enforced = default_deny_ingress();
     let mut r = Reconciler::new(NODE);
     relist(&mut r, &enforced);
     r.take_dirty();
@@ -171,9 +173,7 @@ fn a_namespace_entering_and_leaving_audit_mode_changes_only_its_pods() {
     for ns in &mut audited.namespaces {
         ns.audit = ns.name == "x";
     }
-    for u in changes(&enforced, &audited) {
-        r.apply(u);
-    }
+    watch(&mut r, &enforced, &audited);
     assert!(r.take_dirty());
     assert_eq!(r.plan(), &expected(&audited));
     let audit: Vec<String> = r
@@ -187,9 +187,7 @@ fn a_namespace_entering_and_leaving_audit_mode_changes_only_its_pods() {
     assert_eq!(r.full_resync(), 0);
 
     // And leaves.
-    for u in changes(&audited, &enforced) {
-        r.apply(u);
-    }
+    watch(&mut r, &audited, &enforced);
     assert!(r.take_dirty());
     assert_eq!(r.plan(), &expected(&enforced));
     assert!(r.plan().endpoints.values().all(|e| !e.audit));

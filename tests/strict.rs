@@ -7,28 +7,20 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use nftpol::model::{ClusterState, ObjectKey};
-use nftpol::testbed::{Mode, NODE_NAME, Testbed, echo, netns::Netns};
+use nftpol::testbed::{Mode, Testbed, echo, netns::Netns};
 use serde_json::{Value, json};
 
-const CLIENT: (&str, &str, &str) = ("x", "client", "10.244.1.2");
-const SERVER: (&str, &str, &str) = ("x", "server", "10.244.1.3");
+mod pods;
+use pods::{CLIENT, SERVER, pod};
+
 const PORT: u16 = 7000;
 const T: Duration = Duration::from_millis(700);
-
-fn pod((ns, name, ip): (&str, &str, &str)) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
-        "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c"}]},
-        "status": {"phase": "Running", "podIP": ip}
-    })
-}
 
 fn with(policies: Vec<Value>) -> Vec<Value> {
     let mut objects = vec![
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}),
-        pod(CLIENT),
-        pod(SERVER),
+        pod(CLIENT, &[]),
+        pod(SERVER, &[]),
     ];
     objects.extend(policies);
     objects

@@ -7,28 +7,20 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use nftpol::model::{ObjectKey, Protocol};
-use nftpol::testbed::{Mode, NODE_NAME, Testbed, netns::Netns};
+use nftpol::testbed::{Mode, Testbed, netns::Netns};
 use serde_json::{Value, json};
 
-const CLIENT: (&str, &str, &str) = ("x", "client", "10.244.1.2");
-const SERVER: (&str, &str, &str) = ("x", "server", "10.244.1.3");
+mod pods;
+use pods::{CLIENT, SERVER, pod};
+
 /// Has a namespace and an address on the node, but no Pod object until the test applies it.
 const NEWCOMER: (&str, &str, &str) = ("x", "newcomer", "10.244.1.9");
 const T: Duration = Duration::from_millis(700);
 
-fn pod((ns, name, ip): (&str, &str, &str)) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
-        "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c"}]},
-        "status": {"phase": "Running", "podIP": ip}
-    })
-}
-
 fn objects(pods: &[(&str, &str, &str)]) -> Vec<Value> {
     let mut objects =
         vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})];
-    objects.extend(pods.iter().map(|p| pod(*p)));
+    objects.extend(pods.iter().map(|p| pod(*p, &[])));
     objects
 }
 

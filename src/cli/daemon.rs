@@ -4,13 +4,15 @@
 //! reconciler and the enforcer and takes updates, signals and timers from one channel. A burst
 //! of updates (a relist, a rollout) is drained and applied to the index first, then programmed
 //! as one transaction. Nothing is programmed before every kind has been listed once, so the
-//! previous table stays in force across a restart until the new state is complete.
+//! previous table stays in force across a restart until the new state is complete. Flow logs
+//! (`crate::flowlog`) arrive on the same channel and are resolved against the index and plan
+//! as they are.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -23,6 +25,8 @@ use crate::enforce::{self, Desired, Enforcer};
 use crate::flowlog::{self, FlowLogger};
 use crate::metrics::{self, Metrics};
 use crate::nflog::LoggedPacket;
+
+use super::Burst;
 use crate::reconcile::Reconciler;
 use crate::source::kube::{self as kube_source, Sink};
 use crate::source::{Change, Update};
@@ -81,40 +85,6 @@ fn apply(r: &mut Reconciler, u: Update, metrics: &Metrics, relisted: &mut bool) 
             | Update::Policy(Change::Relisted(_))
     );
     r.apply(u);
-}
-
-/// Applies every update that arrives until a quiet period; a shutdown wins. Flow logs that
-/// arrive meanwhile are written against the state as it is.
-fn coalesce(
-    rx: &Receiver<Event>,
-    r: &mut Reconciler,
-    quiet: Duration,
-    metrics: &Metrics,
-    relisted: &mut bool,
-    flows: &mut FlowLogger,
-) -> Option<i32> {
-    let end = Instant::now() + MAX_COALESCE;
-    // Only an update restarts the quiet period: flow logs keep coming while pods talk.
-    let mut quiet_until = Instant::now() + quiet;
-    loop {
-        let wait = quiet_until
-            .min(end)
-            .saturating_duration_since(Instant::now());
-        if wait.is_zero() {
-            return None;
-        }
-        match rx.recv_timeout(wait) {
-            Ok(Event::Update(u)) => {
-                apply(r, u, metrics, relisted);
-                quiet_until = Instant::now() + quiet;
-            }
-            Ok(Event::Flow(packets)) => {
-                flows.log(&packets, r.plan(), r.index());
-            }
-            Ok(Event::Shutdown(sig)) => return Some(sig),
-            Err(_) => return None,
-        }
-    }
 }
 
 /// A relist deserialises every object of a kind (10,000 pods are tens of MiB of JSON and
@@ -214,14 +184,18 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                 waiting_since.get_or_insert_with(Instant::now);
                 let mut relisted = false;
                 apply(&mut reconciler, update, &metrics, &mut relisted);
-                if let Some(sig) = coalesce(
-                    &rx,
-                    &mut reconciler,
-                    quiet,
-                    &metrics,
-                    &mut relisted,
-                    &mut flows,
-                ) {
+                let burst = super::until_quiet(&rx, quiet, MAX_COALESCE, |ev| match ev {
+                    Event::Update(u) => {
+                        apply(&mut reconciler, u, &metrics, &mut relisted);
+                        Burst::Change
+                    }
+                    Event::Flow(packets) => {
+                        flows.log(&packets, reconciler.plan(), reconciler.index());
+                        Burst::Other
+                    }
+                    Event::Shutdown(sig) => Burst::Shutdown(sig),
+                });
+                if let Some(sig) = burst {
                     tracing::info!(signal = sig, "shutting down; rules stay in place");
                     return Ok(());
                 }

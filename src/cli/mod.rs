@@ -88,6 +88,45 @@ impl RulesetArgs {
     }
 }
 
+/// What an event that arrives during a burst is, for [`until_quiet`].
+pub(crate) enum Burst {
+    /// A change of the cluster state: the burst goes on.
+    Change,
+    /// Anything else (a flow log): handled, and the quiet period goes on.
+    Other,
+    Shutdown(i32),
+}
+
+/// Takes events until `quiet` passes without a change, or `max` in all; `take` handles each one
+/// and says what it was. Only changes restart the quiet period: flow logs keep coming while pods
+/// talk. Returns the signal when a shutdown arrives.
+pub(crate) fn until_quiet<E>(
+    rx: &std::sync::mpsc::Receiver<E>,
+    quiet: std::time::Duration,
+    max: std::time::Duration,
+    mut take: impl FnMut(E) -> Burst,
+) -> Option<i32> {
+    use std::time::Instant;
+    let end = Instant::now() + max;
+    let mut quiet_until = Instant::now() + quiet;
+    loop {
+        let wait = quiet_until
+            .min(end)
+            .saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return None;
+        }
+        match rx.recv_timeout(wait) {
+            Ok(event) => match take(event) {
+                Burst::Change => quiet_until = Instant::now() + quiet,
+                Burst::Other => {}
+                Burst::Shutdown(sig) => return Some(sig),
+            },
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Input the command cannot use at all (exit code 2), as opposed to a runtime failure.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -4,14 +4,15 @@
 //! `notify` watcher, debounced so that an editor's or `kubectl cp`'s burst is one update),
 //! resync ticks (drift check, repaired by a full replace), retry ticks after a failed apply,
 //! and SIGTERM/SIGINT (taken by a `sigwait` thread; the rules stay in place on exit so that a
-//! restart does not open a window).
+//! restart does not open a window). Flow logs (`crate::flowlog`) arrive on the same channel and
+//! are resolved against the last state read from the folder.
 //!
 //! Input that does not load keeps the last good state enforced; what happens when the kernel
 //! rejects a transaction is the enforcer's business (`crate::enforce`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,6 +28,8 @@ use crate::index::ClusterIndex;
 use crate::manifest;
 use crate::metrics::{self, Metrics};
 use crate::nflog::LoggedPacket;
+
+use super::Burst;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -134,35 +137,6 @@ fn reload(
     }
 }
 
-/// Waits until `quiet` passes without an event (or `MAX_DEBOUNCE` in all); a shutdown wins.
-/// Flow logs that arrive meanwhile are written against the state still in force.
-fn debounce(
-    rx: &Receiver<Event>,
-    quiet: Duration,
-    flows: &mut FlowLogger,
-    view: &View,
-) -> Option<i32> {
-    let end = Instant::now() + MAX_DEBOUNCE;
-    // Only a file change restarts the quiet period: flow logs keep coming while pods talk.
-    let mut quiet_until = Instant::now() + quiet;
-    loop {
-        let wait = quiet_until
-            .min(end)
-            .saturating_duration_since(Instant::now());
-        if wait.is_zero() {
-            return None;
-        }
-        match rx.recv_timeout(wait) {
-            Ok(Event::Shutdown(sig)) => return Some(sig),
-            Ok(Event::Flow(packets)) => {
-                flows.log(&packets, &view.plan, &view.index);
-            }
-            Ok(Event::Changed | Event::WatchError(_)) => quiet_until = Instant::now() + quiet,
-            Err(_) => return None,
-        }
-    }
-}
-
 pub fn execute(args: Args) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Event>();
     // Before any other thread exists, so that they all inherit the blocked signals.
@@ -204,14 +178,8 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
     let quiet = Duration::from_millis(args.debounce_ms);
     tracing::info!(node = %args.node, manifests = %args.manifests.display(), "starting");
-    reload(
-        &args,
-        options,
-        &mut enforcer,
-        Instant::now(),
-        &metrics,
-        &mut view,
-    );
+    let start = Instant::now();
+    reload(&args, options, &mut enforcer, start, &metrics, &mut view);
     let mut next_resync = Instant::now() + resync_every;
 
     loop {
@@ -221,24 +189,24 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
             .map_or(next_resync, |r| r.min(next_resync))
             .min(Instant::now() + metrics::HEARTBEAT_EVERY);
         match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-            Ok(Event::Changed) => {
+            Ok(event @ (Event::Changed | Event::WatchError(_))) => {
+                if let Event::WatchError(e) = event {
+                    tracing::warn!("file watcher: {e}; reloading");
+                }
                 let since = Instant::now();
-                if let Some(sig) = debounce(&rx, quiet, &mut flows, &view) {
+                let burst = super::until_quiet(&rx, quiet, MAX_DEBOUNCE, |ev| match ev {
+                    Event::Changed | Event::WatchError(_) => Burst::Change,
+                    Event::Flow(packets) => {
+                        flows.log(&packets, &view.plan, &view.index);
+                        Burst::Other
+                    }
+                    Event::Shutdown(sig) => Burst::Shutdown(sig),
+                });
+                if let Some(sig) = burst {
                     tracing::info!(signal = sig, "shutting down; rules stay in place");
                     return Ok(());
                 }
                 reload(&args, options, &mut enforcer, since, &metrics, &mut view);
-            }
-            Ok(Event::WatchError(e)) => {
-                tracing::warn!("file watcher: {e}; reloading");
-                reload(
-                    &args,
-                    options,
-                    &mut enforcer,
-                    Instant::now(),
-                    &metrics,
-                    &mut view,
-                );
             }
             Ok(Event::Flow(packets)) => {
                 flows.log(&packets, &view.plan, &view.index);
