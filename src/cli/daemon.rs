@@ -103,7 +103,7 @@ fn release_freed_memory() {
 type Guard = Option<(Vec<IpNet>, BTreeSet<IpAddr>)>;
 
 fn guard(r: &Reconciler, args: &Args) -> Guard {
-    if !args.enforce.ruleset.default_deny_unknown {
+    if !args.enforce.ruleset.options().default_deny_unknown {
         return None;
     }
     let cidrs = if args.enforce.ruleset.pod_cidrs.is_empty() {
@@ -154,12 +154,14 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     let mut watches_stopped = false;
 
     let options = args.enforce.ruleset.options();
+    for warning in args.enforce.ruleset.ignored() {
+        tracing::warn!("{warning}");
+    }
     flowlog::start(options.nflog_group, tx.clone(), Event::Flow, &metrics);
     let mut flows = FlowLogger::new(metrics.clone());
     let mut last_guard: Guard = None;
     let mut reconciler = Reconciler::new(&args.node);
-    let mut enforcer =
-        Enforcer::new(args.enforce.status_file.clone())?.strict(args.enforce.ruleset.strict)?;
+    let mut enforcer = Enforcer::new(args.enforce.status_file.clone())?.strict(options.strict)?;
     enforcer.set_metrics(metrics.clone());
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
     let quiet = Duration::from_millis(args.coalesce_ms);
@@ -211,11 +213,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                             ruleset,
                             fingerprint: summary(&reconciler),
                             since,
-                            plan: args
-                                .enforce
-                                .ruleset
-                                .strict
-                                .then(|| Arc::new(reconciler.plan().clone())),
+                            plan: options.strict.then(|| Arc::new(reconciler.plan().clone())),
                         });
                     }
                 }
@@ -242,11 +240,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                             ruleset: ruleset(&reconciler, options, &last_guard),
                             fingerprint: summary(&reconciler),
                             since: now,
-                            plan: args
-                                .enforce
-                                .ruleset
-                                .strict
-                                .then(|| Arc::new(reconciler.plan().clone())),
+                            plan: options.strict.then(|| Arc::new(reconciler.plan().clone())),
                         });
                     }
                     metrics.observe_br_netfilter(&BrNetfilter::probe());

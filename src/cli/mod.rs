@@ -77,14 +77,32 @@ fn parse_nflog_group(s: &str) -> Result<NflogGroup, String> {
 }
 
 impl RulesetArgs {
+    /// The ruleset's options. `--mode audit` drops nothing, so it turns off what would drop
+    /// outside the per-pod chains: `--default-deny-unknown` and `--strict` (see
+    /// [`RulesetArgs::ignored`]).
     pub fn options(&self) -> crate::dataplane::Options {
+        let audit = self.mode == Mode::Audit;
         crate::dataplane::Options {
             police_node_traffic: self.police_node_traffic,
-            default_deny_unknown: self.default_deny_unknown,
-            strict: self.strict,
-            audit: self.mode == Mode::Audit,
+            default_deny_unknown: self.default_deny_unknown && !audit,
+            strict: self.strict && !audit,
+            audit,
             nflog_group: self.nflog_group.0,
         }
+    }
+
+    /// Flags that [`RulesetArgs::options`] ignores, said as a warning.
+    pub fn ignored(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.mode == Mode::Audit {
+            if self.default_deny_unknown {
+                out.push("--mode audit drops nothing: --default-deny-unknown is ignored");
+            }
+            if self.strict {
+                out.push("--mode audit cuts nothing: --strict is ignored");
+            }
+        }
+        out
     }
 }
 
@@ -147,4 +165,35 @@ pub fn load_input(paths: &[PathBuf]) -> anyhow::Result<Loaded> {
         eprintln!("error: skipping invalid policy: {skipped}");
     }
     Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        ruleset: RulesetArgs,
+    }
+
+    fn parse(args: &[&str]) -> RulesetArgs {
+        Cli::parse_from(std::iter::once("nftpol").chain(args.iter().copied())).ruleset
+    }
+
+    #[test]
+    fn audit_mode_turns_off_what_would_drop_elsewhere() {
+        let args = parse(&["--mode", "audit", "--strict", "--default-deny-unknown"]);
+        let o = args.options();
+        assert!(o.audit && !o.strict && !o.default_deny_unknown);
+        assert_eq!(args.ignored().len(), 2);
+        let args = parse(&["--strict", "--default-deny-unknown"]);
+        let o = args.options();
+        assert!(!o.audit && o.strict && o.default_deny_unknown);
+        assert!(args.ignored().is_empty());
+        assert_eq!(o.nflog_group, Some(100));
+        assert_eq!(parse(&["--nflog-group", "off"]).options().nflog_group, None);
+        assert_eq!(parse(&["--nflog-group", "7"]).options().nflog_group, Some(7));
+    }
 }

@@ -166,14 +166,16 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("watching {}", args.manifests.display()))?;
 
     let options = args.enforce.ruleset.options();
+    for warning in args.enforce.ruleset.ignored() {
+        tracing::warn!("{warning}");
+    }
     flowlog::start(options.nflog_group, tx.clone(), Event::Flow, &metrics);
     let mut flows = FlowLogger::new(metrics.clone());
     let mut view = View::default();
-    if args.enforce.ruleset.default_deny_unknown && args.enforce.ruleset.pod_cidrs.is_empty() {
+    if options.default_deny_unknown && args.enforce.ruleset.pod_cidrs.is_empty() {
         tracing::warn!("--default-deny-unknown without --pod-cidr: no address counts as unknown");
     }
-    let mut enforcer =
-        Enforcer::new(args.enforce.status_file.clone())?.strict(args.enforce.ruleset.strict)?;
+    let mut enforcer = Enforcer::new(args.enforce.status_file.clone())?.strict(options.strict)?;
     enforcer.set_metrics(metrics.clone());
     let resync_every = Duration::from_secs(args.resync_interval.max(1));
     let quiet = Duration::from_millis(args.debounce_ms);
