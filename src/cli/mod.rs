@@ -194,6 +194,9 @@ mod tests {
         assert!(args.ignored().is_empty());
         assert_eq!(o.nflog_group, Some(100));
         assert_eq!(parse(&["--nflog-group", "off"]).options().nflog_group, None);
-        assert_eq!(parse(&["--nflog-group", "7"]).options().nflog_group, Some(7));
+        assert_eq!(
+            parse(&["--nflog-group", "7"]).options().nflog_group,
+            Some(7)
+        );
     }
 }

@@ -381,7 +381,7 @@ impl NlSocket {
         Ok(out)
     }
 
-    /// The packet count of every rule of `table` that has a counter, as (chain, packets).
+    /// The counter of every rule of `table` that has one, with its chain and verdict.
     pub fn dump_rule_counters(
         &self,
         family: u16,

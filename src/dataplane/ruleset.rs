@@ -11,7 +11,10 @@
 //!   chain policy (`accept`) lets traffic through.
 //! - Each per-pod chain has the same rules whatever the allowed traffic is (one any-port set and
 //!   one `addr . proto . port` set per address family the pod has), so a policy change is only
-//!   set-element adds and deletes: cheap transactions and no chain rewrites.
+//!   set-element adds and deletes: cheap transactions and no chain rewrites. Only the pod's
+//!   logging (`nftpol.io/log`) and audit mode change its rules.
+//! - A chain ends with a rate-limited NFLOG statement (the flow logs, `crate::flowlog`), then
+//!   `counter drop`, or in audit mode `counter return`: the counter is what the metrics read.
 //! - `--default-deny-unknown`: one interval set per family, `unknown_v4`/`unknown_v6`, holds
 //!   the node's pod CIDRs minus every known pod address (computed here, not in the kernel), so
 //!   the base chains drop a packet from or to an unknown address with one lookup per address
@@ -778,6 +781,25 @@ mod tests {
         let other = ObjectKey::new("n".repeat(63), format!("{}q", "p".repeat(252)));
         assert_ne!(pod_base_name(&long), pod_base_name(&other));
         assert!(pod_base_name(&long).contains('_'));
+    }
+
+    #[test]
+    fn log_prefixes_parse_back() {
+        for action in [LogAction::Drop, LogAction::Audit, LogAction::Allow] {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                let to = LogTo::new(action, direction, 100);
+                assert_eq!(LogTo::parse_prefix(&to.prefix), Some((action, direction)));
+            }
+        }
+        for foreign in [
+            "",
+            "nftpol",
+            "nftpol drop",
+            "nftpol drop ingress x",
+            "ulogd drop ingress",
+        ] {
+            assert_eq!(LogTo::parse_prefix(foreign), None, "{foreign:?}");
+        }
     }
 
     #[test]
