@@ -285,8 +285,9 @@ fn emit(line: &FlowLine) {
 }
 
 /// Binds `group` in the calling thread's network namespace and starts a thread that sends
-/// what the kernel logs through `tx` (wrapped by `wrap`), until the receiver goes away. Lost
-/// messages (the kernel's buffer overran) are counted on `lost`.
+/// what the kernel logs through `tx` (wrapped by `wrap`), until the receiver goes away. Each
+/// overrun of the socket's buffer (the kernel dropped one or more messages) is counted on
+/// `lost`.
 pub fn spawn_reader<E: Send + 'static>(
     group: u16,
     tx: Sender<E>,

@@ -209,7 +209,7 @@ impl Metrics {
         let flow_logs_lost = Monotonic::default();
         registry.register(
             "nftpol_flow_logs_lost",
-            "Logged packets the kernel could not pass to nftpol (its NFLOG buffer overran) (only goes up)",
+            "Times the kernel dropped flow log messages before nftpol read them (its NFLOG socket buffer overran; each time loses one or more lines) (only goes up)",
             flow_logs_lost.clone(),
         );
         let flow_log_active = Gauge::default();
@@ -396,7 +396,7 @@ impl Metrics {
             .inc();
     }
 
-    /// The kernel dropped `n` log messages before nftpol read them.
+    /// The kernel dropped log messages `n` more times (socket buffer overruns) before nftpol read them.
     pub fn observe_flow_logs_lost(&self, n: u64) {
         self.inner.flow_logs_lost.inc_by(n);
     }
