@@ -396,7 +396,7 @@ impl Metrics {
             .inc();
     }
 
-    /// The kernel dropped log messages `n` more times (socket buffer overruns) before nftpol read them.
+    /// The kernel dropped log messages `n` more times (socket buffer overruns).
     pub fn observe_flow_logs_lost(&self, n: u64) {
         self.inner.flow_logs_lost.inc_by(n);
     }
