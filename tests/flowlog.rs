@@ -222,6 +222,40 @@ fn routed_denied_connection_is_logged_once() {
     denied_connection_is_logged_once(Mode::Routed);
 }
 
+/// UDP and SCTP drops name their protocol: the probes of every pair on port 81, where x/server
+/// takes nothing (its policy allows TCP 80 only).
+#[test]
+fn udp_and_sctp_drops_are_logged_with_their_protocol() {
+    let Some(mut bed) = testbed(Mode::Routed, &[], &objects(false, false)) else {
+        return;
+    };
+    for protocol in [Protocol::Udp, Protocol::Sctp] {
+        let matrix = bed.probe_matrix(81, protocol).expect("probe");
+        let cell = nftpol::testbed::probe::cell(&matrix, "x/client", "x/server");
+        assert_eq!(
+            cell,
+            Some(false),
+            "{protocol:?} client -> server:81 is denied"
+        );
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let lines = flow_lines(&bed);
+            if let Some(line) = lines.iter().find(|v| {
+                is_line(v, "drop", CLIENT, SERVER, 81) && v["protocol"] == protocol.as_str()
+            }) {
+                assert_eq!(line["policies"], "x/server-80-from-client");
+                assert_eq!(line["direction"], "ingress");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {protocol:?} drop line: {lines:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 #[test]
 fn logging_policy_logs_the_connections_it_allows() {
     let Some(bed) = testbed(Mode::Bridge, &[], &objects(false, true)) else {
