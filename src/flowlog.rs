@@ -284,66 +284,86 @@ fn emit(line: &FlowLine) {
     );
 }
 
-/// Binds `group` in the calling thread's network namespace and starts a thread that sends
-/// what the kernel logs through `tx` (wrapped by `wrap`), until the receiver goes away. Each
-/// overrun of the socket's buffer (the kernel dropped one or more messages) is counted on
-/// `lost`.
-pub fn spawn_reader<E: Send + 'static>(
-    group: u16,
-    tx: Sender<E>,
+/// How often a group that another socket holds is tried again.
+pub const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// Sends what the kernel logs to `socket` through `tx` (wrapped by `wrap`) until the receiver
+/// goes away. Each overrun of the socket's buffer (the kernel dropped one or more messages) is
+/// counted on `metrics`.
+fn read<E>(
+    mut socket: NflogSocket,
+    tx: &Sender<E>,
     wrap: fn(Vec<LoggedPacket>) -> E,
-    lost: impl Fn(u64) + Send + 'static,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let mut socket =
-        NflogSocket::bind(group).with_context(|| format!("binding NFLOG group {group}"))?;
-    std::thread::Builder::new()
-        .name("nflog".into())
-        .spawn(move || {
-            let mut overruns = 0;
-            loop {
-                match socket.recv(Duration::from_secs(1)) {
-                    Ok(packets) => {
-                        if socket.overruns() > overruns {
-                            lost(socket.overruns() - overruns);
-                            overruns = socket.overruns();
-                        }
-                        if !packets.is_empty() && tx.send(wrap(packets)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!("reading NFLOG group {group}: {e}");
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
+    metrics: &Metrics,
+) {
+    let group = socket.group();
+    let mut overruns = 0;
+    loop {
+        match socket.recv(Duration::from_secs(1)) {
+            Ok(packets) => {
+                if socket.overruns() > overruns {
+                    metrics.observe_flow_logs_lost(socket.overruns() - overruns);
+                    overruns = socket.overruns();
+                }
+                if !packets.is_empty() && tx.send(wrap(packets)).is_err() {
+                    return;
                 }
             }
-        })
-        .context("starting the NFLOG reader thread")
+            Err(e) => {
+                tracing::error!("reading NFLOG group {group}: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
-/// Starts the flow logs of `run` and `daemon` when `group` is set: a failure to bind (another
-/// process reads the group) turns them off, loudly, and enforcement goes on.
+/// Starts the flow logs of `run` and `daemon` when `group` is set: a thread (in the calling
+/// thread's network namespace) binds the group and passes what the kernel logs through `tx`.
+/// While another socket holds the group (a previous nftpol still exiting, ulogd, another
+/// engine), flow logs are off, said once and in `nftpol_flow_log_active`, and the bind is
+/// retried every [`BIND_RETRY`]; enforcement does not wait for it.
 pub fn start<E: Send + 'static>(
     group: Option<u16>,
     tx: Sender<E>,
     wrap: fn(Vec<LoggedPacket>) -> E,
     metrics: &Metrics,
-) {
+) -> anyhow::Result<()> {
+    metrics.observe_flow_log_active(false);
     let Some(group) = group else {
-        metrics.observe_flow_log_active(false);
-        return;
+        return Ok(());
     };
-    let m = metrics.clone();
-    match spawn_reader(group, tx, wrap, move |n| m.observe_flow_logs_lost(n)) {
+    // The first try binds before this returns, so that no packet of the first ruleset is
+    // logged before anyone listens.
+    let first = NflogSocket::bind(group);
+    match &first {
         Ok(_) => {
             tracing::info!(group, "flow logs: reading NFLOG group {group}");
             metrics.observe_flow_log_active(true);
         }
-        Err(e) => {
-            tracing::error!("flow logs are off: {e:#}");
-            metrics.observe_flow_log_active(false);
-        }
+        Err(e) => tracing::error!(
+            "flow logs are off until NFLOG group {group} can be bound (retrying every {}s): {e}",
+            BIND_RETRY.as_secs()
+        ),
     }
+    let metrics = metrics.clone();
+    std::thread::Builder::new()
+        .name("nflog".into())
+        .spawn(move || {
+            let socket = match first {
+                Ok(socket) => socket,
+                Err(_) => loop {
+                    std::thread::sleep(BIND_RETRY);
+                    if let Ok(socket) = NflogSocket::bind(group) {
+                        tracing::info!(group, "flow logs: reading NFLOG group {group}");
+                        metrics.observe_flow_log_active(true);
+                        break socket;
+                    }
+                },
+            };
+            read(socket, &tx, wrap, &metrics);
+        })
+        .context("starting the NFLOG reader thread")?;
+    Ok(())
 }
 
 #[cfg(test)]

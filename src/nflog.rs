@@ -198,6 +198,11 @@ impl NflogSocket {
         self.unparsed
     }
 
+    /// The group this socket is bound to.
+    pub fn group(&self) -> u16 {
+        self.group
+    }
+
     /// Sends one config request for our group and waits for the kernel's ACK.
     fn configure(&mut self, request: &'static str, nlas: Vec<ConfigNla>) -> Result<(), NflogError> {
         let group = self.group;

@@ -58,6 +58,13 @@ fn objects(x_audit: bool, log_allowed: bool) -> Vec<Value> {
 /// A testbed whose daemon writes JSON logs and serves metrics on [`PORT`], with every pod
 /// listening on TCP 80 and 81, enforcing `objects`.
 fn testbed(mode: Mode, extra_args: &[&str], objects: &[Value]) -> Option<Testbed> {
+    let mut bed = unstarted(mode, extra_args, objects)?;
+    bed.apply_objects(objects).expect("apply");
+    Some(bed)
+}
+
+/// The same testbed before its daemon starts (at the first apply).
+fn unstarted(mode: Mode, extra_args: &[&str], objects: &[Value]) -> Option<Testbed> {
     if !nftpol::testbed::netns::available() {
         eprintln!("skipping: network namespaces need root");
         return None;
@@ -80,7 +87,6 @@ fn testbed(mode: Mode, extra_args: &[&str], objects: &[Value]) -> Option<Testbed
                 .expect("listen");
         }
     }
-    bed.apply_objects(objects).expect("apply");
     Some(bed)
 }
 
@@ -330,6 +336,34 @@ fn namespace_in_audit_mode_lets_through_only_its_own_denials() {
     bed.apply_objects(&objects(false, false))
         .expect("enforce x");
     assert!(!connects(&bed, CLIENT, SERVER, 81), "x is enforced again");
+    wait_for_line(&bed, "drop", CLIENT, SERVER, 81);
+}
+
+/// Another socket holds the NFLOG group when the daemon starts: it enforces anyway, says that
+/// flow logs are off, and starts them once the group is free.
+#[test]
+fn flow_logs_start_once_the_group_is_free() {
+    let objects = objects(false, false);
+    let Some(mut bed) = unstarted(Mode::Routed, &[], &objects) else {
+        return;
+    };
+    let held = bed
+        .node()
+        .run(|| nftpol::nflog::NflogSocket::bind(100))
+        .expect("in the node namespace")
+        .expect("binding group 100 first");
+    bed.apply_objects(&objects).expect("apply");
+    assert!(!connects(&bed, CLIENT, SERVER, 81), "enforced without logs");
+    assert_eq!(sample(&scrape(&bed), "nftpol_flow_log_active"), Some(0.0));
+    assert!(
+        bed.daemon_log()
+            .contains("flow logs are off until NFLOG group 100 can be bound"),
+        "{}",
+        bed.daemon_log()
+    );
+    drop(held);
+    wait_for_positive(&bed, "nftpol_flow_log_active");
+    assert!(!connects(&bed, CLIENT, SERVER, 81));
     wait_for_line(&bed, "drop", CLIENT, SERVER, 81);
 }
 

@@ -157,7 +157,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     for warning in args.enforce.ruleset.ignored() {
         tracing::warn!("{warning}");
     }
-    flowlog::start(options.nflog_group, tx.clone(), Event::Flow, &metrics);
+    flowlog::start(options.nflog_group, tx.clone(), Event::Flow, &metrics)?;
     let mut flows = FlowLogger::new(metrics.clone());
     let mut last_guard: Guard = None;
     let mut reconciler = Reconciler::new(&args.node);

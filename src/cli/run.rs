@@ -169,7 +169,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     for warning in args.enforce.ruleset.ignored() {
         tracing::warn!("{warning}");
     }
-    flowlog::start(options.nflog_group, tx.clone(), Event::Flow, &metrics);
+    flowlog::start(options.nflog_group, tx.clone(), Event::Flow, &metrics)?;
     let mut flows = FlowLogger::new(metrics.clone());
     let mut view = View::default();
     if options.default_deny_unknown && args.enforce.ruleset.pod_cidrs.is_empty() {
