@@ -40,6 +40,13 @@ fn nftpol(args: &[&str]) -> Output {
         .expect("run nftpol")
 }
 
+/// `nftpol explain -f path --from from --to to --port port`.
+fn explain(path: &str, from: &str, to: &str, port: &str) -> Output {
+    nftpol(&[
+        "explain", "-f", path, "--from", from, "--to", to, "--port", port,
+    ])
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -84,17 +91,7 @@ fn simulate_json_has_the_documented_schema() {
 
 #[test]
 fn explain_names_the_policies_and_rules() {
-    let out = nftpol(&[
-        "explain",
-        "-f",
-        &demo(),
-        "--from",
-        "production/api",
-        "--to",
-        "production/postgres",
-        "--port",
-        "5432",
-    ]);
+    let out = explain(&demo(), "production/api", "production/postgres", "5432");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s = text(&out.stdout);
     assert!(
@@ -106,17 +103,12 @@ fn explain_names_the_policies_and_rules() {
     assert!(s.contains("production/api egress rule 0"), "{s}");
     assert!(s.contains("production/postgres ingress rule 0"), "{s}");
 
-    let out = nftpol(&[
-        "explain",
-        "-f",
+    let out = explain(
         &demo(),
-        "--from",
         "production/frontend",
-        "--to",
         "production/postgres",
-        "--port",
         "5432",
-    ]);
+    );
     let s = text(&out.stdout);
     assert!(s.contains("DENIED"), "{s}");
     assert!(
@@ -255,30 +247,10 @@ fn unknown_protocol_and_bad_pod_reference_exit_2() {
         "ICMP",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    let out = nftpol(&[
-        "explain",
-        "-f",
-        &demo(),
-        "--from",
-        "nope",
-        "--to",
-        "production/api",
-        "--port",
-        "80",
-    ]);
+    let out = explain(&demo(), "nope", "production/api", "80");
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("not NAMESPACE/POD"));
-    let out = nftpol(&[
-        "explain",
-        "-f",
-        &demo(),
-        "--from",
-        "x/missing",
-        "--to",
-        "production/api",
-        "--port",
-        "80",
-    ]);
+    let out = explain(&demo(), "x/missing", "production/api", "80");
     assert_eq!(out.status.code(), Some(2));
     let out = nftpol(&["simulate", "-f", "/nonexistent/nftpol", "--port", "80"]);
     assert_eq!(out.status.code(), Some(2));
@@ -306,17 +278,7 @@ fn explain_and_render_know_audit_mode() {
         }
     }
     let dir = dir.display().to_string();
-    let out = nftpol(&[
-        "explain",
-        "-f",
-        &dir,
-        "--from",
-        "production/frontend",
-        "--to",
-        "production/postgres",
-        "--port",
-        "5432",
-    ]);
+    let out = explain(&dir, "production/frontend", "production/postgres", "5432");
     let s = text(&out.stdout);
     assert!(s.contains("DENIED"), "{s}");
     assert!(s.contains("namespace production is in audit mode"), "{s}");
