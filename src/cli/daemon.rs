@@ -25,11 +25,11 @@ use crate::enforce::{self, Desired, Enforcer};
 use crate::flowlog::{self, FlowLogger};
 use crate::metrics::{self, Metrics};
 use crate::nflog::LoggedPacket;
-
-use super::Burst;
 use crate::reconcile::Reconciler;
 use crate::source::kube::{self as kube_source, Sink};
 use crate::source::{Change, Update};
+
+use super::Burst;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
