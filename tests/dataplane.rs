@@ -401,6 +401,35 @@ fn guarded(plan: &NodePlan, police: bool, others: &[&str]) -> Ruleset {
     rs
 }
 
+/// Loads `steps[0]` whole into a fresh namespace, then applies each next step as a diff: every
+/// step must be incremental, leave no drift, and list as `render` says. Returns the last
+/// listing.
+fn assert_diffs_converge(steps: &[Ruleset]) -> String {
+    let ns = Netns::new();
+    let rs = steps.to_vec();
+    let listings: Vec<(String, String)> = ns.run(move || {
+        let mut dp = Dataplane::new().unwrap();
+        dp.apply_full(&rs[0]).unwrap();
+        rs.windows(2)
+            .map(|w| {
+                let report = dp.apply_diff(&w[0], &w[1]).unwrap();
+                assert_eq!(dp.check_drift().unwrap(), None, "no drift after the diff");
+                let listing = support::run("nft", &["list", "table", "inet", "nftpol"]);
+                (format!("{:?}", report.kind), listing)
+            })
+            .collect()
+    });
+    for (i, (kind, listing)) in listings.iter().enumerate() {
+        assert_eq!(kind, "Diff", "step {i} stays incremental");
+        assert_eq!(
+            normalize(listing),
+            normalize(&render(&steps[i + 1])),
+            "step {i}"
+        );
+    }
+    listings.last().map(|(_, l)| l.clone()).unwrap_or_default()
+}
+
 #[test]
 fn unknown_sets_follow_pods_incrementally() {
     let steps = [
@@ -414,38 +443,7 @@ fn unknown_sets_follow_pods_incrementally() {
         "{}",
         render(&steps[1])
     );
-    let ns = Netns::new();
-    let rs = steps.to_vec();
-    let path = format!("/run/netns/{}", ns.name);
-    let name = ns.name.clone();
-    let listings: Vec<(String, String)> = std::thread::spawn(move || {
-        support::enter(&path);
-        let mut dp = Dataplane::new().unwrap();
-        dp.apply_full(&rs[0]).unwrap();
-        let mut out = Vec::new();
-        for w in rs.windows(2) {
-            let report = dp.apply_diff(&w[0], &w[1]).unwrap();
-            assert_eq!(dp.check_drift().unwrap(), None, "no drift after diff");
-            let listing = support::run(
-                "ip",
-                &[
-                    "netns", "exec", &name, "nft", "list", "table", "inet", "nftpol",
-                ],
-            );
-            out.push((format!("{:?}", report.kind), listing));
-        }
-        out
-    })
-    .join()
-    .unwrap();
-    for (i, (kind, listing)) in listings.iter().enumerate() {
-        assert_eq!(kind, "Diff", "step {i} should be incremental");
-        assert_eq!(
-            normalize(listing),
-            normalize(&render(&steps[i + 1])),
-            "step {i}"
-        );
-    }
+    assert_diffs_converge(&steps);
 }
 
 fn apply_full_in(ns: &Netns, rs: &Ruleset) {
@@ -692,49 +690,16 @@ fn diff_converges_to_full() {
         NodePlan::default(),
         mutate(&base),
     ];
-    let ns = Netns::new();
     let logged = Options {
         nflog_group: Some(100),
         ..Options::default()
     };
     let rulesets: Vec<Ruleset> = steps.iter().map(|p| Ruleset::build(p, logged)).collect();
-    let rs = rulesets.clone();
-    let listings: Vec<(String, Vec<String>)> = {
-        let path = format!("/run/netns/{}", ns.name);
-        let name = ns.name.clone();
-        std::thread::spawn(move || {
-            support::enter(&path);
-            let mut dp = Dataplane::new().unwrap();
-            dp.apply_full(&rs[0]).unwrap();
-            let mut out = Vec::new();
-            for w in rs.windows(2) {
-                let report = dp.apply_diff(&w[0], &w[1]).unwrap();
-                assert_eq!(dp.check_drift().unwrap(), None, "no drift after diff");
-                let listing = support::run(
-                    "ip",
-                    &[
-                        "netns", "exec", &name, "nft", "list", "table", "inet", "nftpol",
-                    ],
-                );
-                out.push((format!("{:?}", report.kind), vec![listing]));
-            }
-            out
-        })
-        .join()
-        .unwrap()
-    };
-    for (i, (kind, l)) in listings.iter().enumerate() {
-        let want = render(&rulesets[i + 1]);
-        assert_eq!(normalize(&l[0]), normalize(&want), "step {i} ({kind})");
-        assert_eq!(kind, "Diff", "step {i} should be incremental");
-    }
+    let last = assert_diffs_converge(&rulesets);
     // And the same plan loaded fresh lists identically (modulo creation order).
     let fresh = Netns::new();
     apply_full_in(&fresh, rulesets.last().unwrap());
-    assert_eq!(
-        normalize(&fresh.list_table()),
-        normalize(&listings.last().unwrap().1[0])
-    );
+    assert_eq!(normalize(&fresh.list_table()), normalize(&last));
 }
 
 /// A pod allowed from `peers` peer addresses on port 80 (one tuple element each), next to a
@@ -765,32 +730,11 @@ fn plan_with_peers(peers: usize) -> NodePlan {
 /// exactly what a full apply gives, without drift, and still an incremental transaction.
 #[test]
 fn mass_deletions_rebuild_the_pod_and_converge() {
-    let ns = Netns::new();
     let steps: Vec<Ruleset> = [600, 10, 12, 600]
         .iter()
         .map(|n| Ruleset::build(&plan_with_peers(*n), Options::default()))
         .collect();
-    let rs = steps.clone();
-    let listings: Vec<(String, String)> = ns.run(move || {
-        let mut dp = Dataplane::new().unwrap();
-        dp.apply_full(&rs[0]).unwrap();
-        rs.windows(2)
-            .map(|w| {
-                let report = dp.apply_diff(&w[0], &w[1]).unwrap();
-                assert_eq!(dp.check_drift().unwrap(), None, "no drift after the diff");
-                let listing = support::run("nft", &["list", "table", "inet", "nftpol"]);
-                (format!("{:?}", report.kind), listing)
-            })
-            .collect()
-    });
-    for (i, (kind, listing)) in listings.iter().enumerate() {
-        assert_eq!(kind, "Diff", "step {i} stays incremental");
-        assert_eq!(
-            normalize(listing),
-            normalize(&render(&steps[i + 1])),
-            "step {i}"
-        );
-    }
+    assert_diffs_converge(&steps);
 }
 
 #[test]
