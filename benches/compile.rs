@@ -9,12 +9,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use nftpol::compile::{Compiler, Scope};
 use nftpol::dataplane::ruleset::LogAction;
-use nftpol::flowlog::{Flow, describe};
-use nftpol::index::ClusterIndex;
-use nftpol::model::{Direction, ObjectKey, PortMatch};
-use nftpol::nflog::PacketInfo;
+use nftpol::observe::flowlog::{Flow, describe};
+use nftpol::observe::nflog::PacketInfo;
+use nftpol::policy::compile::{Compiler, Scope};
+use nftpol::policy::index::ClusterIndex;
+use nftpol::policy::model::{Direction, ObjectKey, PortMatch};
 
 use common::{NAMESPACES, cluster};
 

@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use nftpol::compile::{Scope, compile};
 use nftpol::dataplane::ruleset::{AddrRange, Element, SetKind};
 use nftpol::dataplane::{Dataplane, Options, Ruleset};
-use nftpol::index::ClusterIndex;
-use nftpol::model::{ObjectKey, Protocol};
+use nftpol::policy::compile::{Scope, compile};
+use nftpol::policy::index::ClusterIndex;
+use nftpol::policy::model::{ObjectKey, Protocol};
 
 use common::{APPS, cluster, pod};
 
@@ -34,8 +34,8 @@ fn ms(d: Duration) -> String {
 
 /// The research prototype's workload: 500 isolated pods with 10 port tuples each.
 fn synthetic_500x10() -> Ruleset {
-    use nftpol::compile::{Endpoint, Isolation, NodePlan};
-    use nftpol::intervals::{AddrSet, AllowedBuilder};
+    use nftpol::policy::compile::{Endpoint, Isolation, NodePlan};
+    use nftpol::policy::intervals::{AddrSet, AllowedBuilder};
     let mut plan = NodePlan::default();
     for i in 0..500u32 {
         let mut b = AllowedBuilder::default();

@@ -13,7 +13,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use nftpol::model::ObjectKey;
+use nftpol::policy::model::ObjectKey;
 use nftpol::testbed::{Mode, NODE_NAME, Testbed};
 use serde_json::{Value, json};
 
@@ -138,7 +138,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn testbed(state: &nftpol::model::ClusterState) -> anyhow::Result<Testbed> {
+fn testbed(state: &nftpol::policy::model::ClusterState) -> anyhow::Result<Testbed> {
     let bed = Testbed::new(Mode::Bridge, state)?;
     serve(&bed)?;
     Ok(bed)
@@ -159,7 +159,7 @@ fn main() -> anyhow::Result<()> {
         println!("skipping: the packet benchmark needs root (network namespaces)");
         return Ok(());
     }
-    let loaded = nftpol::manifest::load_values("bench", cluster())?;
+    let loaded = nftpol::source::manifest::load_values("bench", cluster())?;
     // Three identical nodes side by side: no ruleset, nftpol, and the iptables layout. Each
     // round measures all three back to back, so that load from elsewhere hits them alike.
     let plain = testbed(&loaded.state)?;

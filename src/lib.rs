@@ -1,36 +1,25 @@
 //! nftpol: Kubernetes NetworkPolicy enforcement with nftables.
 //!
-//! The data flows one way: sources (manifest files, later the Kubernetes API) feed the
-//! [`index`]; the pure [`compile`] step turns the index into the desired state of each pod
-//! endpoint of a node; [`verdict`] answers `simulate` and `explain` from that same state; the
-//! [`dataplane`] programs it into the kernel as one atomic nftables transaction.
+//! The tree follows the data, one way:
 //!
-//! - [`model`]: validated domain types (no Kubernetes wire format).
-//! - [`convert`]: k8s-openapi objects to the model, with field-level errors.
-//! - [`manifest`]: reading YAML/JSON manifests from files and folders.
-//! - [`index`]: the cluster state and its lookups.
-//! - [`intervals`]: merged address and port intervals.
-//! - [`compile`]: the policy compiler.
-//! - [`verdict`]: connection verdicts and their explanation.
-//! - [`metrics`]: the Prometheus metrics and health probes of `run` and `daemon`.
-//! - [`conntrack`]: the conntrack table through ctnetlink (`--strict` cuts connections).
-//! - [`nflog`]: reading the packets the ruleset logs to an NFLOG group.
-//! - [`flowlog`]: those packets as log lines naming the pods and policies.
+//! - [`source`]: where cluster state comes from: the Kubernetes API watchers and manifest files
+//!   (with their folder watcher), both as [`source::Event`]s.
+//! - [`policy`]: the pure core: validated domain types, conversion from the wire format, the
+//!   index of cluster state, the compiler that turns it into each local pod's desired state, and
+//!   the verdicts that `simulate` and `explain` answer from that same state. No I/O, no `unsafe`.
+//! - [`engine`]: the one event loop that `run` and `daemon` share: reconcile events into plans,
+//!   then enforce each plan through a [`dataplane::Dataplane`], with retry, backoff and drift
+//!   repair.
+//! - [`dataplane`]: the kernel: the ruleset model, its nft rendering, the netlink programming and
+//!   diffing, conntrack; every `unsafe` FFI call lives in [`dataplane::sys`].
+//! - [`observe`]: what operators see: Prometheus metrics, health, the HTTP server, NFLOG and the
+//!   flow log.
+//! - [`cli`]: argument parsing and wiring only.
 
 pub mod cli;
-pub mod compile;
-pub mod conntrack;
-pub mod convert;
 pub mod dataplane;
-pub mod enforce;
-pub mod flowlog;
-pub mod index;
-pub mod intervals;
-pub mod manifest;
-pub mod metrics;
-pub mod model;
-pub mod nflog;
-pub mod reconcile;
+pub mod engine;
+pub mod observe;
+pub mod policy;
 pub mod source;
 pub mod testbed;
-pub mod verdict;

@@ -8,10 +8,10 @@
 mod corpus;
 
 use nftpol::cli::simulate::Matrix;
-use nftpol::compile::{Compiler, Scope, compile};
-use nftpol::index::ClusterIndex;
-use nftpol::manifest;
-use nftpol::model::Protocol;
+use nftpol::policy::compile::{Compiler, Scope, compile};
+use nftpol::policy::index::ClusterIndex;
+use nftpol::policy::model::Protocol;
+use nftpol::source::manifest;
 
 fn index_for(state: &corpus::State) -> ClusterIndex {
     let loaded = manifest::load_values("corpus", state.manifests(None)).expect("corpus loads");

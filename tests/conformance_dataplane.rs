@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nftpol::model::Protocol;
+use nftpol::policy::model::Protocol;
 use nftpol::testbed::{Mode, NODE_NAME, Testbed, daemon, diff_off_diagonal, netns};
 use serde_json::{Value, json};
 
@@ -93,7 +93,7 @@ fn run_corpus(mode: Mode, dual_stack: bool) {
     if dual_stack {
         make_dual_stack(&mut objects);
     }
-    let loaded = nftpol::manifest::load_values("model", objects).expect("the model loads");
+    let loaded = nftpol::source::manifest::load_values("model", objects).expect("the model loads");
     let mut bed = Testbed::new(mode, &loaded.state).expect("testbed");
     bed.set_binary(nftpol_bin());
     bed.set_probe_timeout(Duration::from_secs(1));

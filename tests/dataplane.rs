@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use nftpol::compile::{Endpoint, Isolation, NodePlan, Scope, compile};
 use nftpol::dataplane::ruleset::{AddrRange, Element};
 use nftpol::dataplane::{Dataplane, DataplaneError, Options, Ruleset, render};
-use nftpol::index::ClusterIndex;
-use nftpol::intervals::{AddrSet, Allowed, AllowedBuilder};
-use nftpol::model::{
+use nftpol::policy::compile::{Endpoint, Isolation, NodePlan, Scope, compile};
+use nftpol::policy::index::ClusterIndex;
+use nftpol::policy::intervals::{AddrSet, Allowed, AllowedBuilder};
+use nftpol::policy::model::{
     ClusterState, ContainerPort, Namespace, NamespaceScope, ObjectKey, Peer, Pod, Policy,
     PortMatch, PortSpec, Protocol, Requirement, Rule, Selector,
 };

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nftpol::model::{ObjectKey, Protocol};
+use nftpol::policy::model::{ObjectKey, Protocol};
 use nftpol::testbed::listen::Responder;
 use nftpol::testbed::netns::{Netns, add_veth};
 use nftpol::testbed::topology::Topology;

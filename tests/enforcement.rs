@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use nftpol::model::{ClusterState, ObjectKey};
+use nftpol::policy::model::{ClusterState, ObjectKey};
 use nftpol::testbed::{Mode, NODE_NAME, Testbed, echo, netns::Netns};
 use serde_json::{Value, json};
 
@@ -55,15 +55,16 @@ fn testbed(mode: Mode) -> Option<Testbed> {
         eprintln!("skipping: network namespaces need root");
         return None;
     }
-    let loaded = nftpol::manifest::load_values("cluster", cluster()).expect("cluster loads");
+    let loaded =
+        nftpol::source::manifest::load_values("cluster", cluster()).expect("cluster loads");
     let state: ClusterState = loaded.state;
     let mut bed = Testbed::new(mode, &state).expect("testbed");
     bed.set_probe_timeout(Duration::from_millis(700));
     for p in [CLIENT, SERVER, OTHER] {
         let key = ObjectKey::new(p.0, p.1);
-        bed.listen(&key, 80, nftpol::model::Protocol::Tcp)
+        bed.listen(&key, 80, nftpol::policy::model::Protocol::Tcp)
             .expect("listen 80");
-        bed.listen(&key, 81, nftpol::model::Protocol::Tcp)
+        bed.listen(&key, 81, nftpol::policy::model::Protocol::Tcp)
             .expect("listen 81");
     }
     Some(bed)

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use nftpol::model::{ObjectKey, Protocol};
+use nftpol::policy::model::{ObjectKey, Protocol};
 use nftpol::testbed::{Mode, NODE_NAME, Testbed, netns::Netns};
 use serde_json::{Value, json};
 
@@ -69,7 +69,7 @@ fn unstarted(mode: Mode, extra_args: &[&str], objects: &[Value]) -> Option<Testb
         eprintln!("skipping: network namespaces need root");
         return None;
     }
-    let state = nftpol::manifest::load_values("cluster", objects.to_vec())
+    let state = nftpol::source::manifest::load_values("cluster", objects.to_vec())
         .expect("cluster loads")
         .state;
     let mut bed = Testbed::new(mode, &state).expect("testbed");
@@ -349,7 +349,7 @@ fn flow_logs_start_once_the_group_is_free() {
     };
     let held = bed
         .node()
-        .run(|| nftpol::nflog::NflogSocket::bind(100))
+        .run(|| nftpol::observe::nflog::NflogSocket::bind(100))
         .expect("in the node namespace")
         .expect("binding group 100 first");
     bed.apply_objects(&objects).expect("apply");
@@ -412,8 +412,8 @@ fn readiness_waits_for_the_first_sync() {
         .map(|o| serde_json::to_string(o).expect("json"))
         .collect();
     std::fs::write(manifests.join("cluster.yaml"), yaml.join("\n---\n")).expect("write");
-    let fingerprint =
-        nftpol::manifest::fingerprint(std::slice::from_ref(&manifests)).expect("fingerprint");
+    let fingerprint = nftpol::source::manifest::fingerprint(std::slice::from_ref(&manifests))
+        .expect("fingerprint");
     daemon
         .wait_for_fingerprint(&fingerprint, DEADLINE)
         .expect("enforced");

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nftpol::model::{ObjectKey, Protocol};
+use nftpol::policy::model::{ObjectKey, Protocol};
 use nftpol::testbed::{Mode, NODE_NAME, Testbed, netns::Netns};
 use serde_json::{Value, json};
 
@@ -73,7 +73,7 @@ fn testbed_with(mode: Mode, extra_args: &[&str]) -> Option<Testbed> {
         eprintln!("skipping: network namespaces need root");
         return None;
     }
-    let state = nftpol::manifest::load_values("cluster", cluster())
+    let state = nftpol::source::manifest::load_values("cluster", cluster())
         .expect("cluster loads")
         .state;
     let mut bed = Testbed::new(mode, &state).expect("testbed");

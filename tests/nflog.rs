@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nftpol::nflog::{LoggedPacket, NflogError, NflogSocket, PacketInfo};
+use nftpol::observe::nflog::{LoggedPacket, NflogError, NflogSocket, PacketInfo};
 use support::Netns;
 
 const GROUP: u16 = 100;

@@ -5,11 +5,11 @@
 
 mod corpus;
 
-use nftpol::compile::{Scope, compile};
-use nftpol::index::ClusterIndex;
-use nftpol::manifest;
-use nftpol::model::ClusterState;
-use nftpol::reconcile::Reconciler;
+use nftpol::engine::reconcile::Reconciler;
+use nftpol::policy::compile::{Scope, compile};
+use nftpol::policy::index::ClusterIndex;
+use nftpol::policy::model::ClusterState;
+use nftpol::source::manifest;
 use nftpol::source::{Change, Update};
 
 const NODE: &str = "node-1";
@@ -76,7 +76,7 @@ fn watch(r: &mut Reconciler, old: &ClusterState, new: &ClusterState) {
     }
 }
 
-fn expected(s: &ClusterState) -> nftpol::compile::NodePlan {
+fn expected(s: &ClusterState) -> nftpol::policy::compile::NodePlan {
     compile(&ClusterIndex::from_state(s), &Scope::Node(NODE.into()))
 }
 

@@ -6,12 +6,12 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use nftpol::cli::simulate::Matrix;
-use nftpol::compile::{NodePlan, Scope, compile};
-use nftpol::index::ClusterIndex;
-use nftpol::intervals::{AddrSet, AllowedBuilder, Ranges};
-use nftpol::manifest;
-use nftpol::model::{Protocol, SkipReason};
-use nftpol::verdict::judge;
+use nftpol::policy::compile::{NodePlan, Scope, compile};
+use nftpol::policy::index::ClusterIndex;
+use nftpol::policy::intervals::{AddrSet, AllowedBuilder, Ranges};
+use nftpol::policy::model::{Protocol, SkipReason};
+use nftpol::policy::verdict::judge;
+use nftpol::source::manifest;
 use proptest::prelude::*;
 
 /// Pods x/a (10.0.0.1), x/b (10.0.0.2), y/c (10.0.1.3) with ports, and the given policies.
@@ -339,11 +339,11 @@ spec:
 }
 
 trait ParseKey {
-    fn parse_key(&self) -> nftpol::model::ObjectKey;
+    fn parse_key(&self) -> nftpol::policy::model::ObjectKey;
 }
 impl ParseKey for str {
-    fn parse_key(&self) -> nftpol::model::ObjectKey {
-        nftpol::model::ObjectKey::parse(self).expect("ns/name")
+    fn parse_key(&self) -> nftpol::policy::model::ObjectKey {
+        nftpol::policy::model::ObjectKey::parse(self).expect("ns/name")
     }
 }
 

@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use nftpol::model::{ClusterState, ObjectKey};
+use nftpol::policy::model::{ClusterState, ObjectKey};
 use nftpol::testbed::{Mode, Testbed, echo, netns::Netns};
 use serde_json::{Value, json};
 
@@ -52,7 +52,8 @@ fn strict_testbed() -> Option<Testbed> {
         eprintln!("skipping: network namespaces need root");
         return None;
     }
-    let loaded = nftpol::manifest::load_values("cluster", with(vec![])).expect("cluster loads");
+    let loaded =
+        nftpol::source::manifest::load_values("cluster", with(vec![])).expect("cluster loads");
     let state: ClusterState = loaded.state;
     let mut bed = Testbed::new(Mode::Bridge, &state).expect("testbed");
     bed.set_daemon_args(vec!["--strict".into()]);

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nftpol::model::{ClusterState, ContainerPort, ObjectKey, Pod, Protocol};
+use nftpol::policy::model::{ClusterState, ContainerPort, ObjectKey, Pod, Protocol};
 use nftpol::testbed::netns;
 use nftpol::testbed::{Matrix, Mode, Testbed, cell};
 

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use nftpol::model::{ObjectKey, Protocol};
+use nftpol::policy::model::{ObjectKey, Protocol};
 use nftpol::testbed::{Mode, Testbed, netns::Netns};
 use serde_json::{Value, json};
 
@@ -30,7 +30,7 @@ fn testbed(args: &[&str]) -> Option<Testbed> {
         return None;
     }
     let all = objects(&[CLIENT, SERVER, NEWCOMER]);
-    let state = nftpol::manifest::load_values("cluster", all)
+    let state = nftpol::source::manifest::load_values("cluster", all)
         .expect("cluster loads")
         .state;
     let mut bed = Testbed::new(Mode::Bridge, &state).expect("testbed");

@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use nftpol::model::{
+use nftpol::policy::model::{
     ClusterState, ContainerPort, Labels, Namespace, NamespaceScope, ObjectKey, Peer, Pod, Policy,
     PortMatch, PortSpec, Protocol, Requirement, Rule, Selector,
 };

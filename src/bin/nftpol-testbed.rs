@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use nftpol::model::Protocol;
+use nftpol::policy::model::Protocol;
 use nftpol::testbed::{self, Mode, Testbed};
 
 #[derive(Debug, Parser)]
@@ -84,7 +84,7 @@ fn probe(args: ProbeArgs) -> Result<()> {
     let started = Instant::now();
     let mut objects = testbed::manifests::read_objects(&args.files)?;
     let placed = testbed::manifests::place_pods(&mut objects, testbed::NODE_NAME);
-    let state = nftpol::manifest::load_values("manifests", objects.iter().cloned())
+    let state = nftpol::source::manifest::load_values("manifests", objects.iter().cloned())
         .context("loading the manifests")?
         .state;
     let mode = match args.mode {

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use anyhow::Context;
 
 use crate::dataplane::Dataplane;
-use crate::enforce;
+use crate::engine::enforce;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

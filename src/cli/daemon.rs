@@ -5,7 +5,7 @@
 //! of updates (a relist, a rollout) is drained and applied to the index first, then programmed
 //! as one transaction. Nothing is programmed before every kind has been listed once, so the
 //! previous table stays in force across a restart until the new state is complete. Flow logs
-//! (`crate::flowlog`) arrive on the same channel and are resolved against the index and plan
+//! (`crate::observe::flowlog`) arrive on the same channel and are resolved against the index and plan
 //! as they are.
 
 use std::collections::BTreeSet;
@@ -21,11 +21,11 @@ use ipnet::IpNet;
 use crate::dataplane::br_netfilter::BrNetfilter;
 use crate::dataplane::ruleset::known_pod_addresses;
 use crate::dataplane::{Options, Ruleset};
-use crate::enforce::{self, Desired, Enforcer};
-use crate::flowlog::{self, FlowLogger};
-use crate::metrics::{self, Metrics};
-use crate::nflog::LoggedPacket;
-use crate::reconcile::Reconciler;
+use crate::engine::enforce::{self, Desired, Enforcer};
+use crate::engine::reconcile::Reconciler;
+use crate::observe::flowlog::{self, FlowLogger};
+use crate::observe::metrics::{self, Metrics};
+use crate::observe::nflog::LoggedPacket;
 use crate::source::kube::{self as kube_source, Sink};
 use crate::source::{Change, Update};
 

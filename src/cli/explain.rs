@@ -4,10 +4,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use super::InputError;
-use crate::compile::{Scope, compile};
-use crate::index::ClusterIndex;
-use crate::model::{ObjectKey, Protocol};
-use crate::verdict::{explain_text, judge, judge_pods};
+use crate::policy::compile::{Scope, compile};
+use crate::policy::index::ClusterIndex;
+use crate::policy::model::{ObjectKey, Protocol};
+use crate::policy::verdict::{explain_text, judge, judge_pods};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -17,7 +17,7 @@ pub struct EnforceArgs {
     #[arg(long)]
     pub status_file: Option<PathBuf>,
     /// Address of /metrics, /livez and /readyz; "" or "off" disables them.
-    #[arg(long, default_value = crate::metrics::DEFAULT_ADDR)]
+    #[arg(long, default_value = crate::observe::metrics::DEFAULT_ADDR)]
     pub metrics_addr: String,
     /// The shape of the ruleset (shared with `render`).
     #[command(flatten)]
@@ -152,7 +152,7 @@ pub struct InputError(pub String);
 
 use std::path::PathBuf;
 
-use crate::manifest::{self, Loaded};
+use crate::source::manifest::{self, Loaded};
 
 /// Loads manifests for a command: unusable input becomes an [`InputError`]; warnings and
 /// skipped invalid policies are reported on stderr.

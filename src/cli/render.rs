@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use crate::compile::{Scope, compile};
 use crate::dataplane::Ruleset;
 use crate::dataplane::render::{render, render_script};
 use crate::dataplane::ruleset::known_pod_addresses;
-use crate::index::ClusterIndex;
+use crate::policy::compile::{Scope, compile};
+use crate::policy::index::ClusterIndex;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

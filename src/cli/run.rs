@@ -4,11 +4,11 @@
 //! `notify` watcher, debounced so that an editor's or `kubectl cp`'s burst is one update),
 //! resync ticks (drift check, repaired by a full replace), retry ticks after a failed apply,
 //! and SIGTERM/SIGINT (taken by a `sigwait` thread; the rules stay in place on exit so that a
-//! restart does not open a window). Flow logs (`crate::flowlog`) arrive on the same channel and
+//! restart does not open a window). Flow logs (`crate::observe::flowlog`) arrive on the same channel and
 //! are resolved against the last state read from the folder.
 //!
 //! Input that does not load keeps the last good state enforced; what happens when the kernel
-//! rejects a transaction is the enforcer's business (`crate::enforce`).
+//! rejects a transaction is the enforcer's business (`crate::engine::enforce`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,16 +18,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use notify::Watcher;
 
-use crate::compile::{NodePlan, Scope, compile};
 use crate::dataplane::br_netfilter::BrNetfilter;
 use crate::dataplane::ruleset::known_pod_addresses;
 use crate::dataplane::{Options, Ruleset};
-use crate::enforce::{self, Desired, Enforcer};
-use crate::flowlog::{self, FlowLogger};
-use crate::index::ClusterIndex;
-use crate::manifest;
-use crate::metrics::{self, Metrics};
-use crate::nflog::LoggedPacket;
+use crate::engine::enforce::{self, Desired, Enforcer};
+use crate::observe::flowlog::{self, FlowLogger};
+use crate::observe::metrics::{self, Metrics};
+use crate::observe::nflog::LoggedPacket;
+use crate::policy::compile::{NodePlan, Scope, compile};
+use crate::policy::index::ClusterIndex;
+use crate::source::manifest;
 
 use super::Burst;
 

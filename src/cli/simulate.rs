@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::compile::{NodePlan, Scope, compile};
-use crate::index::ClusterIndex;
-use crate::model::Protocol;
-use crate::verdict::judge_pods;
+use crate::policy::compile::{NodePlan, Scope, compile};
+use crate::policy::index::ClusterIndex;
+use crate::policy::model::Protocol;
+use crate::policy::verdict::judge_pods;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -4,19 +4,21 @@
 //! - [`ruleset`]: the pure model of the table (sets, verdict maps, chains) built from a plan.
 //! - [`render`]: the same model as nft text, exactly as `nft list table inet nftpol` prints it.
 //! - [`program`]: a ruleset, or the difference between two, as one labelled nftnl batch.
-//! - [`ext`]: the `unsafe` libnftnl calls the safe nftnl API lacks.
+//! - [`sys`]: the `unsafe` libnftnl calls the safe nftnl API lacks.
 //! - [`netlink`]: the transport (one `sendmsg`, ACKs only on END) and read-back dumps.
+//! - [`conntrack`]: the conntrack table through ctnetlink (`--strict` cuts connections).
 //! - [`br_netfilter`]: the bridge sysctl check without which same-bridge traffic bypasses us.
 //!
 //! Every change is one transaction: the kernel applies all of it or none, so a rejected batch
 //! leaves the previous ruleset in force.
 
 pub mod br_netfilter;
-pub mod ext;
+pub mod conntrack;
 pub mod netlink;
 pub mod program;
 pub mod render;
 pub mod ruleset;
+pub mod sys;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -25,11 +27,11 @@ use std::time::{Duration, Instant};
 
 use nftnl::nftnl_sys::libc;
 
-use ext::DumpKind;
 use netlink::{Labels, NlSocket};
 use program::{BadName, Tx};
 pub use render::render;
 pub use ruleset::{Options, Ruleset};
+use sys::DumpKind;
 
 /// One object the kernel refused, named.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -381,7 +383,7 @@ impl Dataplane {
             for e in &mut have {
                 // The kernel echoes flags we never set on pipapo/hash elements as absent;
                 // compare only what identifies an element.
-                e.flags &= ext::ELEM_INTERVAL_END;
+                e.flags &= sys::ELEM_INTERVAL_END;
             }
             have.sort();
             if &have != want {
@@ -425,7 +427,7 @@ impl CounterReader {
 
     /// The counter ending every per-pod chain (of drops, or in audit mode of would-be drops);
     /// empty when the table does not exist yet.
-    pub fn drop_counters(&self) -> Result<Vec<ext::RuleCounter>, DataplaneError> {
+    pub fn drop_counters(&self) -> Result<Vec<sys::RuleCounter>, DataplaneError> {
         match self.sock.dump_rule_counters(INET, c"nftpol") {
             Ok(c) => Ok(c),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),

@@ -21,7 +21,7 @@ use std::time::Duration;
 use nftnl::FinalizedBatch;
 use nftnl::nftnl_sys::libc;
 
-use super::ext::{self, DumpKind, DumpedObject, RawElem};
+use super::sys::{self, DumpKind, DumpedObject, RawElem};
 
 const NLMSG_HDRLEN: usize = 16;
 /// NLM_F_ACK_TLVS: extended-ACK attributes follow the (capped) nlmsgerr.
@@ -352,12 +352,12 @@ impl NlSocket {
         let seq = 0x6e66_7000 + kind as u32;
         let mut req = vec![0u8; 4096];
         let filter = (kind != DumpKind::Tables).then_some(table);
-        let n = ext::build_dump_request(&mut req, kind, family, filter, seq);
+        let n = sys::build_dump_request(&mut req, kind, family, filter, seq);
         let mut out = Vec::new();
         let wanted = table.to_string_lossy();
         self.dump(&req[..n], seq, |m| {
             // SAFETY: `m` is one complete message cut out by `header`.
-            if let Some(o) = unsafe { ext::parse_dumped(m.as_ptr().cast(), kind) }
+            if let Some(o) = unsafe { sys::parse_dumped(m.as_ptr().cast(), kind) }
                 && o.table == wanted
             {
                 out.push(o);
@@ -370,11 +370,11 @@ impl NlSocket {
     pub fn dump_rules(&self, family: u16, table: &CStr) -> io::Result<Vec<(String, String)>> {
         let seq = 0x6e66_7200;
         let mut req = vec![0u8; 4096];
-        let n = ext::build_dump_request(&mut req, DumpKind::Rules, family, Some(table), seq);
+        let n = sys::build_dump_request(&mut req, DumpKind::Rules, family, Some(table), seq);
         let mut out = Vec::new();
         self.dump(&req[..n], seq, |m| {
             // SAFETY: `m` is one complete message cut out by `header`.
-            if let Some(r) = unsafe { ext::rule_text(m.as_ptr().cast()) } {
+            if let Some(r) = unsafe { sys::rule_text(m.as_ptr().cast()) } {
                 out.push(r);
             }
         })?;
@@ -386,14 +386,14 @@ impl NlSocket {
         &self,
         family: u16,
         table: &CStr,
-    ) -> io::Result<Vec<ext::RuleCounter>> {
+    ) -> io::Result<Vec<sys::RuleCounter>> {
         let seq = 0x6e66_7300;
         let mut req = vec![0u8; 4096];
-        let n = ext::build_dump_request(&mut req, DumpKind::Rules, family, Some(table), seq);
+        let n = sys::build_dump_request(&mut req, DumpKind::Rules, family, Some(table), seq);
         let mut out = Vec::new();
         self.dump(&req[..n], seq, |m| {
             // SAFETY: `m` is one complete message cut out by `header`.
-            if let Some(c) = unsafe { ext::rule_counter(m.as_ptr().cast()) } {
+            if let Some(c) = unsafe { sys::rule_counter(m.as_ptr().cast()) } {
                 out.push(c);
             }
         })?;
@@ -404,11 +404,11 @@ impl NlSocket {
     pub fn dump_elements(&self, family: u16, table: &CStr, set: &CStr) -> io::Result<Vec<RawElem>> {
         let seq = 0x6e66_7100;
         let mut req = vec![0u8; 4096];
-        let n = ext::build_elems_request(&mut req, family, table, set, seq);
+        let n = sys::build_elems_request(&mut req, family, table, set, seq);
         let mut out = Vec::new();
         self.dump(&req[..n], seq, |m| {
             // SAFETY: `m` is one complete message cut out by `header`.
-            out.extend(unsafe { ext::parse_elems(m.as_ptr().cast()) });
+            out.extend(unsafe { sys::parse_elems(m.as_ptr().cast()) });
         })?;
         Ok(out)
     }

@@ -15,15 +15,15 @@ use nftnl::{
     Rule as NftRule, Table,
 };
 
-use super::ext::{
-    self, ELEM_INTERVAL_END, LookupExt, MetaLoad, NFT_SET_CONCAT, NFT_SET_INTERVAL, NFT_SET_MAP,
-    PayloadLoad, RawElem, SetSpec, dtype,
-};
 use super::netlink::Labels;
 use super::render::{element_text, rule_text};
 use super::ruleset::{
     AddrField, Chain, Element, Family, Hook, LOG_BURST, LOG_RATE_PER_SECOND, LogTo, NamedSet,
     PodDirection, Rule, Ruleset, SetKind, TABLE, VerdictMap,
+};
+use super::sys::{
+    self, ELEM_INTERVAL_END, LookupExt, MetaLoad, NFT_SET_CONCAT, NFT_SET_INTERVAL, NFT_SET_MAP,
+    PayloadLoad, RawElem, SetSpec, dtype,
 };
 
 pub const FAMILY: ProtoFamily = ProtoFamily::Inet;
@@ -220,7 +220,7 @@ impl Tx {
         let n = cname(name)?;
         let id = self.next_set_id;
         self.next_set_id += 1;
-        let set = ext::new_set(&self.table, &n, id, spec);
+        let set = sys::new_set(&self.table, &n, id, spec);
         let verb = if op == MsgType::Add { "add" } else { "delete" };
         self.batch.add(&set, op);
         self.labels.push(format!("{verb} {what} {name}"));
@@ -247,8 +247,8 @@ impl Tx {
         if self.per_element {
             for (text, raws) in groups {
                 for raw in raws {
-                    let set = ext::new_set(&self.table, &n, 0, spec);
-                    ext::push_elem(&set, &for_op(raw, op));
+                    let set = sys::new_set(&self.table, &n, 0, spec);
+                    sys::push_elem(&set, &for_op(raw, op));
                     for m in set.elems_iter() {
                         self.batch.add(&m, msg_op);
                         self.labels
@@ -258,10 +258,10 @@ impl Tx {
             }
             return Ok(());
         }
-        let set = ext::new_set(&self.table, &n, 0, spec);
+        let set = sys::new_set(&self.table, &n, 0, spec);
         for (_, raws) in groups {
             for raw in raws {
-                ext::push_elem(&set, &for_op(raw, op));
+                sys::push_elem(&set, &for_op(raw, op));
             }
         }
         let first = &groups[0].0;
@@ -419,7 +419,7 @@ fn addr_lookup(
     r.add_expr(&PayloadLoad::addr(
         family == Family::V6,
         field == AddrField::Daddr,
-        ext::REG1,
+        sys::REG1,
     ));
     r.add_expr(&LookupExt {
         set: cname(set)?,
@@ -430,7 +430,7 @@ fn addr_lookup(
 }
 
 fn log_to(r: &mut NftRule, to: &LogTo) -> Result<(), BadName> {
-    r.add_expr(&ext::Log {
+    r.add_expr(&sys::Log {
         prefix: cname(&to.prefix)?,
         group: to.group,
     });
@@ -451,7 +451,7 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
         Rule::TcpNewNotSynDrop => {
             r.add_expr(&Meta::L4Proto);
             r.add_expr(&Cmp::new(CmpOp::Eq, IPPROTO_TCP));
-            r.add_expr(&PayloadLoad::tcp_flags(ext::REG1));
+            r.add_expr(&PayloadLoad::tcp_flags(sys::REG1));
             r.add_expr(&Bitwise::new(TCP_SYN | TCP_ACK, 0u8));
             r.add_expr(&Cmp::new(CmpOp::Neq, TCP_SYN));
             ct_state(r, States::NEW.bits());
@@ -461,12 +461,12 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             nfproto(r, Family::V6);
             r.add_expr(&Meta::L4Proto);
             r.add_expr(&Cmp::new(CmpOp::Eq, IPPROTO_ICMPV6));
-            r.add_expr(&PayloadLoad::icmp_type(ext::REG1));
+            r.add_expr(&PayloadLoad::icmp_type(sys::REG1));
             r.add_expr(&Cmp::new(CmpOp::Eq, t.icmpv6_type()));
             r.add_expr(&Verdict::Accept);
         }
         Rule::Vmap { family, field, map } => {
-            addr_lookup(r, *family, *field, map, Some(ext::REG_VERDICT))?;
+            addr_lookup(r, *family, *field, map, Some(sys::REG_VERDICT))?;
         }
         Rule::AddrReturn {
             family,
@@ -495,10 +495,10 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             r.add_expr(&PayloadLoad::addr(
                 *family == Family::V6,
                 *field == AddrField::Daddr,
-                ext::REG1,
+                sys::REG1,
             ));
-            r.add_expr(&MetaLoad::l4proto(ext::reg32(addr_regs)));
-            r.add_expr(&PayloadLoad::th_dport(ext::reg32(addr_regs + 1)));
+            r.add_expr(&MetaLoad::l4proto(sys::reg32(addr_regs)));
+            r.add_expr(&PayloadLoad::th_dport(sys::reg32(addr_regs + 1)));
             r.add_expr(&LookupExt {
                 set: cname(set)?,
                 set_id: 0,
@@ -510,7 +510,7 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             r.add_expr(&Verdict::Return);
         }
         Rule::LimitedLog(to) => {
-            r.add_expr(&ext::Limit {
+            r.add_expr(&sys::Limit {
                 per_second: LOG_RATE_PER_SECOND,
                 burst: LOG_BURST,
             });
@@ -708,7 +708,7 @@ fn element_diff<'a>(old: &'a NamedSet, new: &'a NamedSet) -> (Vec<&'a Element>, 
 }
 
 /// The expression text of every rule of `ruleset`, by chain, in the format
-/// [`ext::rule_text`] gives dumped rules: the rules are built and parsed back locally.
+/// [`sys::rule_text`] gives dumped rules: the rules are built and parsed back locally.
 pub fn expected_rule_texts(ruleset: &Ruleset) -> Result<BTreeMap<String, Vec<String>>, BadName> {
     let table = Table::new(c"nftpol", FAMILY);
     let mut out = BTreeMap::new();
@@ -724,9 +724,9 @@ pub fn expected_rule_texts(ruleset: &Ruleset) -> Result<BTreeMap<String, Vec<Str
         for rule in &chain.rules {
             let mut r = NftRule::new(&c);
             rule_exprs(&mut r, rule)?;
-            let bytes = ext::nlmsg_bytes(&r);
+            let bytes = sys::nlmsg_bytes(&r);
             // SAFETY: `bytes` is one complete message written by nftnl.
-            if let Some((_, text)) = unsafe { ext::rule_text(bytes.as_ptr().cast()) } {
+            if let Some((_, text)) = unsafe { sys::rule_text(bytes.as_ptr().cast()) } {
                 texts.push(text);
             }
         }

@@ -223,7 +223,7 @@ fn prefix_len(lo: u128, hi: u128, bits: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Protocol;
+    use crate::policy::model::Protocol;
 
     fn r(lo: &str, hi: &str) -> AddrRange {
         AddrRange {

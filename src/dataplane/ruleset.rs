@@ -13,7 +13,7 @@
 //!   one `addr . proto . port` set per address family the pod has), so a policy change is only
 //!   set-element adds and deletes: cheap transactions and no chain rewrites. Only the pod's
 //!   logging (`nftpol.io/log`) and audit mode change its rules.
-//! - A chain ends with a rate-limited NFLOG statement (the flow logs, `crate::flowlog`), then
+//! - A chain ends with a rate-limited NFLOG statement (the flow logs, `crate::observe::flowlog`), then
 //!   `counter drop`, or in audit mode `counter return`: the counter is what the metrics read.
 //! - `--default-deny-unknown`: one interval set per family, `unknown_v4`/`unknown_v6`, holds
 //!   the node's pod CIDRs minus every known pod address (computed here, not in the kernel), so
@@ -28,9 +28,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::compile::{Endpoint, Isolation, NodePlan};
-use crate::intervals::{AddrSet, Allowed};
-use crate::model::{Direction, ObjectKey, Pod, Protocol};
+use crate::policy::compile::{Endpoint, Isolation, NodePlan};
+use crate::policy::intervals::{AddrSet, Allowed};
+use crate::policy::model::{Direction, ObjectKey, Pod, Protocol};
 
 /// The table nftpol owns. Nothing else in the ruleset is touched.
 pub const TABLE: &str = "nftpol";

@@ -20,7 +20,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::{Change, Update};
-use crate::convert::{self, InvalidObject};
+use crate::policy::convert::{self, InvalidObject};
 
 /// Turns one kind's watcher events into changes, buffering restarts until they are complete.
 #[derive(Debug)]
@@ -158,7 +158,7 @@ pub async fn run<E: Send + 'static>(client: Client, node: String, sink: Sink<E>)
         "Namespace",
         watch(Api::<core::Namespace>::all(client.clone()), config.clone()),
         convert::namespace,
-        |n: &crate::model::Namespace| n.name.clone(),
+        |n: &crate::policy::model::Namespace| n.name.clone(),
         Update::Namespace,
         sink.clone(),
     );
@@ -166,7 +166,7 @@ pub async fn run<E: Send + 'static>(client: Client, node: String, sink: Sink<E>)
         "Pod",
         watch(Api::<core::Pod>::all(client.clone()), config.clone()),
         convert::pod,
-        |p: &crate::model::Pod| p.key.clone(),
+        |p: &crate::policy::model::Pod| p.key.clone(),
         Update::Pod,
         sink.clone(),
     );
@@ -177,7 +177,7 @@ pub async fn run<E: Send + 'static>(client: Client, node: String, sink: Sink<E>)
             config.clone(),
         ),
         convert::policy,
-        |p: &crate::model::Policy| p.key.clone(),
+        |p: &crate::policy::model::Policy| p.key.clone(),
         Update::Policy,
         sink.clone(),
     );

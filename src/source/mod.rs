@@ -1,12 +1,13 @@
 //! Sources of cluster state. Each source reports [`Update`]s, in the model's types, that the
-//! [`crate::reconcile::Reconciler`] applies to the index: the Kubernetes API ([`kube`]) today;
-//! the manifest folder of `nftpol run` reloads whole snapshots instead.
+//! [`crate::engine::reconcile::Reconciler`] applies to the index: the Kubernetes API ([`kube`]);
+//! the manifest files of `nftpol run` ([`manifest`]) reload whole snapshots instead.
 
 pub mod kube;
+pub mod manifest;
 
 use ipnet::IpNet;
 
-use crate::model::{Namespace, ObjectKey, Pod, Policy};
+use crate::policy::model::{Namespace, ObjectKey, Pod, Policy};
 
 /// What happened to the objects of one kind.
 #[derive(Clone, Debug, PartialEq)]

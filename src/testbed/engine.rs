@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # use nftpol::testbed::{Mode, Testbed};
-//! # use nftpol::model::{ClusterState, Protocol};
+//! # use nftpol::policy::model::{ClusterState, Protocol};
 //! # fn demo(state: &ClusterState, files: &[std::path::PathBuf]) -> anyhow::Result<()> {
 //! let mut bed = Testbed::new(Mode::Bridge, state)?;
 //! bed.apply(files)?; // waits until the daemon enforces exactly these manifests
@@ -29,7 +29,7 @@ use super::netns::Netns;
 use super::probe::{self, Matrix};
 use super::sctp;
 use super::topology::{Mode, Topology};
-use crate::model::{ClusterState, ObjectKey, Protocol};
+use crate::policy::model::{ClusterState, ObjectKey, Protocol};
 
 /// The Kubernetes name of the testbed's node (`spec.nodeName` of its pods).
 pub const NODE_NAME: &str = "nftpol-testbed";
@@ -230,9 +230,10 @@ impl Testbed {
         manifests::sync_dir(&self.manifests_dir, objects)?;
         let dirs = [self.manifests_dir.clone()];
         // Check the input here: a daemon that cannot load it would only time out.
-        let loaded = crate::manifest::load(&dirs).context("loading the testbed's manifests")?;
+        let loaded =
+            crate::source::manifest::load(&dirs).context("loading the testbed's manifests")?;
         self.listen_on_container_ports(&loaded.state)?;
-        let fingerprint = crate::manifest::fingerprint(&dirs)
+        let fingerprint = crate::source::manifest::fingerprint(&dirs)
             .with_context(|| format!("fingerprinting {}", self.manifests_dir.display()))?;
         if self.daemon.is_none() {
             let bin = match &self.binary {

@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use super::listen::Responder;
 use super::netns;
 use super::sctp;
-use crate::model::Protocol;
+use crate::policy::model::Protocol;
 
 /// Source ports of UDP and SCTP probes cycle through this range, below Linux's default
 /// ephemeral range so that they never collide with ports the kernel hands out.

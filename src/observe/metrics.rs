@@ -29,11 +29,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::compile::NodePlan;
 use crate::dataplane::br_netfilter::BrNetfilter;
-use crate::dataplane::ext::{CountedVerdict, RuleCounter};
+use crate::dataplane::sys::{CountedVerdict, RuleCounter};
 use crate::dataplane::{CounterReader, Ruleset, Stats};
-use crate::model::SkipReason;
+use crate::policy::compile::NodePlan;
+use crate::policy::model::SkipReason;
 use crate::source::Update;
 
 /// The default `--metrics-addr`.

@@ -8,8 +8,8 @@
 //! `nft flush ruleset`) with a full replace. On shutdown the rules stay in place: a restarting
 //! daemon must not open the node.
 //!
-//! It also records every commit, failure and repair in the metrics (`crate::metrics`), and
-//! with `--strict` cuts the open connections a new plan denies (`crate::conntrack`).
+//! It also records every commit, failure and repair in the metrics (`crate::observe::metrics`), and
+//! with `--strict` cuts the open connections a new plan denies (`crate::dataplane::conntrack`).
 //!
 //! With `--strict`, every apply that changed the ruleset is followed by a conntrack sweep: the
 //! entries of connections the new plan no longer allows are deleted, so their next packet is
@@ -24,13 +24,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
-use crate::compile::NodePlan;
-use crate::conntrack::{self, Conntrack, ConntrackError};
 use crate::dataplane::br_netfilter::BrNetfilter;
+use crate::dataplane::conntrack::{self, Conntrack, ConntrackError};
 use crate::dataplane::{ApplyKind, Dataplane, DataplaneError, Ruleset};
-use crate::metrics::Metrics;
-use crate::model::Protocol;
-use crate::verdict;
+use crate::observe::metrics::Metrics;
+use crate::policy::compile::NodePlan;
+use crate::policy::model::Protocol;
+use crate::policy::verdict;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::model::Protocol;
+use crate::policy::model::Protocol;
 
 /// Sorted, disjoint, non-adjacent inclusive ranges of one address family.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]

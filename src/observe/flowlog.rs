@@ -1,4 +1,4 @@
-//! Flow logs: the packets the per-pod chains sent to NFLOG (`crate::nflog` reads them) become
+//! Flow logs: the packets the per-pod chains sent to NFLOG (`crate::observe::nflog` reads them) become
 //! one log line each, naming the pods on both ends and the policies that decided.
 //!
 //! The kernel side only says what happened and in which direction (the log prefix, see
@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::compile::NodePlan;
 use crate::dataplane::ruleset::{LogAction, LogTo};
-use crate::index::ClusterIndex;
-use crate::metrics::Metrics;
-use crate::model::{Direction, ObjectKey, Protocol};
-use crate::nflog::{LoggedPacket, NflogSocket, PacketInfo};
+use crate::observe::metrics::Metrics;
+use crate::observe::nflog::{LoggedPacket, NflogSocket, PacketInfo};
+use crate::policy::compile::NodePlan;
+use crate::policy::index::ClusterIndex;
+use crate::policy::model::{Direction, ObjectKey, Protocol};
 
 /// A 5-tuple seen again within this long (since it was last seen) is the same connection.
 pub const QUIET: Duration = Duration::from_secs(60);
@@ -369,8 +369,8 @@ pub fn start<E: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::{Scope, compile};
-    use crate::manifest;
+    use crate::policy::compile::{Scope, compile};
+    use crate::source::manifest;
 
     const MANIFESTS: &str = r#"
 apiVersion: v1

@@ -14,8 +14,8 @@ use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::index::NAMESPACE_NAME_LABEL;
-use crate::model::{
+use crate::policy::index::NAMESPACE_NAME_LABEL;
+use crate::policy::model::{
     ContainerPort, Labels, Namespace, NamespaceScope, ObjectKey, Peer, Pod, Policy, PortMatch,
     PortSpec, Protocol, Requirement, Rule, Selector,
 };

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use crate::model::{
+use crate::policy::model::{
     ClusterState, Labels, Namespace, NamespaceScope, ObjectKey, Pod, Policy, Requirement, Selector,
 };
 

@@ -9,9 +9,9 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::compile::{Endpoint, Isolation, NodePlan};
-use crate::index::ClusterIndex;
-use crate::model::{Direction, NamespaceScope, ObjectKey, Peer, PortMatch, Protocol, Rule};
+use crate::policy::compile::{Endpoint, Isolation, NodePlan};
+use crate::policy::index::ClusterIndex;
+use crate::policy::model::{Direction, NamespaceScope, ObjectKey, Peer, PortMatch, Protocol, Rule};
 
 /// One side's decision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use serde::de::DeserializeOwned;
 
-use crate::convert::{self, InvalidObject};
-use crate::model::ClusterState;
+use crate::policy::convert::{self, InvalidObject};
+use crate::policy::model::ClusterState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

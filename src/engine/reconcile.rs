@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
-use crate::compile::{Compiler, NodePlan, Scope};
-use crate::index::ClusterIndex;
-use crate::model::{Namespace, ObjectKey, Pod, Policy};
+use crate::policy::compile::{Compiler, NodePlan, Scope};
+use crate::policy::index::ClusterIndex;
+use crate::policy::model::{Namespace, ObjectKey, Pod, Policy};
 use crate::source::{Change, Update};
 
 /// The kinds that must be listed once before the plan means anything.

@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::index::ClusterIndex;
-use crate::intervals::{AddrSet, Allowed, AllowedBuilder};
-use crate::model::{
+use crate::policy::index::ClusterIndex;
+use crate::policy::intervals::{AddrSet, Allowed, AllowedBuilder};
+use crate::policy::model::{
     Direction, Namespace, ObjectKey, Peer, Pod, Policy, PortMatch, Rule, SkipReason,
 };
 
@@ -64,7 +64,7 @@ impl Isolation {
     pub fn allowing_rules(
         &self,
         peer: IpAddr,
-        protocol: crate::model::Protocol,
+        protocol: crate::policy::model::Protocol,
         port: u16,
     ) -> impl Iterator<Item = &RuleAllow> {
         self.rules
@@ -565,7 +565,7 @@ impl Compiler {
         if let Some(policy) = index.policy(key) {
             let candidates: Vec<&Pod> = index
                 .select_pods(
-                    &crate::model::NamespaceScope::Own(key.namespace.clone()),
+                    &crate::policy::model::NamespaceScope::Own(key.namespace.clone()),
                     &policy.pod_selector,
                 )
                 .into_iter()
@@ -604,7 +604,7 @@ impl Compiler {
                         .flat_map(|r| r.peers.iter().flatten())
                         .any(|peer| match peer {
                             Peer::Pods {
-                                namespaces: crate::model::NamespaceScope::Selected(sel),
+                                namespaces: crate::policy::model::NamespaceScope::Selected(sel),
                                 ..
                             } => {
                                 sel.matches(old_labels) != sel.matches(new_labels)
