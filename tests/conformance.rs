@@ -1,5 +1,6 @@
-//! Every case of the upstream conformance corpus through the policy compiler: each of the 65
-//! probe matrices must match off the diagonal (upstream ignores self traffic).
+//! Every case of the upstream conformance corpus, and of nftpol's own cases in the same format,
+//! through the policy compiler: each probe matrix (65 upstream) must match off the diagonal
+//! (upstream ignores self traffic).
 //!
 //! The cases are read through the same manifest path as user input (`manifest::load_values`),
 //! and each step is judged twice: by a full compile and by the incremental compiler fed the
@@ -61,15 +62,13 @@ fn replay(compiler: &mut Compiler, old: &ClusterIndex, new: &ClusterIndex) {
     }
 }
 
-#[test]
-fn upstream_corpus_matches_off_the_diagonal() {
-    let model = corpus::load_model();
-    let cases = corpus::load_cases();
-    assert_eq!(cases.len(), 48, "the corpus has 48 upstream cases");
+/// Judges every step's probes of `cases`: the number of probe matrices, and one line per
+/// matrix that differs off the diagonal.
+fn judge_cases(model: &corpus::Model, cases: &[corpus::Case]) -> (usize, Vec<String>) {
     let mut probes = 0;
     let mut failures = Vec::new();
-    for case in &cases {
-        let mut state = corpus::State::new(&model, case);
+    for case in cases {
+        let mut state = corpus::State::new(model, case);
         let mut prev_index = index_for(&state);
         let mut incremental = Compiler::new(Scope::Cluster);
         incremental.full(&prev_index);
@@ -113,10 +112,33 @@ fn upstream_corpus_matches_off_the_diagonal() {
             prev_index = index;
         }
     }
+    (probes, failures)
+}
+
+#[test]
+fn upstream_corpus_matches_off_the_diagonal() {
+    let model = corpus::load_model();
+    let cases = corpus::load_cases();
+    assert_eq!(cases.len(), 48, "the corpus has 48 upstream cases");
+    let (probes, failures) = judge_cases(&model, &cases);
     assert_eq!(probes, 65, "the corpus has 65 probe matrices");
     assert!(
         failures.is_empty(),
         "{} of 65 matrices differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn own_cases_match_off_the_diagonal() {
+    let model = corpus::load_model();
+    let cases = corpus::load_own_cases();
+    assert!(!cases.is_empty(), "tests/conformance/nftpol has cases");
+    let (probes, failures) = judge_cases(&model, &cases);
+    assert!(
+        failures.is_empty(),
+        "{} of {probes} matrices differ:\n{}",
         failures.len(),
         failures.join("\n")
     );

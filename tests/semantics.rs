@@ -188,6 +188,41 @@ spec:
     assert!(allowed(&p, "y/c", "x/b", 80, Protocol::Tcp));
 }
 
+/// The API server defaults `policyTypes` when the list is empty, not only when it is absent
+/// (`len(policyTypes) == 0`): an explicit `[]` with egress rules isolates both directions.
+#[test]
+fn explicit_empty_policy_types_default_like_omitted_ones() {
+    let (_, p) = plan(&format!(
+        "{PODS}---\n{}",
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: both, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  policyTypes: []
+  egress: [{to: [{podSelector: {matchLabels: {app: b}}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: ingress-only, namespace: y}
+spec:
+  podSelector: {}
+  policyTypes: []
+  egress: []
+"#
+    ));
+    let a = p.endpoint(&"x/a".parse_key()).expect("x/a");
+    assert!(a.ingress.is_some() && a.egress.is_some());
+    assert!(allowed(&p, "x/a", "x/b", 80, Protocol::Tcp));
+    assert!(!allowed(&p, "x/a", "y/c", 80, Protocol::Tcp));
+    assert!(!allowed(&p, "x/b", "x/a", 80, Protocol::Tcp));
+    let c = p.endpoint(&"y/c".parse_key()).expect("y/c");
+    assert!(c.ingress.is_some() && c.egress.is_none());
+    assert!(!allowed(&p, "x/b", "y/c", 80, Protocol::Tcp));
+    assert!(allowed(&p, "y/c", "x/b", 80, Protocol::Tcp));
+}
+
 #[test]
 fn ipv6_and_dual_stack() {
     let (_, p) = plan(

@@ -412,9 +412,13 @@ pub fn policy(np: &net::NetworkPolicy) -> Result<Policy, InvalidObject> {
             ports: ports(&ctx, &format!("{f}.ports"), r.ports.as_ref())?,
         });
     }
-    let (isolates_ingress, isolates_egress) = match &spec.policy_types {
-        // Omitted: Ingress always, Egress when the spec has egress rules.
-        None => (true, !egress.is_empty()),
+    let (isolates_ingress, isolates_egress) = match spec.policy_types.as_deref() {
+        // Omitted or empty: Ingress always, Egress when the spec has egress rules. The API
+        // server defaults an empty list exactly like an absent one (kubernetes
+        // pkg/apis/networking/v1/defaults.go, SetDefaults_NetworkPolicy:
+        // `if len(obj.Spec.PolicyTypes) == 0 { ... }`), and manifests read from Git never went
+        // through it, so an explicit `policyTypes: []` must not leave the pods open.
+        None | Some([]) => (true, !egress.is_empty()),
         Some(types) => {
             let mut seen = BTreeSet::new();
             for (i, t) in types.iter().enumerate() {
@@ -479,6 +483,22 @@ mod tests {
         let p = policy(&np(serde_json::json!({
             "metadata": {"name": "p", "namespace": "x"},
             "spec": {"podSelector": {}}
+        })))
+        .unwrap();
+        assert!(p.isolates_ingress && !p.isolates_egress);
+    }
+
+    #[test]
+    fn empty_policy_types_default_like_absent_ones() {
+        let p = policy(&np(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {}, "policyTypes": [], "egress": [{}]}
+        })))
+        .unwrap();
+        assert!(p.isolates_ingress && p.isolates_egress);
+        let p = policy(&np(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {}, "policyTypes": [], "egress": []}
         })))
         .unwrap();
         assert!(p.isolates_ingress && !p.isolates_egress);

@@ -1,7 +1,8 @@
-//! The upstream conformance corpus (tests/conformance/upstream, see its README): loading the
-//! cases and turning each step's cumulative cluster state into Kubernetes manifests
-//! (Namespaces, Pods with their container ports and addresses, NetworkPolicies), so that the
-//! evaluator and the real dataplane read the corpus through the same manifest path as users.
+//! The upstream conformance corpus (tests/conformance/upstream, see its README) and nftpol's
+//! own cases in the same format (tests/conformance/nftpol): loading the cases and turning each
+//! step's cumulative cluster state into Kubernetes manifests (Namespaces, Pods with their
+//! container ports and addresses, NetworkPolicies), so that the evaluator and the real
+//! dataplane read the corpus through the same manifest path as users.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -12,6 +13,11 @@ use serde_json::{Value, json};
 
 pub fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/upstream")
+}
+
+/// nftpol's own cases (tests/conformance/nftpol): same model and format, not from upstream.
+pub fn own_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/nftpol")
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,9 +73,18 @@ pub fn load_model() -> Model {
     serde_json::from_str(&text).expect("model.json parses")
 }
 
-/// Every case, sorted by id.
+/// Every upstream case, sorted by id.
 pub fn load_cases() -> Vec<Case> {
-    let mut cases: Vec<Case> = std::fs::read_dir(corpus_dir())
+    load_cases_in(&corpus_dir())
+}
+
+/// Every case of nftpol's own set, sorted by id.
+pub fn load_own_cases() -> Vec<Case> {
+    load_cases_in(&own_dir())
+}
+
+fn load_cases_in(dir: &Path) -> Vec<Case> {
+    let mut cases: Vec<Case> = std::fs::read_dir(dir)
         .expect("corpus dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("model.json"))
