@@ -316,3 +316,52 @@ fn explain_and_render_know_audit_mode() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+#[test]
+fn invalid_label_selector_is_reported_by_simulate_and_explain() {
+    let dir = Scratch::new();
+    let f = dir.file(
+        "all.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: spaced, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: "has space"}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+"#,
+    );
+    let path = f.to_str().unwrap();
+    let want = "NetworkPolicy x/spaced: spec.podSelector.matchLabels: invalid value \"has space\"";
+    let out = nftpol(&["simulate", "-f", path, "--port", "80"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(want), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 invalid policy skipped"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = explain(path, "x/a", "x/b", "80");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(want), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("DENIED") && s.contains("invalid policy skipped"),
+        "{s}"
+    );
+}

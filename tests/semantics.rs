@@ -223,6 +223,87 @@ spec:
     assert!(allowed(&p, "y/c", "x/b", 80, Protocol::Tcp));
 }
 
+/// Selectors the API server would reject (label keys and values it would not store) make the
+/// policy invalid: reported with its field and skipped, while the valid policies apply.
+#[test]
+fn invalid_label_selectors_are_reported_and_skipped() {
+    let policies = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: space, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: "has space"}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad-key, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: "team name", operator: Exists}]}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad-value, namespace: y}
+spec:
+  podSelector: {}
+  egress: [{to: [{podSelector: {matchExpressions: [{key: app, operator: NotIn, values: [a, "b;c"]}]}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+"#;
+    let docs: Vec<serde_json::Value> =
+        serde_norway::Deserializer::from_str(&format!("{PODS}---\n{policies}"))
+            .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+            .filter(|v: &serde_json::Value| !v.is_null())
+            .collect();
+    let loaded = manifest::load_values("test.yaml", docs).expect("loads");
+    let mut invalid: Vec<(String, String)> = loaded
+        .invalid
+        .iter()
+        .map(|s| (s.error.object.clone(), s.error.field.clone()))
+        .collect();
+    invalid.sort();
+    assert_eq!(
+        invalid,
+        [
+            (
+                "x/bad-key",
+                "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].key"
+            ),
+            ("x/space", "spec.podSelector.matchLabels"),
+            (
+                "y/bad-value",
+                "spec.egress[0].to[0].podSelector.matchExpressions[0].values[1]"
+            ),
+        ]
+        .map(|(o, f)| (o.to_string(), f.to_string()))
+    );
+    let keys: Vec<String> = loaded
+        .state
+        .policies
+        .iter()
+        .map(|p| p.key.to_string())
+        .collect();
+    assert_eq!(keys, ["x/deny-b"]);
+}
+
+/// A pod or namespace manifest with labels the API server would reject is unusable input, like
+/// any other invalid pod: nftpol cannot know which pods the author meant policies to select.
+#[test]
+fn invalid_pod_and_namespace_labels_are_unusable_input() {
+    for doc in [
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "x", "labels": {"app": "has space"}}}"#,
+        r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"-team": "a"}}}"#,
+    ] {
+        let doc: serde_json::Value = serde_json::from_str(doc).expect("json");
+        let err = manifest::load_values("test.json", [doc]).expect_err("invalid labels");
+        assert!(err.to_string().contains("metadata.labels"), "{err}");
+    }
+}
+
 #[test]
 fn ipv6_and_dual_stack() {
     let (_, p) = plan(

@@ -1,6 +1,7 @@
 //! Conversion from k8s-openapi objects to the validated model, applying the NetworkPolicy v1
 //! defaulting rules and rejecting what the API server would reject (invalid CIDRs, an except
-//! outside its CIDR, unknown protocols or selector operators, ports out of range).
+//! outside its CIDR, unknown protocols or selector operators, ports out of range, label keys
+//! and values it would not store, in selectors and on pods and namespaces).
 //!
 //! This is the only module that knows the Kubernetes wire types; errors name the object and the
 //! field (`spec.ingress[0].from[1].ipBlock.except[0]`) so that a user can find the mistake.
@@ -85,9 +86,118 @@ fn labels(meta: &ObjectMeta) -> Labels {
     meta.labels.clone().unwrap_or_default()
 }
 
+/// The longest name part of a label key, and the longest label value.
+const LABEL_NAME_MAX_LEN: usize = 63;
+const LABEL_VALUE_MAX_LEN: usize = 63;
+/// The longest DNS subdomain, such as a label key's prefix.
+const DNS_SUBDOMAIN_MAX_LEN: usize = 253;
+
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`: the name part of a label key, and a non-empty
+/// label value.
+fn qualified_name_chars(s: &str) -> bool {
+    let b = s.as_bytes();
+    let inner = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
+    b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+        && b.iter().all(inner)
+}
+
+/// A lowercase RFC 1123 subdomain: dot-separated labels of `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
+fn dns_subdomain(s: &str) -> bool {
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    s.len() <= DNS_SUBDOMAIN_MAX_LEN
+        && s.split('.').all(|label| {
+            let b = label.as_bytes();
+            b.first().is_some_and(alnum)
+                && b.last().is_some_and(alnum)
+                && b.iter().all(|c| alnum(c) || *c == b'-')
+        })
+}
+
+/// Why the API server would refuse `key` as a label key, as apimachinery's
+/// `validation.IsQualifiedName` (`content.IsLabelKey`) decides: an optional DNS subdomain
+/// prefix and '/', then a name of at most 63 characters.
+fn label_key_error(key: &str) -> Option<String> {
+    let (prefix, name) = match key.split_once('/') {
+        None => (None, key),
+        Some((prefix, name)) if !name.contains('/') => (Some(prefix), name),
+        Some(_) => {
+            return Some(
+                "must be a name with an optional DNS subdomain prefix and one '/' \
+                 (e.g. 'example.com/MyName')"
+                    .into(),
+            );
+        }
+    };
+    match prefix {
+        Some("") => return Some("prefix part must be non-empty".into()),
+        Some(p) if !dns_subdomain(p) => {
+            return Some(format!(
+                "prefix part must be a lowercase RFC 1123 subdomain of at most \
+                 {DNS_SUBDOMAIN_MAX_LEN} characters: lower case alphanumeric characters, '-' \
+                 or '.', starting and ending with an alphanumeric character (e.g. 'example.com')"
+            ));
+        }
+        _ => {}
+    }
+    if name.is_empty() {
+        Some("name part must be non-empty".into())
+    } else if name.len() > LABEL_NAME_MAX_LEN {
+        Some(format!(
+            "name part must be no more than {LABEL_NAME_MAX_LEN} characters"
+        ))
+    } else if !qualified_name_chars(name) {
+        Some(
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must \
+             start and end with an alphanumeric character"
+                .into(),
+        )
+    } else {
+        None
+    }
+}
+
+/// Why the API server would refuse `value` as a label value (apimachinery's
+/// `validation.IsValidLabelValue`, `content.IsLabelValue`): empty, or at most 63 characters of
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`.
+fn label_value_error(value: &str) -> Option<String> {
+    if value.len() > LABEL_VALUE_MAX_LEN {
+        Some(format!(
+            "must be no more than {LABEL_VALUE_MAX_LEN} characters"
+        ))
+    } else if !value.is_empty() && !qualified_name_chars(value) {
+        Some(
+            "a valid label must be an empty string or consist of alphanumeric characters, \
+             '-', '_' or '.', and must start and end with an alphanumeric character"
+                .into(),
+        )
+    } else {
+        None
+    }
+}
+
+/// Checks a label map (an object's labels, or a selector's matchLabels) as the API server's
+/// `ValidateLabels` does; the error is reported at `field` and names the key.
+fn check_labels(ctx: &Ctx, field: &str, labels: &Labels) -> Result<(), InvalidObject> {
+    for (k, v) in labels {
+        if let Some(why) = label_key_error(k) {
+            return Err(ctx.err(field, format!("invalid key {k:?}: {why}")));
+        }
+        if let Some(why) = label_value_error(v) {
+            return Err(ctx.err(field, format!("invalid value {v:?} for key {k:?}: {why}")));
+        }
+    }
+    Ok(())
+}
+
 pub fn namespace(ns: &core::Namespace) -> Result<Namespace, InvalidObject> {
     let name = name_of(&ns.metadata, "Namespace")?;
     let mut labels = labels(&ns.metadata);
+    let ctx = Ctx {
+        kind: "Namespace",
+        object: &name,
+    };
+    check_labels(&ctx, "metadata.labels", &labels)?;
     // The API server sets this label on every namespace since 1.21; older servers and
     // hand-written manifests may lack it, and policies select on it.
     labels
@@ -151,6 +261,10 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, InvalidObject> {
         kind: "Pod",
         object: &object,
     };
+    // The API server never stores such labels; in a manifest they are a typo that would make
+    // the pod silently escape (or join) selections, so the pod is refused like any bad field.
+    let labels = labels(&pod.metadata);
+    check_labels(&ctx, "metadata.labels", &labels)?;
     let spec = pod.spec.as_ref();
     let mut ports = Vec::new();
     for (ci, c) in spec
@@ -191,7 +305,7 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, InvalidObject> {
     }
     Ok(Pod {
         key,
-        labels: labels(&pod.metadata),
+        labels,
         node: spec
             .and_then(|s| s.node_name.clone())
             .filter(|n| !n.is_empty()),
@@ -211,6 +325,9 @@ fn selector(
         return Ok(Selector::everything());
     };
     let mut requirements = Vec::new();
+    if let Some(match_labels) = &sel.match_labels {
+        check_labels(ctx, &format!("{field}.matchLabels"), match_labels)?;
+    }
     for (k, v) in sel.match_labels.iter().flatten() {
         requirements.push(Requirement::In(k.clone(), vec![v.clone()]));
     }
@@ -255,6 +372,24 @@ fn selector(
                 ));
             }
         };
+        if let Some(why) = label_key_error(&e.key) {
+            return Err(ctx.err(
+                format!("{f}.key"),
+                format!("invalid key {:?}: {why}", e.key),
+            ));
+        }
+        // Only In and NotIn get this far with values. The API server checks them on create;
+        // on update it still accepts them if the stored object already had invalid ones
+        // (NetworkPolicyValidationOptions.AllowInvalidLabelValueInSelector, for objects from
+        // before it checked values), so such a legacy policy is reported here, not enforced.
+        for (j, v) in values.iter().enumerate() {
+            if let Some(why) = label_value_error(v) {
+                return Err(ctx.err(
+                    format!("{f}.values[{j}]"),
+                    format!("invalid value {v:?}: {why}"),
+                ));
+            }
+        }
         requirements.push(r);
     }
     Ok(Selector { requirements })
@@ -502,6 +637,172 @@ mod tests {
         })))
         .unwrap();
         assert!(p.isolates_ingress && !p.isolates_egress);
+    }
+
+    /// The field each invalid selector is reported at, for a policy with that selector as its
+    /// podSelector and as both selectors of an egress peer.
+    #[test]
+    fn invalid_label_keys_and_values_in_selectors_are_rejected() {
+        let cases = [
+            (
+                json_sel(r#"{"matchLabels": {"app": "has space"}}"#),
+                "matchLabels",
+            ),
+            (
+                json_sel(r#"{"matchLabels": {"has space": "a"}}"#),
+                "matchLabels",
+            ),
+            (json_sel(r#"{"matchLabels": {"app": "-a"}}"#), "matchLabels"),
+            (
+                json_sel(&format!(
+                    r#"{{"matchLabels": {{"app": "{}"}}}}"#,
+                    "a".repeat(64)
+                )),
+                "matchLabels",
+            ),
+            (
+                json_sel(r#"{"matchLabels": {"Example.com/app": "a"}}"#),
+                "matchLabels",
+            ),
+            (json_sel(r#"{"matchLabels": {"/app": "a"}}"#), "matchLabels"),
+            (
+                json_sel(r#"{"matchLabels": {"a/b/c": "a"}}"#),
+                "matchLabels",
+            ),
+            (
+                json_sel(r#"{"matchLabels": {"example.com/": "a"}}"#),
+                "matchLabels",
+            ),
+            (
+                json_sel(
+                    r#"{"matchExpressions": [{"key": "app", "operator": "In", "values": ["ok", "not ok"]}]}"#,
+                ),
+                "matchExpressions[0].values[1]",
+            ),
+            (
+                json_sel(
+                    r#"{"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["a_"]}]}"#,
+                ),
+                "matchExpressions[0].values[0]",
+            ),
+            (
+                json_sel(r#"{"matchExpressions": [{"key": "app!", "operator": "Exists"}]}"#),
+                "matchExpressions[0].key",
+            ),
+            (
+                json_sel(r#"{"matchExpressions": [{"key": "", "operator": "DoesNotExist"}]}"#),
+                "matchExpressions[0].key",
+            ),
+            (
+                json_sel(
+                    r#"{"matchExpressions": [{"key": "app", "operator": "Exists", "values": ["a"]}]}"#,
+                ),
+                "matchExpressions[0].values",
+            ),
+            (
+                json_sel(r#"{"matchExpressions": [{"key": "app", "operator": "In"}]}"#),
+                "matchExpressions[0].values",
+            ),
+            (
+                json_sel(
+                    r#"{"matchExpressions": [{"key": "app", "operator": "in", "values": ["a"]}]}"#,
+                ),
+                "matchExpressions[0].operator",
+            ),
+        ];
+        for (sel, field) in &cases {
+            let err = policy(&np(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "x"},
+                "spec": {"podSelector": sel}
+            })))
+            .expect_err(&format!("{sel}"));
+            assert_eq!(err.field, format!("spec.podSelector.{field}"), "{sel}");
+            assert_eq!((err.kind, err.object.as_str()), ("NetworkPolicy", "x/p"));
+            for peer in ["podSelector", "namespaceSelector"] {
+                let err = policy(&np(serde_json::json!({
+                    "metadata": {"name": "p", "namespace": "x"},
+                    "spec": {"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}, {peer: sel}]}]}
+                })))
+                .expect_err(&format!("{peer} {sel}"));
+                assert_eq!(
+                    err.field,
+                    format!("spec.egress[0].to[1].{peer}.{field}"),
+                    "{sel}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn valid_label_keys_and_values_in_selectors_are_accepted() {
+        let long_prefix = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        assert_eq!(long_prefix.len(), 253);
+        let sel = serde_json::json!({
+            "matchLabels": {
+                "app": "",
+                "a": "B",
+                "x.y_z-1": "v.1_-X",
+                "example.com/App_1": "a".repeat(63),
+                format!("{long_prefix}/{}", "n".repeat(63)): "1",
+            },
+            "matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["", "x"]},
+                {"key": "9", "operator": "NotIn", "values": ["0"]},
+                {"key": "a-b.c/d", "operator": "Exists"},
+                {"key": "Z", "operator": "DoesNotExist", "values": []},
+            ]
+        });
+        let p = policy(&np(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": sel, "ingress": [{"from": [{"podSelector": sel, "namespaceSelector": sel}]}]}
+        })))
+        .unwrap();
+        assert_eq!(p.pod_selector.requirements.len(), 9);
+        // One character more in the prefix, or in the name, is too long.
+        for key in [format!("{long_prefix}x/n"), format!("a/{}", "n".repeat(64))] {
+            let err = policy(&np(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "x"},
+                "spec": {"podSelector": {"matchLabels": {key.clone(): "a"}}}
+            })))
+            .expect_err(&key);
+            assert_eq!(err.field, "spec.podSelector.matchLabels");
+        }
+    }
+
+    #[test]
+    fn invalid_labels_on_pods_and_namespaces_are_rejected() {
+        let err = pod(&serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "x", "labels": {"app": "has space"}}
+        }))
+        .unwrap())
+        .unwrap_err();
+        assert_eq!(
+            (err.kind, err.object.as_str(), err.field.as_str()),
+            ("Pod", "x/a", "metadata.labels")
+        );
+        assert!(err.message.contains("has space"), "{}", err.message);
+        let err = namespace(
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "x", "labels": {"bad key": "v"}}
+            }))
+            .unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.kind, err.object.as_str(), err.field.as_str()),
+            ("Namespace", "x", "metadata.labels")
+        );
+        assert!(err.message.contains("bad key"), "{}", err.message);
+    }
+
+    fn json_sel(text: &str) -> serde_json::Value {
+        serde_json::from_str(text).unwrap()
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! These are what the index stores and the compiler reads. They are built from k8s-openapi
 //! objects by `convert` (the only place that knows the Kubernetes wire format), so everything
-//! here is already validated: CIDRs parse, ports are in range, protocols are known, and the
-//! NetworkPolicy defaulting rules (policyTypes, protocol TCP, empty vs absent lists) are applied.
+//! here is already validated: CIDRs parse, ports are in range, protocols are known, label keys
+//! and values are ones the API server stores, and the NetworkPolicy defaulting rules
+//! (policyTypes, protocol TCP, empty vs absent lists) are applied.
 
 use std::collections::BTreeMap;
 use std::fmt;
