@@ -1,4 +1,6 @@
-//! Command-line subcommands: one file each, parsing done by clap in `main.rs`.
+//! Command-line subcommands: one file each, parsing done by clap in `main.rs`. `run` and
+//! `daemon` share their flags ([`EnforceArgs`]) and their wiring around the engine's event loop
+//! (`Engine`); they differ only in the source of the cluster state.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 unusable input (see [`InputError`]).
 
@@ -8,6 +10,16 @@ pub mod explain;
 pub mod render;
 pub mod run;
 pub mod simulate;
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender};
+
+use crate::engine::enforce::{self, Enforcer};
+use crate::engine::event_loop::{Config, EventLoop, Input, StateSource};
+use crate::observe::flowlog;
+use crate::observe::metrics::{self, Metrics};
+use crate::source::Sink;
+use crate::source::manifest::{self, Loaded};
 
 /// How a node is enforced, whatever the source of the cluster state (`run`, `daemon`).
 #[derive(Debug, Clone, clap::Args)]
@@ -106,42 +118,51 @@ impl RulesetArgs {
     }
 }
 
-/// What an event that arrives during a burst is, for [`until_quiet`].
-pub(crate) enum Burst {
-    /// A change of the cluster state: the burst goes on.
-    Change,
-    /// Anything else (a flow log): handled, and the quiet period goes on.
-    Other,
-    Shutdown(i32),
+/// What `run` and `daemon` set up before their source starts: the event channel (SIGTERM and
+/// SIGINT already go to it), metrics and health, and the ruleset's options.
+pub(crate) struct Engine {
+    tx: Sender<Input>,
+    rx: Receiver<Input>,
+    pub metrics: Metrics,
+    pub options: crate::dataplane::Options,
+    status_file: Option<PathBuf>,
 }
 
-/// Takes events until `quiet` passes without a change, or `max` in all; `take` handles each one
-/// and says what it was. Only changes restart the quiet period: flow logs keep coming while pods
-/// talk. Returns the signal when a shutdown arrives.
-pub(crate) fn until_quiet<E>(
-    rx: &std::sync::mpsc::Receiver<E>,
-    quiet: std::time::Duration,
-    max: std::time::Duration,
-    mut take: impl FnMut(E) -> Burst,
-) -> Option<i32> {
-    use std::time::Instant;
-    let end = Instant::now() + max;
-    let mut quiet_until = Instant::now() + quiet;
-    loop {
-        let wait = quiet_until
-            .min(end)
-            .saturating_duration_since(Instant::now());
-        if wait.is_zero() {
-            return None;
+impl Engine {
+    /// Must run before any other thread exists, so that they all inherit the blocked signals.
+    pub fn start(args: &EnforceArgs) -> anyhow::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        enforce::install_signal_thread(tx.clone(), Input::Shutdown)?;
+        let brnf = enforce::report_br_netfilter();
+        let metrics = metrics::start(&args.metrics_addr, &brnf)?;
+        for warning in args.ruleset.ignored() {
+            tracing::warn!("{warning}");
         }
-        match rx.recv_timeout(wait) {
-            Ok(event) => match take(event) {
-                Burst::Change => quiet_until = Instant::now() + quiet,
-                Burst::Other => {}
-                Burst::Shutdown(sig) => return Some(sig),
-            },
-            Err(_) => return None,
-        }
+        Ok(Self {
+            tx,
+            rx,
+            metrics,
+            options: args.ruleset.options(),
+            status_file: args.status_file.clone(),
+        })
+    }
+
+    /// Where a source sends its events.
+    pub fn sink(&self) -> Sink<Input> {
+        Sink::new(self.tx.clone(), Input::Source)
+    }
+
+    /// Starts the flow logs and the enforcer, then runs the event loop until a signal.
+    pub fn run(self, source: impl StateSource, config: Config) -> anyhow::Result<()> {
+        flowlog::start(
+            self.options.nflog_group,
+            self.tx,
+            Input::Flow,
+            &self.metrics,
+        )?;
+        let mut enforcer = Enforcer::new(self.status_file)?.strict(self.options.strict)?;
+        enforcer.set_metrics(self.metrics.clone());
+        EventLoop::new(source, enforcer, self.metrics, config).run(&self.rx)
     }
 }
 
@@ -149,10 +170,6 @@ pub(crate) fn until_quiet<E>(
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct InputError(pub String);
-
-use std::path::PathBuf;
-
-use crate::source::manifest::{self, Loaded};
 
 /// Loads manifests for a command: unusable input becomes an [`InputError`]; warnings and
 /// skipped invalid policies are reported on stderr.

@@ -1,6 +1,7 @@
 //! The Kubernetes API source: kube-runtime watchers on Namespaces, Pods and NetworkPolicies
 //! (cluster-wide: peers may live anywhere) plus a slow `get` of the own Node, turned into
-//! [`Update`]s.
+//! [`Update`]s, reported as [`super::Event::Update`]. [`start`] runs them on a tokio runtime
+//! and reports [`super::Event::Stopped`] if they ever end.
 //!
 //! Objects are converted to the compact model on arrival, so nothing but the fields the
 //! compiler uses (labels, addresses, ports, nodeName, hostNetwork, phase) is kept. A watcher's
@@ -9,7 +10,7 @@
 //! and deletions missed during an outage show up as absent objects.
 
 use std::fmt::Debug;
-use std::sync::mpsc::Sender;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1 as core;
@@ -19,7 +20,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::{Change, Update};
+use super::{Change, Sink, Update};
 use crate::policy::convert::{self, InvalidObject};
 
 /// Turns one kind's watcher events into changes, buffering restarts until they are complete.
@@ -75,32 +76,6 @@ fn convert_event<K, T>(
     }
 }
 
-/// Where updates go: a channel of the caller's event type.
-pub struct Sink<E> {
-    tx: Sender<E>,
-    wrap: fn(Update) -> E,
-}
-
-impl<E> Clone for Sink<E> {
-    fn clone(&self) -> Self {
-        Self {
-            tx: self.tx.clone(),
-            wrap: self.wrap,
-        }
-    }
-}
-
-impl<E> Sink<E> {
-    pub fn new(tx: Sender<E>, wrap: fn(Update) -> E) -> Self {
-        Self { tx, wrap }
-    }
-
-    /// False when the receiver is gone (shutting down).
-    fn send(&self, update: Update) -> bool {
-        self.tx.send((self.wrap)(update)).is_ok()
-    }
-}
-
 async fn pump<K, T, Key, E>(
     kind: &'static str,
     stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
@@ -116,7 +91,7 @@ async fn pump<K, T, Key, E>(
             Ok(event) => {
                 for event in convert_event(event, &convert) {
                     if let Some(change) = relister.feed(event, key)
-                        && !sink.send(wrap(change))
+                        && !sink.send(super::Event::Update(wrap(change)))
                     {
                         return; // the reconciler is gone: shutting down
                     }
@@ -128,7 +103,7 @@ async fn pump<K, T, Key, E>(
                     kind,
                     error: e.to_string(),
                 };
-                if !sink.send(update) {
+                if !sink.send(super::Event::Update(update)) {
                     return;
                 }
             }
@@ -147,10 +122,31 @@ where
 }
 
 /// How often the own Node is read again.
-const NODE_POLL: std::time::Duration = std::time::Duration::from_secs(60);
+const NODE_POLL: Duration = Duration::from_secs(60);
+
+/// A burst of updates (a relist, a rollout) is cut after this long even if updates keep
+/// coming.
+pub const MAX_COALESCE: Duration = Duration::from_millis(250);
+
+/// Runs the watchers on `runtime` until the receiving side hangs up; if they end otherwise (a
+/// panic), reports [`super::Event::Stopped`]. `node` is this node's name.
+pub fn start<E: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    client: Client,
+    node: String,
+    sink: Sink<E>,
+) {
+    let watches = runtime.spawn(run(client, node, sink.clone()));
+    runtime.spawn(async move {
+        // The watchers retry forever; ending means a panic or a closed channel (then this
+        // send fails too, and nobody is left to tell).
+        let _ = watches.await;
+        sink.send(super::Event::Stopped("the API watches"));
+    });
+}
 
 /// Runs the watchers until the receiving side hangs up. `node` is this node's name.
-pub async fn run<E: Send + 'static>(client: Client, node: String, sink: Sink<E>) {
+async fn run<E: Send + 'static>(client: Client, node: String, sink: Sink<E>) {
     // Watches are resumed from their last resourceVersion; the default list-then-watch
     // strategy works with every API server version (streaming lists need 1.27).
     let config = watcher::Config::default();
@@ -193,7 +189,7 @@ pub async fn run<E: Send + 'static>(client: Client, node: String, sink: Sink<E>)
                     let cidrs = node_pod_cidrs(&n);
                     if last.as_ref() != Some(&cidrs) {
                         last = Some(cidrs.clone());
-                        if !node_sink.send(Update::NodePodCidrs(cidrs)) {
+                        if !node_sink.send(super::Event::Update(Update::NodePodCidrs(cidrs))) {
                             return;
                         }
                     }

@@ -1,13 +1,30 @@
-//! Sources of cluster state. Each source reports [`Update`]s, in the model's types, that the
-//! [`crate::engine::reconcile::Reconciler`] applies to the index: the Kubernetes API ([`kube`]);
-//! the manifest files of `nftpol run` ([`manifest`]) reload whole snapshots instead.
+//! Sources of cluster state, all reporting [`Event`]s of one shape into a [`Sink`] (the
+//! engine's event channel): the Kubernetes API ([`kube`]) reports [`Update`]s, in the model's
+//! types, that the [`crate::engine::reconcile::Reconciler`] applies to the index; the manifest
+//! folder of `nftpol run` ([`files`] watches it, [`manifest`] reads it) reports that it changed
+//! and is read again whole.
 
+pub mod files;
 pub mod kube;
 pub mod manifest;
+
+use std::sync::mpsc::Sender;
 
 use ipnet::IpNet;
 
 use crate::policy::model::{Namespace, ObjectKey, Pod, Policy};
+
+/// What a source reports to the engine's event loop.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Objects changed (the Kubernetes API): fold them into the index.
+    Update(Update),
+    /// The manifest folder changed, or its watcher failed: read it again, whole.
+    Reload,
+    /// A source's watchers ended for good (they retry forever otherwise: a panic): the state
+    /// no longer follows the cluster.
+    Stopped(&'static str),
+}
 
 /// What happened to the objects of one kind.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,4 +49,30 @@ pub enum Update {
         kind: &'static str,
         error: String,
     },
+}
+
+/// Where a source's events go: a channel of the caller's event type.
+pub struct Sink<E> {
+    tx: Sender<E>,
+    wrap: fn(Event) -> E,
+}
+
+impl<E> Clone for Sink<E> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            wrap: self.wrap,
+        }
+    }
+}
+
+impl<E> Sink<E> {
+    pub fn new(tx: Sender<E>, wrap: fn(Event) -> E) -> Self {
+        Self { tx, wrap }
+    }
+
+    /// False when the receiver is gone (shutting down).
+    pub fn send(&self, event: Event) -> bool {
+        self.tx.send((self.wrap)(event)).is_ok()
+    }
 }
