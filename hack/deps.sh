@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what nftpol needs to build and what its tests need to run, from Debian's packages.
-# Idempotent: only calls apt-get when something is missing. Needs root.
+# Installs what nftpol needs to build and what its tests need to run, from Debian's packages;
+# with --test-tools also cargo-deny (hack/test.sh's license, ban and source checks), built from
+# crates.io at a pinned version. Idempotent: only installs what is missing. Needs root.
 set -euo pipefail
 
 packages=(
@@ -21,6 +22,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "error: cargo (Rust 1.85 or later, for edition 2024) is required and not installed" >&2
+  echo "error: cargo (Rust 1.89 or later: Cargo.toml's rust-version) is required and not installed" >&2
   exit 1
+fi
+
+# Built from source: several minutes the first time (no prebuilt binary can be fetched here).
+CARGO_DENY_VERSION=0.20.2
+if [ "${1:-}" = "--test-tools" ] &&
+  [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
+  echo "installing cargo-deny $CARGO_DENY_VERSION (a few minutes)"
+  cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION"
 fi

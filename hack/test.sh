@@ -6,9 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash hack/deps.sh
+bash hack/deps.sh --test-tools
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+cargo deny --locked check --hide-inclusion-graph licenses bans sources
 bash hack/lint-dockerfile.sh
 cargo test --no-fail-fast
 bash hack/e2e.sh

@@ -1,6 +1,7 @@
-//! Prometheus metrics and health probes: owns the registry, the metric handles that the
-//! enforcer and the commands update, the liveness and readiness state, and the small HTTP
-//! server (`/metrics`, `/livez`, `/readyz`) on a thread of its own.
+//! Prometheus metrics: owns the registry and the metric handles that the enforcer and the
+//! commands update, and [`start`], which puts the registry, the health state
+//! ([`super::health`]), the drop counters (`super::drops`) and the server ([`super::http`])
+//! together for `run` and `daemon`.
 //!
 //! Names follow Felix (`felix_int_dataplane_failures` becomes `nftpol_int_dataplane_failures`).
 //! prometheus-client writes OpenMetrics, where a counter's sample is always `<name>_total`;
@@ -9,64 +10,37 @@
 //!
 //! A [`Metrics`] is a cheap handle (an `Arc`): clones share one registry. There is no global.
 
-use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::fmt;
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::drops::DropCollector;
+use super::health::Health;
+pub use super::health::{HEARTBEAT_EVERY, LIVENESS_TIMEOUT};
+pub use super::http::{DEFAULT_ADDR, parse_addr, serve};
+use super::process::ProcessCollector;
 use crate::dataplane::br_netfilter::BrNetfilter;
-use crate::dataplane::sys::{CountedVerdict, RuleCounter};
 use crate::dataplane::{CounterReader, Ruleset, Stats};
 use crate::policy::compile::NodePlan;
 use crate::policy::model::SkipReason;
 use crate::source::Update;
-
-/// The default `--metrics-addr`.
-pub const DEFAULT_ADDR: &str = "0.0.0.0:9964";
-
-/// The main loop is dead when its heartbeat is older than this.
-pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How often the main loops must wake up (at the latest) to beat.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// A gauge that only goes up: a Felix-style counter (see the module doc).
 type Monotonic = Gauge<u64, AtomicU64>;
 type Seconds = Gauge<f64, AtomicU64>;
 type Labels = Vec<(&'static str, &'static str)>;
 
-/// What `/readyz` looks at.
-#[derive(Debug, Default)]
-struct Health {
-    synced: bool,
-    last_tx_error: Option<String>,
-    br_netfilter_problem: Option<String>,
-    watches_stopped: Option<String>,
-    last_watch_error: Option<String>,
-}
-
 struct Inner {
     registry: Registry,
     started: Instant,
-    /// Milliseconds since `started` of the main loop's last beat.
-    heartbeat_ms: AtomicU64,
     initial_resync_done: AtomicBool,
-    health: Mutex<Health>,
+    health: Health,
     drops: Arc<DropCollector>,
 
     dataplane_failures: Monotonic,
@@ -98,11 +72,6 @@ impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind; keep serving it.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Default for Metrics {
@@ -239,13 +208,13 @@ impl Metrics {
         let drops = Arc::new(DropCollector::default());
         registry.register_collector(Box::new(drops.clone()));
         registry.register_collector(Box::new(ProcessCollector));
+        let started = Instant::now();
         Self {
             inner: Arc::new(Inner {
                 registry,
-                started: Instant::now(),
-                heartbeat_ms: AtomicU64::new(0),
+                started,
                 initial_resync_done: AtomicBool::new(false),
-                health: Mutex::new(Health::default()),
+                health: Health::new(started),
                 drops,
                 dataplane_failures,
                 apply_time,
@@ -270,7 +239,7 @@ impl Metrics {
 
     /// Reads the per-pod drop counters through `reader` on every scrape.
     pub fn read_drops_from(&self, reader: CounterReader) {
-        *lock(&self.inner.drops.reader) = Some(reader);
+        self.inner.drops.read_from(reader);
     }
 
     /// The whole exposition, OpenMetrics text.
@@ -284,37 +253,18 @@ impl Metrics {
 
     /// The main loop is alive: called on every wake-up.
     pub fn heartbeat(&self) {
-        let ms = self.inner.started.elapsed().as_millis() as u64;
-        self.inner.heartbeat_ms.store(ms, Ordering::Relaxed);
+        self.inner.health.heartbeat();
     }
 
     /// `Err(reason)` when the main loop has not beaten for [`LIVENESS_TIMEOUT`].
     pub fn livez(&self) -> Result<(), String> {
-        let beat = Duration::from_millis(self.inner.heartbeat_ms.load(Ordering::Relaxed));
-        let age = self.inner.started.elapsed().saturating_sub(beat);
-        if age > LIVENESS_TIMEOUT {
-            return Err(format!("the main loop has not run for {}s", age.as_secs()));
-        }
-        Ok(())
+        self.inner.health.livez()
     }
 
     /// `Err(reason)` until the first ruleset is committed, after a failed transaction (until
     /// one succeeds), when bridged traffic bypasses nftables, or when the API watches stopped.
     pub fn readyz(&self) -> Result<(), String> {
-        let h = lock(&self.inner.health);
-        if !h.synced {
-            return Err("the first full sync is not done".into());
-        }
-        if let Some(e) = &h.last_tx_error {
-            return Err(format!("the last transaction failed: {e}"));
-        }
-        if let Some(p) = &h.br_netfilter_problem {
-            return Err(p.clone());
-        }
-        if let Some(w) = &h.watches_stopped {
-            return Err(w.clone());
-        }
-        Ok(())
+        self.inner.health.readyz()
     }
 
     /// A ruleset was committed (or found unchanged) for a change that arrived at `since`.
@@ -329,16 +279,14 @@ impl Metrics {
         i.nft_rules.set(ruleset.rule_count() as i64);
         i.nft_set_elements.set(ruleset.element_count() as i64);
         self.observe_stats(stats);
-        let mut h = lock(&i.health);
-        h.synced = true;
-        h.last_tx_error = None;
+        i.health.committed();
     }
 
     /// An apply failed and will be retried.
     pub fn observe_failure(&self, error: &dyn fmt::Display, stats: &Stats) {
         self.inner.dataplane_failures.inc();
         self.observe_stats(stats);
-        lock(&self.inner.health).last_tx_error = Some(error.to_string());
+        self.inner.health.failed(error.to_string());
     }
 
     /// The duration of every committed transaction (see [`Dataplane::take_commit_times`]).
@@ -405,215 +353,22 @@ impl Metrics {
     pub fn observe_br_netfilter(&self, brnf: &BrNetfilter) {
         let problem = brnf.problem();
         self.inner.br_netfilter.set(i64::from(problem.is_none()));
-        lock(&self.inner.health).br_netfilter_problem = problem;
+        self.inner.health.br_netfilter(problem);
     }
 
     /// An update from the API source: a watch error is a normal retry (kept for the reason
     /// text only); anything else means the watches deliver.
     pub fn observe_update(&self, update: &Update) {
-        let mut h = lock(&self.inner.health);
-        h.last_watch_error = match update {
+        self.inner.health.watch_error(match update {
             Update::WatchError { kind, error } => Some(format!("{kind}: {error}")),
             _ => None,
-        };
+        });
     }
 
     /// The API watchers ended (they retry forever otherwise): the node is not ready.
     pub fn observe_watches_stopped(&self) {
-        let mut h = lock(&self.inner.health);
-        let last = h.last_watch_error.clone();
-        h.watches_stopped = Some(match last {
-            Some(e) => format!("the API watches stopped (last error: {e})"),
-            None => "the API watches stopped".into(),
-        });
+        self.inner.health.watches_stopped();
     }
-}
-
-/// Per-namespace totals of the counters ending the per-pod chains: drops, and in audit mode
-/// would-be drops. The kernel's counters go back to zero when a chain is replaced or deleted;
-/// the totals only go up: a counter lower than last time counts from zero. Packets counted
-/// between the last scrape and a chain's removal are lost, which is the price of bounded
-/// cardinality (namespaces, not pods).
-#[derive(Debug, Default)]
-struct DropTotals {
-    last: HashMap<(String, CountedVerdict), u64>,
-    /// (audit, direction, namespace) -> packets.
-    totals: BTreeMap<(bool, &'static str, String), u64>,
-}
-
-/// `ing/<namespace>/<pod>` or `egr/...`: the direction and namespace of a per-pod chain.
-/// Namespace names never contain `/` and are never shortened (see `pod_base_name`).
-fn parse_chain(chain: &str) -> Option<(&'static str, &str)> {
-    let (prefix, rest) = chain.split_once('/')?;
-    let direction = match prefix {
-        "ing" => "ingress",
-        "egr" => "egress",
-        _ => return None,
-    };
-    let (namespace, _) = rest.split_once('/')?;
-    Some((direction, namespace))
-}
-
-impl DropTotals {
-    fn update(&mut self, counters: &[RuleCounter]) {
-        let mut seen = HashMap::with_capacity(counters.len());
-        for c in counters {
-            let audit = match c.verdict {
-                CountedVerdict::Drop => false,
-                CountedVerdict::Return => true,
-                CountedVerdict::Other => continue,
-            };
-            let Some((direction, namespace)) = parse_chain(&c.chain) else {
-                continue;
-            };
-            let key = (c.chain.clone(), c.verdict);
-            let before = self.last.get(&key).copied().unwrap_or(0);
-            let delta = if c.packets >= before {
-                c.packets - before
-            } else {
-                c.packets
-            };
-            *self
-                .totals
-                .entry((audit, direction, namespace.to_string()))
-                .or_default() += delta;
-            seen.insert(key, c.packets);
-        }
-        self.last = seen;
-    }
-}
-
-#[derive(Default)]
-struct DropCollector {
-    reader: Mutex<Option<CounterReader>>,
-    totals: Mutex<DropTotals>,
-}
-
-impl fmt::Debug for DropCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DropCollector").finish_non_exhaustive()
-    }
-}
-
-impl Collector for DropCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let mut totals = lock(&self.totals);
-        if let Some(reader) = lock(&self.reader).as_ref() {
-            match reader.drop_counters() {
-                Ok(c) => totals.update(&c),
-                // Keep serving the last totals; the next scrape tries again.
-                Err(e) => tracing::warn!("reading the drop counters: {e}"),
-            }
-        }
-        for (audit, name, help) in [
-            (
-                false,
-                "nftpol_dropped_packets",
-                "Packets dropped by the policies, by direction and namespace of the pod (only goes up)",
-            ),
-            (
-                true,
-                "nftpol_audit_would_drop_packets",
-                "Packets the policies would have dropped, let through in audit mode, by direction and namespace of the pod (only goes up)",
-            ),
-        ] {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for ((a, direction, namespace), n) in &totals.totals {
-                if *a == audit {
-                    let labels: Vec<(&str, &str)> =
-                        vec![("direction", direction), ("namespace", namespace.as_str())];
-                    family.encode_family(&labels)?.encode_gauge(n)?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `process_*` metrics from /proc/self, as every Prometheus client library exposes them.
-#[derive(Debug)]
-struct ProcessCollector;
-
-struct ProcStat {
-    cpu_seconds: f64,
-    resident_bytes: u64,
-    start_time_seconds: f64,
-}
-
-fn proc_stat() -> Option<ProcStat> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name is in parentheses and may contain spaces: fields start after ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    // Fields 14, 15 (utime, stime), 22 (starttime, ticks since boot), 24 (rss, pages); `f[0]`
-    // is field 3.
-    let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    // SAFETY: as above.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
-    });
-    Some(ProcStat {
-        cpu_seconds: (field(14)? + field(15)?) as f64 / ticks,
-        resident_bytes: field(24)? * page,
-        start_time_seconds: boot.map_or(0.0, |b| b as f64 + field(22).unwrap_or(0) as f64 / ticks),
-    })
-}
-
-impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        if let Some(s) = proc_stat() {
-            encoder
-                .encode_descriptor(
-                    "process_cpu_seconds",
-                    "Total user and system CPU time spent in seconds",
-                    None,
-                    MetricType::Counter,
-                )?
-                .encode_counter::<NoLabelSet, _, f64>(&s.cpu_seconds, None)?;
-            encoder
-                .encode_descriptor(
-                    "process_resident_memory_bytes",
-                    "Resident memory size in bytes",
-                    None,
-                    MetricType::Gauge,
-                )?
-                .encode_gauge(&s.resident_bytes)?;
-            encoder
-                .encode_descriptor(
-                    "process_start_time_seconds",
-                    "Start time of the process since unix epoch in seconds",
-                    None,
-                    MetricType::Gauge,
-                )?
-                .encode_gauge(&s.start_time_seconds)?;
-        }
-        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-            encoder
-                .encode_descriptor(
-                    "process_open_fds",
-                    "Number of open file descriptors",
-                    None,
-                    MetricType::Gauge,
-                )?
-                .encode_gauge(&(fds.count() as u64))?;
-        }
-        Ok(())
-    }
-}
-
-/// `--metrics-addr`: `None` when disabled (`""` or `off`).
-pub fn parse_addr(text: &str) -> anyhow::Result<Option<SocketAddr>> {
-    let text = text.trim();
-    if text.is_empty() || text.eq_ignore_ascii_case("off") {
-        return Ok(None);
-    }
-    text.parse()
-        .map(Some)
-        .with_context(|| format!("--metrics-addr {text:?} is not an address:port"))
 }
 
 /// What `run` and `daemon` do at start: a registry that knows the br_netfilter state and
@@ -630,101 +385,6 @@ pub fn start(addr: &str, brnf: &BrNetfilter) -> anyhow::Result<Metrics> {
         serve(addr, metrics.clone())?;
     }
     Ok(metrics)
-}
-
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-fn respond(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match path {
-        "/metrics" => (StatusCode::OK, OPENMETRICS, metrics.encode()),
-        "/livez" | "/readyz" => {
-            let check = if path == "/livez" {
-                metrics.livez()
-            } else {
-                metrics.readyz()
-            };
-            match check {
-                Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-                Err(reason) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!("{reason}\n"),
-                ),
-            }
-        }
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /metrics, /livez or /readyz\n".to_string(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, v);
-    }
-    response
-}
-
-/// Binds `addr` now (so that a taken port fails the command at start) and serves `/metrics`,
-/// `/livez` and `/readyz` from a thread with its own single-threaded runtime: the daemon's
-/// watchers and the enforcer never wait for a scrape. Returns the bound address (port 0
-/// picks one).
-pub fn serve(addr: SocketAddr, metrics: Metrics) -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("listening on {addr} for metrics"))?;
-    listener
-        .set_nonblocking(true)
-        .context("setting the metrics socket non-blocking")?;
-    let bound = listener.local_addr().context("metrics socket address")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .context("starting the metrics runtime")?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || runtime.block_on(accept_loop(listener, metrics)))
-        .context("starting the metrics thread")?;
-    tracing::info!(addr = %bound, "serving /metrics, /livez and /readyz");
-    Ok(bound)
-}
-
-async fn accept_loop(listener: std::net::TcpListener, metrics: Metrics) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("metrics listener: {e}");
-            return;
-        }
-    };
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                tracing::warn!("metrics accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let metrics = metrics.clone();
-        tokio::task::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = respond(&metrics, req.uri().path());
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!("metrics connection: {e}");
-            }
-        });
-    }
 }
 
 #[cfg(test)]
@@ -830,84 +490,5 @@ mod tests {
         assert_eq!(m.readyz(), Ok(()));
         m.observe_failure(&"rejected", &Stats::default());
         assert!(m.readyz().is_err_and(|r| r.contains("rejected")));
-    }
-
-    #[test]
-    fn liveness_follows_the_heartbeat() {
-        let m = Metrics::new();
-        m.heartbeat();
-        assert_eq!(m.livez(), Ok(()));
-    }
-
-    #[test]
-    fn drop_totals_aggregate_by_namespace_and_survive_resets() {
-        let c = |chain: &str, packets: u64, verdict: CountedVerdict| RuleCounter {
-            chain: chain.into(),
-            packets,
-            verdict,
-        };
-        use CountedVerdict::{Drop, Other, Return};
-        let mut t = DropTotals::default();
-        t.update(&[
-            c("ing/a/p1", 3, Drop),
-            c("ing/a/p2", 4, Drop),
-            c("egr/b/p1", 1, Drop),
-            c("egr/c/p9", 6, Return),
-            c("forward", 99, Drop),
-            c("ing/a/p3", 50, Other),
-        ]);
-        let key = |audit: bool, d: &'static str, ns: &str| (audit, d, ns.to_string());
-        assert_eq!(t.totals[&key(false, "ingress", "a")], 7);
-        assert_eq!(t.totals[&key(false, "egress", "b")], 1);
-        assert_eq!(t.totals[&key(true, "egress", "c")], 6);
-        // p1's chain was replaced (counter back to 2), p2 went away, c/p9 left audit mode.
-        t.update(&[
-            c("ing/a/p1", 2, Drop),
-            c("egr/b/p1", 5, Drop),
-            c("egr/c/p9", 1, Drop),
-        ]);
-        assert_eq!(t.totals[&key(false, "ingress", "a")], 9);
-        assert_eq!(t.totals[&key(false, "egress", "b")], 5);
-        assert_eq!(t.totals[&key(false, "egress", "c")], 1);
-        assert_eq!(t.totals[&key(true, "egress", "c")], 6);
-        assert_eq!(t.totals.len(), 4);
-    }
-
-    #[test]
-    fn metrics_addr_parses() {
-        assert_eq!(parse_addr("").ok(), Some(None));
-        assert_eq!(parse_addr("off").ok(), Some(None));
-        assert_eq!(
-            parse_addr(DEFAULT_ADDR).ok().flatten(),
-            DEFAULT_ADDR.parse().ok()
-        );
-        assert!(parse_addr("nonsense").is_err());
-    }
-
-    #[test]
-    fn server_answers_probes_and_metrics() {
-        let m = Metrics::new();
-        m.heartbeat();
-        let addr = serve("127.0.0.1:0".parse().unwrap(), m.clone()).unwrap();
-        let get = |path: &str| {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(addr).unwrap();
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        };
-        assert!(get("/livez").starts_with("HTTP/1.1 200"));
-        let ready = get("/readyz");
-        assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
-        assert!(ready.contains("first full sync"));
-        let metrics = get("/metrics");
-        assert!(metrics.contains("nftpol_nft_transactions 0"), "{metrics}");
-        assert!(metrics.contains("application/openmetrics-text"));
-        assert!(get("/nope").starts_with("HTTP/1.1 404"));
     }
 }

@@ -14,7 +14,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
@@ -25,6 +25,9 @@ use netlink_packet_netfilter::nflog::{
 use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 use netlink_sys::Socket;
 use netlink_sys::constants::NETLINK_NETFILTER;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::MsgFlags;
 
 /// Bytes of each logged packet the kernel copies to us, from the network header on: an IPv6
 /// header (40), a few extension headers and the first bytes of the transport header (the ports)
@@ -147,8 +150,9 @@ impl NflogSocket {
         match this.configure("bind", request) {
             // nfnetlink_log checks the group's owner before the command itself.
             Err(NflogError::Kernel { source, .. })
-                if source.raw_os_error() == Some(libc::EBUSY)
-                    || (source.raw_os_error() == Some(libc::EPERM) && has_cap_net_admin()) =>
+                if source.raw_os_error() == Some(Errno::EBUSY as i32)
+                    || (source.raw_os_error() == Some(Errno::EPERM as i32)
+                        && has_cap_net_admin()) =>
             {
                 Err(NflogError::AlreadyBound { group })
             }
@@ -267,33 +271,30 @@ impl NflogSocket {
     /// Waits up to `timeout` for a datagram and reads it into `self.buf`. `None` when nothing
     /// came, or when the kernel reported an overrun (counted).
     fn recv_datagram(&mut self, timeout: Duration) -> Result<Option<usize>, NflogError> {
-        let mut pfd = libc::pollfd {
-            fd: self.socket.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
         // Rounded up so that a sub-millisecond timeout still waits instead of only peeking.
         let ms = timeout.as_micros().div_ceil(1000);
-        let ms = libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
-        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if ready < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(None);
+        let ms = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        let ready = match poll(&mut fds, ms) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => return Ok(None),
+            Err(e) => {
+                return Err(NflogError::Io {
+                    context: "poll",
+                    source: e.into(),
+                });
             }
-            return Err(NflogError::Io {
-                context: "poll",
-                source: e,
-            });
-        }
+        };
         if ready == 0 {
             return Ok(None);
         }
         // MSG_DONTWAIT: poll said readable, but a spurious wakeup must not block past `timeout`.
-        match self.socket.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
+        match self
+            .socket
+            .recv(&mut &mut self.buf[..], MsgFlags::MSG_DONTWAIT.bits())
+        {
             Ok(len) => Ok(Some(len.min(self.buf.len()))),
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+            Err(e) if e.raw_os_error() == Some(Errno::ENOBUFS as i32) => {
                 self.overruns += 1;
                 Ok(None)
             }
