@@ -489,6 +489,11 @@ impl Labels {
         self.labels.is_empty()
     }
 
+    /// Every label, in message order.
+    pub fn as_slice(&self) -> &[String] {
+        &self.labels
+    }
+
     /// The label of `seq` in a batch whose seqs are `seqs` (BEGIN/END included when the
     /// kernel ACKs them, in which case the first object message is `seqs.start + 1`).
     pub fn resolve(&self, seqs: &std::ops::Range<u32>, seq: u32) -> String {
