@@ -4,7 +4,8 @@
 //! - [`ruleset`]: the pure model of the table (sets, verdict maps, chains) built from a plan.
 //! - [`render`]: the same model as nft text, exactly as `nft list table inet nftpol` prints it.
 //! - [`program`]: a ruleset, or the difference between two, as one labelled nftnl batch.
-//! - [`sys`]: the `unsafe` libnftnl calls the safe nftnl API lacks.
+//! - [`sys`]: the `unsafe` libnftnl calls the safe nftnl API lacks, and the raw parts of the
+//!   netlink socket: with `conntrack`'s socket option, the only `unsafe` code of the dataplane.
 //! - [`netlink`]: the transport (one `sendmsg`, ACKs only on END) and read-back dumps.
 //! - [`conntrack`]: the conntrack table through ctnetlink (`--strict` cuts connections).
 //! - [`br_netfilter`]: the bridge sysctl check without which same-bridge traffic bypasses us.
@@ -14,7 +15,11 @@
 //! Every change is one transaction: the kernel applies all of it or none, so a rejected batch
 //! leaves the previous ruleset in force.
 
+// Only the two FFI modules may hold `unsafe` code (each block with a `// SAFETY:` comment).
+#![deny(unsafe_code)]
+
 pub mod br_netfilter;
+#[allow(unsafe_code)]
 pub mod conntrack;
 #[cfg(test)]
 pub mod fake;
@@ -22,6 +27,7 @@ pub mod netlink;
 pub mod program;
 pub mod render;
 pub mod ruleset;
+#[allow(unsafe_code)]
 pub mod sys;
 
 use std::collections::{BTreeMap, BTreeSet};

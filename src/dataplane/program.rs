@@ -731,8 +731,7 @@ pub fn expected_rule_texts(ruleset: &Ruleset) -> Result<BTreeMap<String, Vec<Str
             let mut r = NftRule::new(&c);
             rule_exprs(&mut r, rule)?;
             let bytes = sys::nlmsg_bytes(&r);
-            // SAFETY: `bytes` is one complete message written by nftnl.
-            if let Some((_, text)) = unsafe { sys::rule_text(bytes.as_ptr().cast()) } {
+            if let Some((_, text)) = sys::rule_text(&bytes) {
                 texts.push(text);
             }
         }
