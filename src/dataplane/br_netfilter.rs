@@ -47,6 +47,19 @@ impl BrNetfilter {
         }
     }
 
+    /// Probes this node and logs whether bridged traffic can be filtered, loudly if not.
+    pub fn probe_and_report() -> Self {
+        let brnf = Self::probe();
+        match brnf.problem() {
+            Some(p) => tracing::error!("{p}"),
+            None if !brnf.bridges.is_empty() => {
+                tracing::info!(bridges = ?brnf.bridges, "br_netfilter is on: bridged traffic is filtered")
+            }
+            None => tracing::info!("no Linux bridge on this node: routed pod traffic"),
+        }
+        brnf
+    }
+
     /// `Some(diagnostic)` when a bridge exists and bridged traffic bypasses the inet hooks.
     pub fn problem(&self) -> Option<String> {
         if self.bridges.is_empty() {

@@ -4,20 +4,29 @@
 //! - [`ruleset`]: the pure model of the table (sets, verdict maps, chains) built from a plan.
 //! - [`render`]: the same model as nft text, exactly as `nft list table inet nftpol` prints it.
 //! - [`program`]: a ruleset, or the difference between two, as one labelled nftnl batch.
-//! - [`sys`]: the `unsafe` libnftnl calls the safe nftnl API lacks.
+//! - [`sys`]: the `unsafe` libnftnl calls the safe nftnl API lacks, and the raw parts of the
+//!   netlink socket: the only `unsafe` code of the dataplane.
 //! - [`netlink`]: the transport (one `sendmsg`, ACKs only on END) and read-back dumps.
 //! - [`conntrack`]: the conntrack table through ctnetlink (`--strict` cuts connections).
 //! - [`br_netfilter`]: the bridge sysctl check without which same-bridge traffic bypasses us.
+//! - [`Driver`]: the seam between the enforcer and the kernel, implemented by [`Dataplane`]
+//!   (netlink) and, in unit tests, by an in-memory fake (`fake`).
 //!
 //! Every change is one transaction: the kernel applies all of it or none, so a rejected batch
 //! leaves the previous ruleset in force.
 
+// Only the FFI module may hold `unsafe` code (each block with a `// SAFETY:` comment).
+#![deny(unsafe_code)]
+
 pub mod br_netfilter;
 pub mod conntrack;
+#[cfg(test)]
+pub mod fake;
 pub mod netlink;
 pub mod program;
 pub mod render;
 pub mod ruleset;
+#[allow(unsafe_code)]
 pub mod sys;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -120,6 +129,55 @@ pub struct Drift {
 impl fmt::Display for Drift {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.problems.join("; "))
+    }
+}
+
+/// What the enforcer (`crate::engine::enforce`) needs from a dataplane, after netavark's
+/// `FirewallDriver`: [`Dataplane`] programs the kernel over netlink; the unit tests of the
+/// enforcer put an in-memory fake in its place. The contracts are [`Dataplane`]'s.
+pub trait Driver: Send {
+    /// Applies `ruleset`: a diff against the last applied one, a full replace the first time
+    /// or after a rejected diff ([`Dataplane::apply`]).
+    fn apply(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, DataplaneError>;
+
+    /// Forgets the last applied ruleset, so that the next apply replaces the table.
+    fn invalidate(&mut self);
+
+    /// What differs between the kernel and the last applied ruleset, if anything.
+    fn check_drift(&self) -> Result<Option<Drift>, DataplaneError>;
+
+    /// Checks drift and, when found, replaces the table with the last applied ruleset.
+    fn repair_drift(&mut self) -> Result<Option<Drift>, DataplaneError>;
+
+    fn stats(&self) -> Stats;
+
+    /// Build and commit time of each transaction committed since the last call.
+    fn take_commit_times(&mut self) -> Vec<Duration>;
+}
+
+impl Driver for Dataplane {
+    fn apply(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, DataplaneError> {
+        Dataplane::apply(self, ruleset)
+    }
+
+    fn invalidate(&mut self) {
+        Dataplane::invalidate(self)
+    }
+
+    fn check_drift(&self) -> Result<Option<Drift>, DataplaneError> {
+        Dataplane::check_drift(self)
+    }
+
+    fn repair_drift(&mut self) -> Result<Option<Drift>, DataplaneError> {
+        Dataplane::repair_drift(self)
+    }
+
+    fn stats(&self) -> Stats {
+        Dataplane::stats(self).clone()
+    }
+
+    fn take_commit_times(&mut self) -> Vec<Duration> {
+        Dataplane::take_commit_times(self)
     }
 }
 

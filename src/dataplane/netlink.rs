@@ -14,14 +14,17 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CStr;
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use nftnl::FinalizedBatch;
 use nftnl::nftnl_sys::libc;
+use nix::errno::Errno;
+use nix::sys::socket::{self as socket, MsgFlags, NetlinkAddr, setsockopt, sockopt};
+use nix::sys::time::TimeVal;
 
-use super::sys::{self, DumpKind, DumpedObject, RawElem};
+use super::sys::{self, DumpKind, DumpedObject, NetfilterSocket, RawElem};
 
 const NLMSG_HDRLEN: usize = 16;
 /// NLM_F_ACK_TLVS: extended-ACK attributes follow the (capped) nlmsgerr.
@@ -50,33 +53,11 @@ pub struct BatchReply {
 }
 
 /// A netfilter netlink socket, bound in the network namespace of the thread that opened it.
+/// Not `Sync`: a batch exchange must not interleave with another on the same socket.
 pub struct NlSocket {
-    sock: mnl::Socket,
+    sock: NetfilterSocket,
     portid: u32,
     timeout: Duration,
-}
-
-// SAFETY: an mnl_socket is a file descriptor plus its bound address, with no thread affinity
-// (the network namespace is fixed when the socket is created). `NlSocket` is not `Sync`:
-// a batch exchange must not interleave with another on the same socket.
-unsafe impl Send for NlSocket {}
-
-fn setsockopt_int(fd: i32, level: i32, opt: i32, val: i32) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live i32 and its size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            (&val as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 fn read_u16(b: &[u8], at: usize) -> u16 {
@@ -132,13 +113,12 @@ pub fn flatten_strip_acks(pages: &[&[u8]]) -> (Vec<u8>, usize) {
 impl NlSocket {
     /// Opens a netfilter socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Self> {
-        let sock = mnl::Socket::new(mnl::Bus::Netfilter)?;
+        let sock = NetfilterSocket::open()?;
         let portid = sock.portid();
-        let fd = sock.as_raw_fd();
         // Extended ACKs name the offending attribute; capped ACKs do not echo back whole
         // (up to 64 KiB) element messages with every error.
-        setsockopt_int(fd, libc::SOL_NETLINK, libc::NETLINK_EXT_ACK, 1)?;
-        setsockopt_int(fd, libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1)?;
+        sys::set_netlink_flag(&sock, libc::NETLINK_EXT_ACK)?;
+        sys::set_netlink_flag(&sock, libc::NETLINK_CAP_ACK)?;
         let s = Self {
             sock,
             portid,
@@ -153,40 +133,25 @@ impl NlSocket {
     }
 
     fn set_recv_timeout(&self, t: Duration) -> io::Result<()> {
-        let tv = libc::timeval {
-            tv_sec: t.as_secs() as libc::time_t,
-            tv_usec: t.subsec_micros() as libc::suseconds_t,
-        };
-        // SAFETY: passes a pointer to a live timeval and its size.
-        let r = unsafe {
-            libc::setsockopt(
-                self.fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        let tv = TimeVal::new(
+            t.as_secs() as libc::time_t,
+            t.subsec_micros() as libc::suseconds_t,
+        );
+        Ok(setsockopt(&self.sock, sockopt::ReceiveTimeout, &tv)?)
     }
 
     fn recv(&self, buf: &mut [u8], nonblocking: bool) -> io::Result<Option<usize>> {
-        let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
-        // SAFETY: `buf` is a live, writable buffer of the given length.
-        let n = unsafe { libc::recv(self.fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock => Ok(None),
-                io::ErrorKind::Interrupted => self.recv(buf, nonblocking),
-                _ => Err(e),
-            };
+        let flags = if nonblocking {
+            MsgFlags::MSG_DONTWAIT
+        } else {
+            MsgFlags::empty()
+        };
+        match socket::recv(self.fd(), buf, flags) {
+            Ok(n) => Ok(Some(n)),
+            Err(Errno::EAGAIN) => Ok(None),
+            Err(Errno::EINTR) => self.recv(buf, nonblocking),
+            Err(e) => Err(e.into()),
         }
-        Ok(Some(n as usize))
     }
 
     /// Drops replies left over from an earlier exchange (nftnl restarts seqs at 1).
@@ -207,35 +172,27 @@ impl NlSocket {
         let end_flagged =
             header_flags_of_last(&flat).is_some_and(|f| f & libc::NLM_F_ACK as u16 != 0);
 
+        // The socket options are C ints: sizes beyond i32::MAX are capped, as the kernel would.
         let size = i32::try_from(flat.len() + (1 << 16)).unwrap_or(i32::MAX);
-        setsockopt_int(self.fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size)?;
+        setsockopt(&self.sock, sockopt::SndBufForce, &(size as usize))?;
         // Room for one error reply per message (capped: header + errno + extack).
         let rcv = i32::try_from((messages.max(256)) * 256).unwrap_or(i32::MAX);
-        setsockopt_int(
-            self.fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            rcv.max(1 << 20),
+        setsockopt(
+            &self.sock,
+            sockopt::RcvBufForce,
+            &(rcv.max(1 << 20) as usize),
         )?;
 
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        let mut iov = libc::iovec {
-            iov_base: flat.as_ptr() as *mut libc::c_void,
-            iov_len: flat.len(),
-        };
-        // SAFETY: zeroed msghdr is a valid empty header; the pointers set below outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = (&mut sa as *mut libc::sockaddr_nl).cast();
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as u32;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        // SAFETY: `msg` points at live buffers for the duration of the call.
-        let sent = unsafe { libc::sendmsg(self.fd(), &msg, 0) };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if sent as usize != flat.len() {
+        // To the kernel (port 0), all pages in one datagram.
+        let kernel = NetlinkAddr::new(0, 0);
+        let sent = socket::sendmsg(
+            self.fd(),
+            &[IoSlice::new(&flat)],
+            &[],
+            MsgFlags::empty(),
+            Some(&kernel),
+        )?;
+        if sent != flat.len() {
             return Err(io::Error::other(format!(
                 "short sendmsg: {sent} of {} bytes",
                 flat.len()
@@ -356,8 +313,7 @@ impl NlSocket {
         let mut out = Vec::new();
         let wanted = table.to_string_lossy();
         self.dump(&req[..n], seq, |m| {
-            // SAFETY: `m` is one complete message cut out by `header`.
-            if let Some(o) = unsafe { sys::parse_dumped(m.as_ptr().cast(), kind) }
+            if let Some(o) = sys::parse_dumped(m, kind)
                 && o.table == wanted
             {
                 out.push(o);
@@ -373,8 +329,7 @@ impl NlSocket {
         let n = sys::build_dump_request(&mut req, DumpKind::Rules, family, Some(table), seq);
         let mut out = Vec::new();
         self.dump(&req[..n], seq, |m| {
-            // SAFETY: `m` is one complete message cut out by `header`.
-            if let Some(r) = unsafe { sys::rule_text(m.as_ptr().cast()) } {
+            if let Some(r) = sys::rule_text(m) {
                 out.push(r);
             }
         })?;
@@ -392,8 +347,7 @@ impl NlSocket {
         let n = sys::build_dump_request(&mut req, DumpKind::Rules, family, Some(table), seq);
         let mut out = Vec::new();
         self.dump(&req[..n], seq, |m| {
-            // SAFETY: `m` is one complete message cut out by `header`.
-            if let Some(c) = unsafe { sys::rule_counter(m.as_ptr().cast()) } {
+            if let Some(c) = sys::rule_counter(m) {
                 out.push(c);
             }
         })?;
@@ -407,8 +361,7 @@ impl NlSocket {
         let n = sys::build_elems_request(&mut req, family, table, set, seq);
         let mut out = Vec::new();
         self.dump(&req[..n], seq, |m| {
-            // SAFETY: `m` is one complete message cut out by `header`.
-            out.extend(unsafe { sys::parse_elems(m.as_ptr().cast()) });
+            out.extend(sys::parse_elems(m));
         })?;
         Ok(out)
     }
@@ -487,6 +440,11 @@ impl Labels {
 
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+
+    /// Every label, in message order.
+    pub fn as_slice(&self) -> &[String] {
+        &self.labels
     }
 
     /// The label of `seq` in a batch whose seqs are `seqs` (BEGIN/END included when the

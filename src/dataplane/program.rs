@@ -173,6 +173,12 @@ impl Tx {
         self.labels.len()
     }
 
+    /// The label of every message so far, in batch order: what the transaction does, readable
+    /// (and checkable) without sending it.
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
     pub fn finish(self) -> (FinalizedBatch, Labels) {
         (self.batch.finalize(), self.labels)
     }
@@ -725,8 +731,7 @@ pub fn expected_rule_texts(ruleset: &Ruleset) -> Result<BTreeMap<String, Vec<Str
             let mut r = NftRule::new(&c);
             rule_exprs(&mut r, rule)?;
             let bytes = sys::nlmsg_bytes(&r);
-            // SAFETY: `bytes` is one complete message written by nftnl.
-            if let Some((_, text)) = unsafe { sys::rule_text(bytes.as_ptr().cast()) } {
+            if let Some((_, text)) = sys::rule_text(&bytes) {
                 texts.push(text);
             }
         }
@@ -752,4 +757,549 @@ pub fn expected_elements(ruleset: &Ruleset) -> Result<Vec<(String, Vec<RawElem>)
         out.push((map.name.clone(), v));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The batches `full` and `diff` build, checked without a kernel: each transaction is run
+    //! message by message on a model of the table that refuses what the kernel refuses
+    //! (a rule naming a missing set, a map entry jumping to a missing chain, deleting a chain
+    //! something still jumps to or a set a rule still uses, touching an element of a missing
+    //! set), and must end in the model of the new ruleset.
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::dataplane::ruleset::Options;
+    use crate::policy::compile::{Endpoint, Isolation, NodePlan};
+    use crate::policy::intervals::{AddrSet, Allowed, AllowedBuilder};
+    use crate::policy::model::{ObjectKey, Protocol};
+
+    /// Table `inet nftpol` as the kernel holds it.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Model {
+        table: bool,
+        /// Sets and maps by name, with their elements as text (`ip : jump chain` in a map).
+        sets: BTreeMap<String, BTreeSet<String>>,
+        /// Chains by name, with their rules as text.
+        chains: BTreeMap<String, Vec<String>>,
+    }
+
+    impl Model {
+        fn of(ruleset: &Ruleset) -> Self {
+            let mut m = Model {
+                table: true,
+                ..Model::default()
+            };
+            for set in ruleset.sets() {
+                let elements = set.elements.iter().map(element_text).collect();
+                m.sets.insert(set.name.clone(), elements);
+            }
+            for map in &ruleset.maps {
+                let entries = map
+                    .entries
+                    .iter()
+                    .map(|(ip, chain)| format!("{ip} : jump {chain}"))
+                    .collect();
+                m.sets.insert(map.name.clone(), entries);
+            }
+            let chains = ruleset
+                .pods
+                .values()
+                .map(|p| &p.chain)
+                .chain(&ruleset.base_chains);
+            for chain in chains {
+                let rules = chain.rules.iter().map(rule_text).collect();
+                m.chains.insert(chain.name.clone(), rules);
+            }
+            m
+        }
+
+        fn jumps_to(&self, chain: &str) -> Option<&String> {
+            let suffix = format!(" : jump {chain}");
+            self.sets.values().flatten().find(|e| e.ends_with(&suffix))
+        }
+
+        fn used_by(&self, set: &str) -> Option<&String> {
+            let at = format!("@{set}");
+            self.chains.iter().find_map(|(chain, rules)| {
+                rules
+                    .iter()
+                    .any(|r| r.split_whitespace().any(|w| w == at))
+                    .then_some(chain)
+            })
+        }
+
+        /// One message, or why the kernel would refuse it.
+        fn step(&mut self, label: &str) -> Result<(), String> {
+            if let Some(rest) = label.strip_prefix("table inet nftpol") {
+                if rest.contains("(delete") {
+                    *self = Model::default();
+                } else {
+                    self.table = true;
+                }
+                return Ok(());
+            }
+            if !self.table {
+                return Err("no table".into());
+            }
+            let words: Vec<&str> = label.splitn(5, ' ').collect();
+            match words.as_slice() {
+                ["add", "set" | "map", name] => {
+                    if self
+                        .sets
+                        .insert(name.to_string(), BTreeSet::new())
+                        .is_some()
+                    {
+                        return Err(format!("{name} exists"));
+                    }
+                }
+                ["delete", "set" | "map", name] => {
+                    if let Some(chain) = self.used_by(name) {
+                        return Err(format!("{name} is used by chain {chain}"));
+                    }
+                    self.sets.remove(*name).ok_or(format!("no {name}"))?;
+                }
+                [verb, "set" | "map", name, "element", text] => {
+                    let set = self.sets.get_mut(*name).ok_or(format!("no {name}"))?;
+                    if *verb == "add" {
+                        set.insert(text.to_string());
+                    } else if !set.remove(*text) {
+                        return Err(format!("no element {text} in {name}"));
+                    }
+                    if let Some((_, chain)) = text.split_once(" : jump ")
+                        && *verb == "add"
+                        && !self.chains.contains_key(chain)
+                    {
+                        return Err(format!("jump to missing chain {chain}"));
+                    }
+                }
+                ["add", "chain", name] => {
+                    if self.chains.insert(name.to_string(), Vec::new()).is_some() {
+                        return Err(format!("chain {name} exists"));
+                    }
+                }
+                ["delete", "chain", name] => {
+                    if let Some(e) = self.jumps_to(name) {
+                        return Err(format!("{e} still jumps to {name}"));
+                    }
+                    self.chains
+                        .remove(*name)
+                        .ok_or(format!("no chain {name}"))?;
+                }
+                ["add", "rule", chain, _, _] => {
+                    let text = label.split_once(": ").map_or("", |(_, t)| t);
+                    for set in text.split_whitespace().filter_map(|w| w.strip_prefix('@')) {
+                        if !self.sets.contains_key(set) {
+                            return Err(format!("rule uses missing {set}"));
+                        }
+                    }
+                    let rules = self.chains.get_mut(*chain).ok_or("no chain")?;
+                    rules.push(text.to_string());
+                }
+                _ => return Err("unknown message".into()),
+            }
+            Ok(())
+        }
+
+        /// Runs a transaction built with one element per message. The two kernel elements of
+        /// an rbtree range carry the same label and count once.
+        fn run(&mut self, tx: &Tx) -> Vec<String> {
+            let mut labels = tx.labels().as_slice().to_vec();
+            labels.dedup();
+            for (i, label) in labels.iter().enumerate() {
+                if let Err(why) = self.step(label) {
+                    panic!("message #{i} `{label}` would be refused: {why}");
+                }
+            }
+            labels
+        }
+    }
+
+    fn nets(list: &[&str]) -> AddrSet {
+        let nets: Vec<ipnet::IpNet> = list.iter().map(|s| s.parse().unwrap()).collect();
+        AddrSet::from_nets(nets.iter())
+    }
+
+    fn allowed(any_port: &[&str], tcp80: &[&str]) -> Allowed {
+        let mut b = AllowedBuilder::default();
+        if !any_port.is_empty() {
+            b.add_any_port(nets(any_port));
+        }
+        if !tcp80.is_empty() {
+            b.add_ports(Protocol::Tcp, 80, 80, nets(tcp80));
+        }
+        b.finish()
+    }
+
+    fn iso(allowed: Allowed) -> Isolation {
+        Isolation {
+            policies: vec![ObjectKey::new("default", "p")],
+            rules: vec![],
+            allowed,
+            log_allowed: false,
+        }
+    }
+
+    fn pod(
+        name: &str,
+        ips: &[&str],
+        ingress: Option<Allowed>,
+        egress: Option<Allowed>,
+    ) -> Endpoint {
+        Endpoint {
+            pod: ObjectKey::new("default", name),
+            ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+            ingress: ingress.map(iso),
+            egress: egress.map(iso),
+            audit: false,
+        }
+    }
+
+    fn ruleset(pods: Vec<Endpoint>) -> Ruleset {
+        ruleset_with(pods, Options::default())
+    }
+
+    fn ruleset_with(pods: Vec<Endpoint>, options: Options) -> Ruleset {
+        let plan = NodePlan {
+            endpoints: pods.into_iter().map(|e| (e.pod.clone(), e)).collect(),
+            skipped: BTreeMap::new(),
+        };
+        Ruleset::build(&plan, options)
+    }
+
+    fn base() -> Vec<Endpoint> {
+        vec![
+            pod(
+                "api",
+                &["10.244.0.10", "fd00::10"],
+                Some(allowed(&["10.1.0.0/16"], &["10.2.0.0/16", "fd00:2::/64"])),
+                None,
+            ),
+            pod(
+                "web",
+                &["10.244.0.11"],
+                Some(allowed(&[], &["0.0.0.0/0"])),
+                Some(allowed(&["10.244.0.10/32"], &[])),
+            ),
+            pod("db", &["10.244.0.12"], Some(Allowed::default()), None),
+        ]
+    }
+
+    /// Diffs `old` to `new`, runs the batch on the model of `old`, and checks it ends in the
+    /// model of `new`. Returns the messages, in order.
+    fn converge(old: &Ruleset, new: &Ruleset) -> Vec<String> {
+        let tx = diff(old, new, true)
+            .unwrap()
+            .expect("a diff, not a full replace");
+        let mut model = Model::of(old);
+        let labels = model.run(&tx);
+        assert_eq!(model, Model::of(new), "after:\n{}", labels.join("\n"));
+        labels
+    }
+
+    fn position(labels: &[String], pred: impl Fn(&str) -> bool) -> usize {
+        labels
+            .iter()
+            .position(|l| pred(l))
+            .unwrap_or_else(|| panic!("no such message in:\n{}", labels.join("\n")))
+    }
+
+    #[test]
+    fn full_replace_builds_every_object_in_a_valid_order() {
+        let rs = ruleset_with(
+            base(),
+            Options {
+                default_deny_unknown: true,
+                police_node_traffic: true,
+                nflog_group: Some(5),
+                ..Options::default()
+            },
+        );
+        let tx = full(&rs, true).unwrap();
+        // Whatever the kernel held before: the replace starts from an empty table.
+        let mut model = Model::of(&ruleset(vec![]));
+        model.run(&tx);
+        assert_eq!(model, Model::of(&rs));
+    }
+
+    #[test]
+    fn diff_of_a_new_pod_creates_sets_then_chain_then_map_entries() {
+        let old = ruleset(base());
+        let mut pods = base();
+        pods.push(pod(
+            "new",
+            &["10.244.0.20"],
+            Some(allowed(&["10.9.0.0/16"], &[])),
+            None,
+        ));
+        let new = ruleset(pods);
+        let labels = converge(&old, &new);
+        let chain = &new
+            .pods
+            .values()
+            .find(|p| p.chain.name.contains("new"))
+            .unwrap()
+            .chain
+            .name;
+        let add_chain = position(&labels, |l| l == format!("add chain {chain}"));
+        let add_entry = position(&labels, |l| l.ends_with(&format!(": jump {chain}")));
+        let add_set = position(&labels, |l| l.starts_with("add set ") && l.contains("new"));
+        assert!(add_set < add_chain && add_chain < add_entry);
+        // Nothing else is touched.
+        assert!(
+            labels
+                .iter()
+                .all(|l| l.contains("new") || l.contains(&chain[..]))
+        );
+    }
+
+    #[test]
+    fn diff_of_a_removed_pod_removes_map_entries_then_chain_then_sets() {
+        let old = ruleset(base());
+        let new = ruleset(base().into_iter().filter(|p| p.pod.name != "api").collect());
+        let labels = converge(&old, &new);
+        let gone = &old
+            .pods
+            .values()
+            .find(|p| p.chain.name.contains("api"))
+            .unwrap();
+        let chain = &gone.chain.name;
+        let del_entry = position(&labels, |l| {
+            l.starts_with("delete map ") && l.ends_with(&format!(": jump {chain}"))
+        });
+        let del_chain = position(&labels, |l| l == format!("delete chain {chain}"));
+        for set in &gone.sets {
+            let del_set = position(&labels, |l| l == format!("delete set {}", set.name));
+            assert!(del_chain < del_set, "the chain's rules use {}", set.name);
+        }
+        assert!(del_entry < del_chain);
+        // A deleted set takes its elements along: no element message for it.
+        for set in &gone.sets {
+            assert!(
+                !labels
+                    .iter()
+                    .any(|l| l.contains(&format!("set {} element", set.name)))
+            );
+        }
+    }
+
+    #[test]
+    fn diff_of_changed_allowed_peers_deletes_elements_before_adding() {
+        // Many peers, few of them changed: deleting elements is cheaper than rebuilding.
+        let peers = |changed: &str| -> Allowed {
+            let mut nets: Vec<String> = (0..100).map(|i| format!("10.1.{}.0/24", 2 * i)).collect();
+            nets[0] = changed.to_string();
+            let refs: Vec<&str> = nets.iter().map(String::as_str).collect();
+            allowed(&refs, &["fd00:2::/64"])
+        };
+        let mut pods = base();
+        pods[0].ingress = Some(iso(peers("10.7.0.0/16")));
+        let old = ruleset(pods.clone());
+        pods[0].ingress = Some(iso(peers("10.8.0.0/16")));
+        let new = ruleset(pods);
+        let labels = converge(&old, &new);
+        assert_eq!(labels.len(), 2, "{labels:#?}");
+        assert!(
+            labels.iter().all(|l| l.contains(" element ")),
+            "{labels:#?}"
+        );
+        let mut seen_add: BTreeSet<&str> = BTreeSet::new();
+        for l in &labels {
+            let set = l.split(' ').nth(2).unwrap();
+            if l.starts_with("add ") {
+                seen_add.insert(set);
+            } else {
+                assert!(!seen_add.contains(set), "delete after add in {set}: {l}");
+            }
+        }
+    }
+
+    #[test]
+    fn diff_of_a_moved_address_retargets_the_map_entry() {
+        let old = ruleset(base());
+        let mut pods = base();
+        // The address of `db` now belongs to `web`.
+        pods[2].ips = vec!["10.244.0.13".parse().unwrap()];
+        pods[1].ips.push("10.244.0.12".parse().unwrap());
+        let new = ruleset(pods);
+        let labels = converge(&old, &new);
+        let del = position(&labels, |l| {
+            l.starts_with("delete map ingress_v4 element 10.244.0.12 ")
+        });
+        let add = position(&labels, |l| {
+            l.starts_with("add map ingress_v4 element 10.244.0.12 ")
+        });
+        assert!(del < add);
+    }
+
+    #[test]
+    fn diff_of_a_changed_chain_rebuilds_the_pod() {
+        let logs = Options {
+            nflog_group: Some(5),
+            ..Options::default()
+        };
+        let old = ruleset_with(base(), logs);
+        let mut pods = base();
+        // Logging changes the rules of the chain: it is deleted and created again.
+        pods[1].egress.as_mut().unwrap().log_allowed = true;
+        let new = ruleset_with(pods, logs);
+        assert_ne!(old, new);
+        let labels = converge(&old, &new);
+        let del_chain = position(&labels, |l| l == "delete chain egr/default/web");
+        let add_chain = position(&labels, |l| l == "add chain egr/default/web");
+        assert!(del_chain < add_chain);
+    }
+
+    #[test]
+    fn diff_of_a_mass_change_rebuilds_the_sets_instead_of_deleting_elements() {
+        let many = |third: u8| -> Vec<String> {
+            (0..100)
+                .map(|i| format!("10.{third}.{}.0/24", 2 * i))
+                .collect()
+        };
+        let with = |nets: &[String]| {
+            let refs: Vec<&str> = nets.iter().map(String::as_str).collect();
+            let mut pods = base();
+            pods[0].ingress = Some(iso(allowed(&[], &refs)));
+            ruleset(pods)
+        };
+        let (a, b) = (many(50), many(60));
+        let old = with(&a);
+        let new = with(&b);
+        let labels = converge(&old, &new);
+        assert!(
+            !labels
+                .iter()
+                .any(|l| l.starts_with("delete set ") && l.contains(" element "))
+        );
+        position(&labels, |l| l.starts_with("delete chain "));
+    }
+
+    #[test]
+    fn diff_of_unknown_address_sets_updates_their_elements() {
+        let options = Options {
+            default_deny_unknown: true,
+            ..Options::default()
+        };
+        let cidrs: Vec<ipnet::IpNet> = vec!["10.244.0.0/24".parse().unwrap()];
+        let build = |known: &[&str]| {
+            let mut rs = ruleset_with(base(), options);
+            rs.guard_unknown(&cidrs, known.iter().map(|s| s.parse().unwrap()));
+            rs
+        };
+        let old = build(&["10.244.0.10", "10.244.0.11"]);
+        let new = build(&["10.244.0.10", "10.244.0.12"]);
+        let labels = converge(&old, &new);
+        assert!(
+            labels.iter().all(|l| l.contains("unknown_v4")),
+            "{labels:#?}"
+        );
+    }
+
+    #[test]
+    fn diff_of_everything_at_once_converges() {
+        let old = ruleset(base());
+        // Same address families per pod (else the pod's sets change shape and diff gives up).
+        let new = ruleset(vec![
+            pod(
+                "api",
+                &["10.244.0.10", "fd00::10"],
+                Some(allowed(&["10.1.0.0/16", "10.3.0.0/16"], &[])),
+                Some(Allowed::default()),
+            ),
+            pod("db", &["10.244.0.13"], Some(Allowed::default()), None),
+            pod(
+                "cache",
+                &["10.244.0.12", "fd00::12"],
+                None,
+                Some(allowed(&["::/0"], &[])),
+            ),
+        ]);
+        converge(&old, &new);
+        converge(&new, &old);
+    }
+
+    #[test]
+    fn diff_gives_up_when_the_shape_changes() {
+        let old = ruleset(base());
+        let new = ruleset_with(
+            base(),
+            Options {
+                police_node_traffic: true,
+                ..Options::default()
+            },
+        );
+        assert!(diff(&old, &new, false).unwrap().is_none());
+    }
+
+    #[test]
+    fn one_message_per_element_only_when_asked() {
+        let old = ruleset(base());
+        let mut pods = base();
+        pods[0].ingress = Some(iso(allowed(
+            &["10.1.0.0/16", "10.5.0.1/32", "10.6.0.1/32"],
+            &[],
+        )));
+        let new = ruleset(pods);
+        let grouped = diff(&old, &new, false).unwrap().unwrap();
+        let single = diff(&old, &new, true).unwrap().unwrap();
+        assert!(grouped.messages() < single.messages());
+        assert!(
+            grouped
+                .labels()
+                .as_slice()
+                .iter()
+                .any(|l| l.contains(" more"))
+        );
+    }
+
+    /// A pod from a few bits: which of 4 names, which of 3 IPv4 addresses, and for each
+    /// direction whether it is isolated, which of 4 peer networks it allows and whether it logs.
+    fn arbitrary_pod(bits: (u8, u8, u8, u8, bool)) -> Endpoint {
+        let (name, ip, ingress, egress, log) = bits;
+        let peers = |mask: u8| -> Option<Allowed> {
+            (mask & 0x10 != 0).then(|| {
+                let nets = ["10.1.0.0/16", "10.2.0.5/32", "10.3.0.0/24", "10.4.0.0/15"];
+                let chosen: Vec<&str> = (0..4)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| nets[i])
+                    .collect();
+                allowed(&chosen[..chosen.len() / 2], &chosen[chosen.len() / 2..])
+            })
+        };
+        let mut e = pod(
+            &format!("p{}", name % 4),
+            &[&format!("10.244.0.{}", 10 + ip % 3)],
+            peers(ingress),
+            peers(egress),
+        );
+        for iso in [e.ingress.as_mut(), e.egress.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            iso.log_allowed = log;
+        }
+        e
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any diff the kernel would accept message by message, ending in the new ruleset.
+        #[test]
+        fn every_diff_is_valid_in_order_and_converges(
+            old in proptest::collection::vec(proptest::prelude::any::<(u8, u8, u8, u8, bool)>(), 0..5),
+            new in proptest::collection::vec(proptest::prelude::any::<(u8, u8, u8, u8, bool)>(), 0..5),
+        ) {
+            let options = Options { nflog_group: Some(5), ..Options::default() };
+            let old = ruleset_with(old.into_iter().map(arbitrary_pod).collect(), options);
+            let new = ruleset_with(new.into_iter().map(arbitrary_pod).collect(), options);
+            if let Some(tx) = diff(&old, &new, true).unwrap() {
+                let mut model = Model::of(&old);
+                model.run(&tx);
+                proptest::prop_assert_eq!(model, Model::of(&new));
+            }
+        }
+    }
 }

@@ -1,14 +1,20 @@
 //! What nftnl 0.9's safe API cannot express, written against `nftnl::nftnl_sys`: the only
-//! module of the dataplane with `unsafe` libnftnl calls.
+//! module of the dataplane with `unsafe` code (`conntrack` aside, which owns its socket).
 //!
 //! - loads into chosen 32-bit registers (a concatenation `ip saddr . meta l4proto . th dport`
 //!   needs its fields in consecutive registers; the safe `Payload`/`Meta` always use reg 1),
 //! - `lookup` with a destination register (verdict maps),
 //! - set attributes: interval/concat/map flags, concat field lengths, verdict data type,
 //! - raw set elements with `key_end` (pipapo ranges), interval-end flags (rbtree) and verdicts,
-//! - request builders and parsers for netlink dumps (read-back for drift detection).
+//! - request builders and parsers for netlink dumps (read-back for drift detection),
+//! - the netlink socket's raw parts: moving it between threads, borrowing its descriptor for
+//!   `nix`, and the two netlink socket options `nix` does not know (extended and capped ACKs).
+//!
+//! Everything exported is safe to call: a parser takes a byte slice and checks that it holds
+//! the whole message before libnftnl sees a pointer to it.
 
 use std::ffi::{CStr, CString, c_void};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::raw::c_char;
 use std::ptr::NonNull;
 
@@ -447,7 +453,7 @@ pub struct DumpedObject {
 ///
 /// # Safety
 /// `nlh` must point to a complete netlink message of `nlh.nlmsg_len` bytes.
-pub unsafe fn parse_dumped(nlh: *const libc::nlmsghdr, kind: DumpKind) -> Option<DumpedObject> {
+unsafe fn parse_dumped_at(nlh: *const libc::nlmsghdr, kind: DumpKind) -> Option<DumpedObject> {
     // SAFETY: the caller guarantees a complete message; libnftnl validates attributes and the
     // objects are freed on every path.
     unsafe {
@@ -511,7 +517,7 @@ pub unsafe fn parse_dumped(nlh: *const libc::nlmsghdr, kind: DumpKind) -> Option
 ///
 /// # Safety
 /// `nlh` must point to a complete netlink message of `nlh.nlmsg_len` bytes.
-pub unsafe fn parse_elems(nlh: *const libc::nlmsghdr) -> Vec<RawElem> {
+unsafe fn parse_elems_at(nlh: *const libc::nlmsghdr) -> Vec<RawElem> {
     let mut out = Vec::new();
     // SAFETY: the caller guarantees a complete message; pointers returned by
     // nftnl_set_elem_get stay valid while the set is alive and are copied out at once.
@@ -576,7 +582,7 @@ pub fn nlmsg_bytes<T: nftnl::NlMsg>(msg: &T) -> Vec<u8> {
 ///
 /// # Safety
 /// `nlh` must point to a complete netlink message of `nlh.nlmsg_len` bytes.
-pub unsafe fn rule_text(nlh: *const libc::nlmsghdr) -> Option<(String, String)> {
+unsafe fn rule_text_at(nlh: *const libc::nlmsghdr) -> Option<(String, String)> {
     // SAFETY: the caller guarantees a complete message; every libnftnl object is freed and
     // every string copied before returning.
     unsafe {
@@ -639,7 +645,7 @@ pub struct RuleCounter {
 ///
 /// # Safety
 /// `nlh` must point to a complete netlink message of `nlh.nlmsg_len` bytes.
-pub unsafe fn rule_counter(nlh: *const libc::nlmsghdr) -> Option<RuleCounter> {
+unsafe fn rule_counter_at(nlh: *const libc::nlmsghdr) -> Option<RuleCounter> {
     // SAFETY: the caller guarantees a complete message; every libnftnl object is freed and
     // every string copied before returning.
     unsafe {
@@ -685,6 +691,116 @@ pub unsafe fn rule_counter(nlh: *const libc::nlmsghdr) -> Option<RuleCounter> {
             packets: packets?,
             verdict,
         })
+    }
+}
+
+/// Calls `f` with a pointer to the netlink message `msg`, or returns `None` when `msg` is not
+/// one whole message (shorter than its header or than the length its header gives). A message
+/// that is not 4-byte aligned in `msg` is copied to an aligned buffer first, as libnftnl reads
+/// the header through a `struct nlmsghdr *`.
+fn with_nlmsg<R>(msg: &[u8], f: impl FnOnce(*const libc::nlmsghdr) -> R) -> Option<R> {
+    let hdr = std::mem::size_of::<libc::nlmsghdr>();
+    let len = u32::from_ne_bytes(msg.get(..4)?.try_into().ok()?) as usize;
+    if len < hdr || len > msg.len() {
+        return None;
+    }
+    let msg = &msg[..len];
+    if msg
+        .as_ptr()
+        .align_offset(std::mem::align_of::<libc::nlmsghdr>())
+        == 0
+    {
+        return Some(f(msg.as_ptr().cast()));
+    }
+    let mut aligned = vec![0u32; len.div_ceil(4)];
+    for (word, chunk) in aligned.iter_mut().zip(msg.chunks(4)) {
+        let mut b = [0u8; 4];
+        b[..chunk.len()].copy_from_slice(chunk);
+        *word = u32::from_ne_bytes(b);
+    }
+    Some(f(aligned.as_ptr().cast()))
+}
+
+/// Parses one dump reply message of `kind`; `None` for a truncated or foreign message.
+pub fn parse_dumped(msg: &[u8], kind: DumpKind) -> Option<DumpedObject> {
+    // SAFETY: `with_nlmsg` passes a pointer to a whole, aligned message of `nlmsg_len` bytes.
+    with_nlmsg(msg, |nlh| unsafe { parse_dumped_at(nlh, kind) }).flatten()
+}
+
+/// Parses one GETSETELEM dump reply into its elements (none for a truncated message).
+pub fn parse_elems(msg: &[u8]) -> Vec<RawElem> {
+    // SAFETY: `with_nlmsg` passes a pointer to a whole, aligned message of `nlmsg_len` bytes.
+    with_nlmsg(msg, |nlh| unsafe { parse_elems_at(nlh) }).unwrap_or_default()
+}
+
+/// A rule message as (chain, expression text); see `rule_text_at`.
+pub fn rule_text(msg: &[u8]) -> Option<(String, String)> {
+    // SAFETY: `with_nlmsg` passes a pointer to a whole, aligned message of `nlmsg_len` bytes.
+    with_nlmsg(msg, |nlh| unsafe { rule_text_at(nlh) }).flatten()
+}
+
+/// The first counter of a rule message with the rule's verdict; see `rule_counter_at`.
+pub fn rule_counter(msg: &[u8]) -> Option<RuleCounter> {
+    // SAFETY: `with_nlmsg` passes a pointer to a whole, aligned message of `nlmsg_len` bytes.
+    with_nlmsg(msg, |nlh| unsafe { rule_counter_at(nlh) }).flatten()
+}
+
+/// The mnl netfilter socket of [`super::netlink::NlSocket`], movable between threads and
+/// lending its descriptor to `nix`.
+pub struct NetfilterSocket(mnl::Socket);
+
+// SAFETY: an mnl_socket is a file descriptor plus its bound address, with no thread affinity
+// (the network namespace is fixed when the socket is created). It is not `Sync`: a batch
+// exchange must not interleave with another on the same socket.
+unsafe impl Send for NetfilterSocket {}
+
+impl NetfilterSocket {
+    /// Opens a netfilter socket in the calling thread's network namespace.
+    pub fn open() -> std::io::Result<Self> {
+        Ok(Self(mnl::Socket::new(mnl::Bus::Netfilter)?))
+    }
+
+    pub fn portid(&self) -> u32 {
+        self.0.portid()
+    }
+
+    pub fn send(&self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.send(data)
+    }
+}
+
+impl AsRawFd for NetfilterSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl AsFd for NetfilterSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor belongs to the mnl socket, which closes it only when dropped;
+        // the borrow cannot outlive `self`.
+        unsafe { BorrowedFd::borrow_raw(self.0.as_raw_fd()) }
+    }
+}
+
+/// Turns on a boolean `SOL_NETLINK` option (`NETLINK_EXT_ACK`, `NETLINK_CAP_ACK`: `nix` has
+/// neither).
+pub fn set_netlink_flag(sock: &impl AsFd, option: i32) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: passes a pointer to a live c_int and its size; the descriptor is borrowed open.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_NETLINK,
+            option,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
@@ -755,5 +871,38 @@ mod tests {
         assert!(n > 16 && n < 100, "{n}");
         let seq = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
         assert_eq!(seq, 7);
+    }
+
+    #[test]
+    fn truncated_messages_are_not_parsed() {
+        let table = Table::new(c"nftpol", nftnl::ProtoFamily::Inet);
+        let chain = nftnl::Chain::new(c"c", &table);
+        let mut rule = Rule::new(&chain);
+        rule.add_expr(&nftnl::expr::Verdict::Accept);
+        let msg = nlmsg_bytes(&rule);
+        let (chain, text) = rule_text(&msg).expect("a whole message parses");
+        assert_eq!(chain, "c");
+        assert!(text.contains("accept"), "{text}");
+        for cut in [0, 3, 15, msg.len() - 1] {
+            assert_eq!(rule_text(&msg[..cut]), None, "cut at {cut}");
+            assert_eq!(parse_dumped(&msg[..cut], DumpKind::Rules), None);
+            assert!(parse_elems(&msg[..cut]).is_empty());
+            assert_eq!(rule_counter(&msg[..cut]), None);
+        }
+    }
+
+    #[test]
+    fn misaligned_messages_are_parsed_from_a_copy() {
+        let table = Table::new(c"nftpol", nftnl::ProtoFamily::Inet);
+        let chain = nftnl::Chain::new(c"c", &table);
+        let mut rule = Rule::new(&chain);
+        rule.add_expr(&nftnl::expr::Counter);
+        rule.add_expr(&nftnl::expr::Verdict::Drop);
+        let msg = nlmsg_bytes(&rule);
+        let mut shifted = vec![0u8; msg.len() + 1];
+        shifted[1..].copy_from_slice(&msg);
+        assert_eq!(rule_text(&shifted[1..]), rule_text(&msg));
+        let c = rule_counter(&shifted[1..]).expect("a counter");
+        assert_eq!((c.chain.as_str(), c.verdict), ("c", CountedVerdict::Drop));
     }
 }

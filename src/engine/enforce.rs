@@ -8,29 +8,28 @@
 //! `nft flush ruleset`) with a full replace. On shutdown the rules stay in place: a restarting
 //! daemon must not open the node.
 //!
-//! It also records every commit, failure and repair in the metrics (`crate::observe::metrics`), and
-//! with `--strict` cuts the open connections a new plan denies (`crate::dataplane::conntrack`).
+//! It also records every commit, failure and repair in the metrics (`crate::observe::metrics`),
+//! writes the status file after every apply ([`super::status`]), and with `--strict` cuts the
+//! open connections a new plan denies ([`super::strict`]).
 //!
-//! With `--strict`, every apply that changed the ruleset is followed by a conntrack sweep: the
-//! entries of connections the new plan no longer allows are deleted, so their next packet is
-//! judged as new (and dropped) instead of riding on `ct state established accept`.
+//! The kernel is behind [`Driver`]: [`Dataplane`] in production, an in-memory fake in the unit
+//! tests below.
 
-use std::collections::HashSet;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::dataplane::br_netfilter::BrNetfilter;
-use crate::dataplane::conntrack::{self, Conntrack, ConntrackError};
-use crate::dataplane::{ApplyKind, Dataplane, DataplaneError, Ruleset};
+use crate::dataplane::conntrack::Conntrack;
+use crate::dataplane::{ApplyKind, Dataplane, DataplaneError, Driver, Ruleset};
 use crate::observe::metrics::Metrics;
 use crate::policy::compile::NodePlan;
-use crate::policy::model::Protocol;
-use crate::policy::verdict;
+
+pub use super::signals::install_signal_thread;
+use super::status::write_status;
+use super::strict::cut_denied;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -48,40 +47,39 @@ pub struct Desired {
     pub plan: Option<Arc<NodePlan>>,
 }
 
-#[derive(serde::Serialize)]
-struct Status<'a> {
-    generation: u64,
-    fingerprint: &'a str,
-    applied_at_unix_ms: u128,
+/// The delays between retries of a failing apply: doubling from [`FIRST_BACKOFF`] up to
+/// [`MAX_BACKOFF`], and back to the first after a success or a newer desired state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Backoff {
+    next: Duration,
 }
 
-/// Writes the status file atomically (tmp + rename): `{"generation", "fingerprint",
-/// "applied_at_unix_ms"}`. Tests and the testbed wait on it.
-fn write_status(path: &Path, generation: u64, fingerprint: &str) -> anyhow::Result<()> {
-    let status = Status {
-        generation,
-        fingerprint,
-        applied_at_unix_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0),
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, serde_json::to_vec(&status)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            next: FIRST_BACKOFF,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = FIRST_BACKOFF;
+    }
+
+    /// The delay before the next retry (growing the one after).
+    fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        d
+    }
 }
 
 pub struct Enforcer {
-    dp: Dataplane,
+    dp: Box<dyn Driver>,
     status_file: Option<PathBuf>,
     generation: u64,
     /// Wanted but not yet committed (a failed apply waits here for its retry).
     pending: Option<Desired>,
-    backoff: Duration,
+    backoff: Backoff,
     retry_at: Option<Instant>,
     metrics: Option<Metrics>,
     /// `--strict`: the ctnetlink socket that cuts connections the plan no longer allows.
@@ -94,17 +92,22 @@ impl Enforcer {
     /// Opens the dataplane in the calling thread's network namespace.
     pub fn new(status_file: Option<PathBuf>) -> anyhow::Result<Self> {
         let dp = Dataplane::new().context("opening the netfilter netlink socket")?;
-        Ok(Self {
-            dp,
+        Ok(Self::with_driver(dp, status_file))
+    }
+
+    /// Enforces through `driver` instead of the kernel's nftables (tests use a fake).
+    pub fn with_driver(driver: impl Driver + 'static, status_file: Option<PathBuf>) -> Self {
+        Self {
+            dp: Box::new(driver),
             status_file,
             generation: 0,
             pending: None,
-            backoff: FIRST_BACKOFF,
+            backoff: Backoff::new(),
             retry_at: None,
             metrics: None,
             conntrack: None,
             cut: 0,
-        })
+        }
     }
 
     /// Records every apply, failure and drift repair in `metrics` from now on.
@@ -142,7 +145,7 @@ impl Enforcer {
     /// Enforces `desired` now (replacing any pending retry with the newer state).
     pub fn submit(&mut self, desired: Desired) {
         self.pending = Some(desired);
-        self.backoff = FIRST_BACKOFF;
+        self.backoff.reset();
         self.try_apply();
     }
 
@@ -174,7 +177,7 @@ impl Enforcer {
                 );
                 if let Some(m) = &self.metrics {
                     m.observe_commits(&self.dp.take_commit_times());
-                    m.observe_apply(desired.since, &desired.ruleset, self.dp.stats());
+                    m.observe_apply(desired.since, &desired.ruleset, &self.dp.stats());
                 }
                 // Audit mode drops nothing, so it cuts nothing either.
                 if report.kind != ApplyKind::Unchanged
@@ -205,26 +208,26 @@ impl Enforcer {
                 }
                 self.pending = None;
                 self.retry_at = None;
-                self.backoff = FIRST_BACKOFF;
+                self.backoff.reset();
             }
             Err(e) => {
                 for r in e.rejected() {
                     tracing::error!(object = %r.object, "rejected: {r}");
                 }
+                let delay = self.backoff.next_delay();
                 tracing::error!(
                     failures = self.dp.stats().failures,
-                    retry_in_ms = self.backoff.as_millis() as u64,
+                    retry_in_ms = delay.as_millis() as u64,
                     "apply failed, the previous ruleset stays in force: {e}"
                 );
                 if let Some(m) = &self.metrics {
                     m.observe_commits(&self.dp.take_commit_times());
-                    m.observe_failure(&e, self.dp.stats());
+                    m.observe_failure(&e, &self.dp.stats());
                 }
                 if !matches!(e, DataplaneError::Rejected(_)) {
                     self.dp.invalidate();
                 }
-                self.retry_at = Some(Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                self.retry_at = Some(Instant::now() + delay);
             }
         }
     }
@@ -249,101 +252,339 @@ impl Enforcer {
         }
         if let Some(m) = &self.metrics {
             m.observe_commits(&self.dp.take_commit_times());
-            m.observe_stats(self.dp.stats());
+            m.observe_stats(&self.dp.stats());
         }
     }
-}
-
-/// Deletes the conntrack entries of TCP, UDP and SCTP connections to or from a local endpoint
-/// that `plan` does not allow as new connections; returns how many were deleted. Connections
-/// the node opened to its pods are left alone unless `police_node` (nothing polices them, so a
-/// cut one would only come back with its next packet).
-fn cut_denied(
-    ct: &mut Conntrack,
-    plan: &NodePlan,
-    police_node: bool,
-) -> Result<u64, ConntrackError> {
-    let node: HashSet<IpAddr> = if police_node {
-        HashSet::new()
-    } else {
-        conntrack::local_addresses()?
-    };
-    let local: HashSet<IpAddr> = plan
-        .endpoints
-        .values()
-        .flat_map(|e| e.ips.iter().copied())
-        .collect();
-    if local.is_empty() {
-        return Ok(0);
-    }
-    let mut cut = 0;
-    for entry in ct.dump()? {
-        let (src, dst, proto, port) = entry.judged();
-        let protocol = match proto {
-            6 => Protocol::Tcp,
-            17 => Protocol::Udp,
-            132 => Protocol::Sctp,
-            _ => continue,
-        };
-        if (!local.contains(&src) && !local.contains(&dst)) || node.contains(&src) {
-            continue;
-        }
-        // A side in audit mode lets through what it denies; only enforced denials count.
-        let enforced = |ip: IpAddr| plan.endpoint_by_ip(ip).is_none_or(|e| !e.audit);
-        let v = verdict::judge(plan, src, dst, protocol, port);
-        let denied =
-            (!v.egress.allows() && enforced(src)) || (!v.ingress.allows() && enforced(dst));
-        if denied && ct.delete(&entry)? {
-            tracing::debug!(%src, %dst, protocol = protocol.as_str(), port, "cut");
-            cut += 1;
-        }
-    }
-    Ok(cut)
 }
 
 /// Logs whether bridged traffic can be filtered on this node (br_netfilter), loudly if not.
 pub fn report_br_netfilter() -> BrNetfilter {
-    let brnf = BrNetfilter::probe();
-    match brnf.problem() {
-        Some(p) => tracing::error!("{p}"),
-        None if !brnf.bridges.is_empty() => {
-            tracing::info!(bridges = ?brnf.bridges, "br_netfilter is on: bridged traffic is filtered")
-        }
-        None => tracing::info!("no Linux bridge on this node: routed pod traffic"),
-    }
-    brnf
+    BrNetfilter::probe_and_report()
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread (and the threads it spawns later) and starts
-/// a thread that sends `wrap(signal)` for each, so that no handler runs in signal context.
-pub fn install_signal_thread<E: Send + 'static>(
-    tx: Sender<E>,
-    wrap: fn(i32) -> E,
-) -> anyhow::Result<()> {
-    // SAFETY: sigset manipulation on a local set; pthread_sigmask only affects this thread.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if r != 0 {
-            anyhow::bail!("pthread_sigmask: {}", std::io::Error::from_raw_os_error(r));
+#[cfg(test)]
+mod tests {
+    //! The enforcer against the in-memory fake dataplane: no kernel, no root, no sleeping
+    //! (a retry is due at `retry_at`, and the tests pass that instant to `tick`).
+
+    use super::*;
+    use crate::dataplane::Options;
+    use crate::dataplane::fake::{Failure, FakeDataplane};
+    use crate::engine::status::read_status;
+    use crate::engine::status::tests::TempDir;
+    use ApplyKind::{Diff, Full};
+
+    /// Distinct rulesets (the NFLOG group is part of the options).
+    fn ruleset(n: u16) -> Ruleset {
+        let options = Options {
+            nflog_group: Some(n),
+            ..Options::default()
+        };
+        Ruleset::build(&NodePlan::default(), options)
+    }
+
+    fn desired(n: u16) -> Desired {
+        Desired {
+            ruleset: ruleset(n),
+            fingerprint: format!("fp{n}"),
+            since: Instant::now(),
+            plan: None,
         }
-        set
-    };
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            loop {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: `set` is initialised; sigwait writes the signal number into `sig`.
-                let r = unsafe { libc::sigwait(&set, &mut sig) };
-                if r == 0 && tx.send(wrap(sig)).is_err() {
-                    return;
-                }
-            }
-        })
-        .context("starting the signal thread")?;
-    Ok(())
+    }
+
+    fn enforcer() -> (Enforcer, FakeDataplane) {
+        let fake = FakeDataplane::default();
+        (Enforcer::with_driver(fake.clone(), None), fake)
+    }
+
+    /// Runs `f` and checks that it scheduled a retry `delay` after the moment it ran:
+    /// `retry_at` is taken as `Instant::now() + delay` somewhere between `t0` and `t1`.
+    fn assert_schedules(e: &mut Enforcer, delay: Duration, f: impl FnOnce(&mut Enforcer)) {
+        let t0 = Instant::now();
+        f(e);
+        let t1 = Instant::now();
+        let at = e.retry_at().expect("a retry is scheduled");
+        assert!(
+            at >= t0 + delay && at <= t1 + delay,
+            "retry not scheduled {delay:?} after the failure"
+        );
+    }
+
+    /// Fires the scheduled retry.
+    fn retry(e: &mut Enforcer) {
+        let at = e.retry_at().expect("a retry is scheduled");
+        e.tick(at);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new();
+        let delays: Vec<u64> = (0..10).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(
+            delays,
+            [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
+        );
+        b.reset();
+        assert_eq!(b.next_delay(), FIRST_BACKOFF);
+    }
+
+    #[test]
+    fn failing_apply_is_retried_with_growing_capped_delays() {
+        let (mut e, fake) = enforcer();
+        fake.fail_next(100, Failure::Io);
+        assert_schedules(&mut e, Duration::from_millis(200), |e| e.submit(desired(1)));
+        for ms in [400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000] {
+            assert_schedules(&mut e, Duration::from_millis(ms), retry);
+        }
+        assert_eq!(e.generation(), 0);
+        // One batch per attempt, each a full replace (an I/O error invalidates), none committed.
+        assert_eq!(fake.sent(), vec![(Full, false); 10]);
+        assert_eq!(fake.kernel(), None);
+    }
+
+    #[test]
+    fn backoff_resets_after_a_success() {
+        let (mut e, fake) = enforcer();
+        fake.fail_next(3, Failure::Io);
+        assert_schedules(&mut e, Duration::from_millis(200), |e| e.submit(desired(1)));
+        assert_schedules(&mut e, Duration::from_millis(400), retry);
+        assert_schedules(&mut e, Duration::from_millis(800), retry);
+        retry(&mut e);
+        assert_eq!(e.retry_at(), None);
+        assert_eq!(e.generation(), 1);
+        assert_eq!(fake.kernel(), Some(ruleset(1)));
+
+        fake.fail_next(1, Failure::Io);
+        assert_schedules(&mut e, Duration::from_millis(200), |e| e.submit(desired(2)));
+    }
+
+    #[test]
+    fn a_newer_state_resets_the_backoff_and_replaces_the_pending_one() {
+        let (mut e, fake) = enforcer();
+        fake.fail_next(3, Failure::Io);
+        assert_schedules(&mut e, Duration::from_millis(200), |e| e.submit(desired(1)));
+        assert_schedules(&mut e, Duration::from_millis(400), retry);
+        assert_schedules(&mut e, Duration::from_millis(200), |e| e.submit(desired(2)));
+        retry(&mut e);
+        assert_eq!(fake.kernel(), Some(ruleset(2)));
+        assert_eq!(e.generation(), 1);
+        assert_eq!(
+            fake.state().transactions.last().unwrap().ruleset,
+            ruleset(2)
+        );
+    }
+
+    #[test]
+    fn tick_before_the_retry_is_due_sends_nothing() {
+        let (mut e, fake) = enforcer();
+        fake.fail_next(1, Failure::Io);
+        let before = Instant::now();
+        e.submit(desired(1));
+        e.tick(before);
+        assert_eq!(fake.sent().len(), 1);
+        assert!(e.retry_at().is_some());
+        retry(&mut e);
+        assert_eq!(fake.sent(), [(Full, false), (Full, true)]);
+        // Nothing is pending any more: ticks do nothing.
+        e.tick(Instant::now() + MAX_BACKOFF * 2);
+        assert_eq!(fake.sent().len(), 2);
+    }
+
+    #[test]
+    fn updates_are_diffs_and_an_unchanged_ruleset_sends_nothing() {
+        let (mut e, fake) = enforcer();
+        e.submit(desired(1));
+        e.submit(desired(2));
+        e.submit(desired(2));
+        assert_eq!(fake.sent(), [(Full, true), (Diff, true)]);
+        // An unchanged ruleset still counts as an apply (and rewrites the status file).
+        assert_eq!(e.generation(), 3);
+    }
+
+    #[test]
+    fn a_rejected_update_keeps_the_previous_ruleset_and_is_retried() {
+        let (mut e, fake) = enforcer();
+        e.submit(desired(1));
+        // The diff and its full-replace fallback are both rejected.
+        fake.fail_next(2, Failure::Reject);
+        e.submit(desired(2));
+        assert_eq!(fake.sent(), [(Full, true), (Diff, false), (Full, false)]);
+        assert_eq!(fake.kernel(), Some(ruleset(1)));
+        assert_eq!(e.generation(), 1);
+        // A rejection does not invalidate: the kernel still holds what was applied, so the
+        // retry is a diff again.
+        retry(&mut e);
+        assert_eq!(fake.sent().last(), Some(&(Diff, true)));
+        assert_eq!(fake.kernel(), Some(ruleset(2)));
+        assert_eq!(e.retry_at(), None);
+        let stats = fake.state().stats.clone();
+        assert_eq!((stats.failures, stats.transaction_errors), (2, 2));
+        assert_eq!((stats.full_applies, stats.diff_applies), (1, 1));
+    }
+
+    #[test]
+    fn an_io_error_makes_the_retry_replace_the_table() {
+        let (mut e, fake) = enforcer();
+        e.submit(desired(1));
+        fake.fail_next(1, Failure::Io);
+        e.submit(desired(2));
+        // An I/O error is not retried as a full replace at once…
+        assert_eq!(fake.sent(), [(Full, true), (Diff, false)]);
+        // …but the kernel may hold anything: the retry replaces the table.
+        retry(&mut e);
+        assert_eq!(fake.sent().last(), Some(&(Full, true)));
+        assert_eq!(fake.kernel(), Some(ruleset(2)));
+    }
+
+    #[test]
+    fn drift_is_repaired_with_a_full_replace() {
+        let (mut e, fake) = enforcer();
+        e.submit(desired(1));
+        e.resync();
+        assert_eq!(fake.sent().len(), 1, "no drift, no transaction");
+        fake.flush();
+        e.resync();
+        assert_eq!(fake.sent().last(), Some(&(Full, true)));
+        assert_eq!(fake.kernel(), Some(ruleset(1)));
+        assert_eq!(fake.state().stats.drift_repairs, 1);
+        assert_eq!(fake.state().drift_checks, 3);
+        // Repairs are not applies.
+        assert_eq!(e.generation(), 1);
+    }
+
+    #[test]
+    fn a_failed_drift_repair_is_tried_again_at_the_next_resync() {
+        let (mut e, fake) = enforcer();
+        e.submit(desired(1));
+        fake.flush();
+        fake.fail_next(1, Failure::Reject);
+        e.resync();
+        assert_eq!(fake.kernel(), None);
+        assert_eq!(e.retry_at(), None, "a repair is not retried with backoff");
+        e.resync();
+        assert_eq!(fake.kernel(), Some(ruleset(1)));
+        assert_eq!(fake.state().stats.drift_repairs, 1);
+    }
+
+    #[test]
+    fn resync_skips_the_drift_check_while_an_apply_is_failing() {
+        let (mut e, fake) = enforcer();
+        e.submit(desired(1));
+        fake.fail_next(100, Failure::Io);
+        e.submit(desired(2));
+        let sent = fake.sent().len();
+        e.resync();
+        assert_eq!(fake.state().drift_checks, 0);
+        assert_eq!(fake.sent().len(), sent);
+    }
+
+    /// Current behaviour, documented rather than endorsed: while an update keeps failing, the
+    /// periodic resync does not look at the kernel, so drift (here the table flushed away,
+    /// which leaves the node open) stays unrepaired until the update finally commits; that
+    /// commit then replaces the whole table (the diff fails against the drifted kernel and
+    /// falls back to a full replace), which repairs the drift with the new ruleset.
+    #[test]
+    fn drift_while_updates_keep_failing_waits_for_the_update() {
+        let (mut e, fake) = enforcer();
+        e.submit(desired(1));
+        fake.fail_next(2, Failure::Reject);
+        e.submit(desired(2));
+        fake.flush();
+        for _ in 0..3 {
+            e.resync();
+        }
+        assert_eq!(fake.state().drift_checks, 0);
+        assert_eq!(
+            fake.kernel(),
+            None,
+            "the drift is not repaired while the update fails"
+        );
+        assert_eq!(fake.state().stats.drift_repairs, 0);
+
+        retry(&mut e);
+        let sent = fake.sent();
+        assert_eq!(sent[sent.len() - 2..], [(Diff, false), (Full, true)]);
+        assert_eq!(fake.kernel(), Some(ruleset(2)));
+        assert_eq!(
+            fake.state().stats.drift_repairs,
+            0,
+            "repaired by the update"
+        );
+        e.resync();
+        assert_eq!(fake.state().stats.drift_repairs, 0);
+        assert_eq!(fake.sent().len(), sent.len());
+    }
+
+    #[test]
+    fn status_file_follows_successful_applies_only() {
+        let dir = TempDir::new("enforce-status");
+        let path = dir.0.join("status.json");
+        let fake = FakeDataplane::default();
+        let mut e = Enforcer::with_driver(fake.clone(), Some(path.clone()));
+        e.submit(desired(1));
+        let s = read_status(&path).unwrap();
+        assert_eq!((s.generation, s.fingerprint.as_str()), (1, "fp1"));
+
+        fake.fail_next(2, Failure::Reject);
+        e.submit(desired(2));
+        let s = read_status(&path).unwrap();
+        assert_eq!((s.generation, s.fingerprint.as_str()), (1, "fp1"));
+
+        retry(&mut e);
+        let s = read_status(&path).unwrap();
+        assert_eq!((s.generation, s.fingerprint.as_str()), (2, "fp2"));
+
+        // A drift repair is not an apply: the status stays.
+        fake.flush();
+        e.resync();
+        assert_eq!(read_status(&path).unwrap().generation, 2);
+    }
+
+    #[test]
+    fn an_unwritable_status_file_does_not_fail_the_apply() {
+        let dir = TempDir::new("enforce-status-err");
+        let path = dir.0.join("no-such-dir").join("status.json");
+        let fake = FakeDataplane::default();
+        let mut e = Enforcer::with_driver(fake.clone(), Some(path));
+        e.submit(desired(1));
+        assert_eq!(e.generation(), 1);
+        assert_eq!(e.retry_at(), None);
+    }
+
+    fn sample(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    }
+
+    #[test]
+    fn metrics_count_failures_transactions_and_commits() {
+        let (mut e, fake) = enforcer();
+        let m = Metrics::new();
+        e.set_metrics(m.clone());
+        e.submit(desired(1));
+        fake.fail_next(2, Failure::Reject);
+        e.submit(desired(2));
+        let text = m.encode();
+        assert_eq!(sample(&text, "nftpol_int_dataplane_failures"), 1.0);
+        assert_eq!(sample(&text, "nftpol_nft_transactions"), 3.0);
+        assert_eq!(sample(&text, "nftpol_nft_errors"), 2.0);
+        assert_eq!(
+            sample(&text, "nftpol_int_dataplane_apply_time_seconds_count"),
+            1.0
+        );
+
+        retry(&mut e);
+        fake.flush();
+        e.resync();
+        let text = m.encode();
+        assert_eq!(sample(&text, "nftpol_int_dataplane_failures"), 1.0);
+        // The diff of the retry and the full replace of the drift repair.
+        assert_eq!(sample(&text, "nftpol_nft_transactions"), 5.0);
+        assert_eq!(sample(&text, "nftpol_nft_errors"), 2.0);
+        assert_eq!(
+            sample(&text, "nftpol_int_dataplane_apply_time_seconds_count"),
+            3.0
+        );
+    }
 }
