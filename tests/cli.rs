@@ -365,3 +365,49 @@ spec:
         "{s}"
     );
 }
+
+/// An invalid value in an In/NotIn list (which the API server keeps in old policies) is a
+/// warning: the policy is enforced, not skipped.
+#[test]
+fn invalid_in_value_is_a_warning_and_the_policy_applies() {
+    let dir = Scratch::new();
+    let f = dir.file(
+        "all.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: legacy, namespace: x}
+spec:
+  podSelector: {matchExpressions: [{key: app, operator: In, values: [b, "has space"]}]}
+"#,
+    );
+    let path = f.to_str().unwrap();
+    let want = "warning: ";
+    let field = "NetworkPolicy x/legacy: spec.podSelector.matchExpressions[0].values[1]: invalid value \"has space\"";
+    for out in [
+        nftpol(&["simulate", "-f", path, "--port", "80"]),
+        explain(path, "x/a", "x/b", "80"),
+    ] {
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(want) && l.contains(field)),
+            "{stderr}"
+        );
+        assert!(!stdout.contains("invalid polic"), "{stdout}");
+    }
+    let s = text(&explain(path, "x/a", "x/b", "80").stdout);
+    assert!(s.contains("DENIED") && s.contains("x/legacy"), "{s}");
+}

@@ -10,7 +10,7 @@ use nftpol::policy::compile::{Scope, compile};
 use nftpol::policy::index::ClusterIndex;
 use nftpol::policy::model::ClusterState;
 use nftpol::source::manifest;
-use nftpol::source::{Change, Update};
+use nftpol::source::{Change, Listing, Update};
 
 const NODE: &str = "node-1";
 
@@ -33,9 +33,11 @@ fn state_of(state: &corpus::State) -> ClusterState {
 }
 
 fn relist(r: &mut Reconciler, s: &ClusterState) {
-    r.apply(Update::Namespace(Change::Relisted(s.namespaces.clone())));
-    r.apply(Update::Pod(Change::Relisted(s.pods.clone())));
-    r.apply(Update::Policy(Change::Relisted(s.policies.clone())));
+    r.apply(Update::Namespace(Change::Relisted(
+        s.namespaces.clone().into(),
+    )));
+    r.apply(Update::Pod(Change::Relisted(s.pods.clone().into())));
+    r.apply(Update::Policy(Change::Relisted(s.policies.clone().into())));
 }
 
 /// The per-object updates a watch would deliver between two states.
@@ -86,11 +88,13 @@ fn not_ready_until_every_kind_is_listed() {
     let case = &corpus::load_cases()[0];
     let s = state_of(&corpus::State::new(&model, case));
     let mut r = Reconciler::new(NODE);
-    r.apply(Update::Namespace(Change::Relisted(s.namespaces.clone())));
-    r.apply(Update::Pod(Change::Relisted(s.pods.clone())));
+    r.apply(Update::Namespace(Change::Relisted(
+        s.namespaces.clone().into(),
+    )));
+    r.apply(Update::Pod(Change::Relisted(s.pods.clone().into())));
     assert!(!r.ready());
     assert!(r.plan().endpoints.is_empty());
-    r.apply(Update::Policy(Change::Relisted(s.policies.clone())));
+    r.apply(Update::Policy(Change::Relisted(s.policies.clone().into())));
     assert!(r.ready());
     assert!(r.take_dirty());
     assert_eq!(r.plan(), &expected(&s));
@@ -158,6 +162,58 @@ fn deletions_during_an_outage_are_applied_by_the_relist() {
     // The same relist again changes nothing.
     relist(&mut r, &after);
     assert!(!r.take_dirty());
+}
+
+/// A relist that names objects as present but not converting (the source lists their keys)
+/// keeps their last valid versions: nothing opens. Absent from a later relist, they go.
+#[test]
+fn a_relist_keeps_the_last_valid_version_of_objects_that_do_not_convert() {
+    let before = default_deny_ingress();
+    let mut r = Reconciler::new(NODE);
+    relist(&mut r, &before);
+    let plan = r.plan().clone();
+    assert!(plan.isolated().count() > 0);
+    r.take_dirty();
+
+    fn invalid<T, K>(keys: Vec<K>) -> Listing<T, K> {
+        Listing {
+            objects: vec![],
+            invalid: keys,
+        }
+    }
+    r.apply(Update::Namespace(Change::Relisted(invalid(
+        before.namespaces.iter().map(|n| n.name.clone()).collect(),
+    ))));
+    r.apply(Update::Pod(Change::Relisted(invalid(
+        before.pods.iter().map(|p| p.key.clone()).collect(),
+    ))));
+    r.apply(Update::Policy(Change::Relisted(invalid(
+        before.policies.iter().map(|p| p.key.clone()).collect(),
+    ))));
+    assert!(!r.take_dirty());
+    assert_eq!(r.plan(), &plan);
+    assert_eq!(r.full_resync(), 0);
+
+    // The policies come back valid, pod x/a is invalid and every other object is gone.
+    let mut after = before.clone();
+    after.pods.retain(|p| p.key.to_string() == "x/a");
+    r.apply(Update::Pod(Change::Relisted(invalid(
+        after.pods.iter().map(|p| p.key.clone()).collect(),
+    ))));
+    r.apply(Update::Policy(Change::Relisted(
+        after.policies.clone().into(),
+    )));
+    assert!(r.take_dirty());
+    assert_eq!(r.plan(), &expected(&after));
+    assert!(r.plan().endpoints.keys().any(|k| k.to_string() == "x/a"));
+    assert_eq!(r.full_resync(), 0);
+
+    // Absent from a relist: deleted, whatever was said of it before.
+    after.pods.clear();
+    r.apply(Update::Pod(Change::Relisted(vec![].into())));
+    assert!(r.take_dirty());
+    assert!(r.plan().endpoints.is_empty());
+    assert_eq!(r.plan(), &expected(&after));
 }
 
 #[test]

@@ -224,7 +224,9 @@ spec:
 }
 
 /// Selectors the API server would reject (label keys and values it would not store) make the
-/// policy invalid: reported with its field and skipped, while the valid policies apply.
+/// policy invalid: reported with its field and skipped, while the valid policies apply. An
+/// invalid value in an In/NotIn list, which the API server still stores in old policies, is a
+/// warning at its field, and the policy applies.
 #[test]
 fn invalid_label_selectors_are_reported_and_skipped() {
     let policies = r#"
@@ -274,20 +276,66 @@ spec:
                 "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].key"
             ),
             ("x/space", "spec.podSelector.matchLabels"),
-            (
-                "y/bad-value",
-                "spec.egress[0].to[0].podSelector.matchExpressions[0].values[1]"
-            ),
         ]
         .map(|(o, f)| (o.to_string(), f.to_string()))
     );
-    let keys: Vec<String> = loaded
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(
+        loaded.warnings[0].contains(
+            "NetworkPolicy y/bad-value: spec.egress[0].to[0].podSelector.matchExpressions[0].values[1]: invalid value \"b;c\""
+        ),
+        "{:?}",
+        loaded.warnings
+    );
+    let mut keys: Vec<String> = loaded
         .state
         .policies
         .iter()
         .map(|p| p.key.to_string())
         .collect();
-    assert_eq!(keys, ["x/deny-b"]);
+    keys.sort();
+    assert_eq!(keys, ["x/deny-b", "y/bad-value"]);
+}
+
+/// Policies with invalid values in In/NotIn lists (kept by the API server from before it
+/// checked them) still isolate the pods they select: skipping them would leave those pods
+/// open. The invalid value matches no label: `In` selects by the valid values only, `NotIn`
+/// excludes by them only.
+#[test]
+fn policies_with_invalid_in_and_not_in_values_still_isolate() {
+    let policies = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-a, namespace: x}
+spec:
+  podSelector: {matchExpressions: [{key: app, operator: In, values: [a, "not valid!"]}]}
+  policyTypes: [Ingress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-from-b, namespace: y}
+spec:
+  podSelector: {matchExpressions: [{key: app, operator: NotIn, values: ["b;c"]}]}
+  ingress:
+  - from:
+    - namespaceSelector: {}
+      podSelector: {matchExpressions: [{key: app, operator: In, values: [b, "has space"]}]}
+"#;
+    let yaml = format!("{PODS}---\n{policies}");
+    let docs: Vec<serde_json::Value> = serde_norway::Deserializer::from_str(&yaml)
+        .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect();
+    let loaded = manifest::load_values("test.yaml", docs).expect("loads");
+    assert_eq!(loaded.warnings.len(), 3, "{:?}", loaded.warnings);
+    let (_, p) = plan(&yaml);
+    // x/a is isolated (In [a, <invalid>] selects it), x/b is not.
+    assert!(!allowed(&p, "x/b", "x/a", 80, Protocol::Tcp));
+    assert!(!allowed(&p, "y/c", "x/a", 80, Protocol::Tcp));
+    assert!(allowed(&p, "x/a", "x/b", 80, Protocol::Tcp));
+    // y/c is isolated (NotIn [<invalid>] excludes nothing) and admits only app=b.
+    assert!(allowed(&p, "x/b", "y/c", 80, Protocol::Tcp));
+    assert!(!allowed(&p, "x/a", "y/c", 80, Protocol::Tcp));
 }
 
 /// A pod or namespace manifest with labels the API server would reject is unusable input, like

@@ -394,7 +394,7 @@ mod tests {
     }
 
     fn update() -> Input {
-        Input::Source(Event::Update(Update::Pod(Change::Relisted(vec![]))))
+        Input::Source(Event::Update(Update::Pod(Change::Relisted(vec![].into()))))
     }
 
     #[test]

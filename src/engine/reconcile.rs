@@ -4,8 +4,11 @@
 //! re-evaluates namespace selectors). Pure: the caller programs the resulting plan.
 //!
 //! A relist is diffed against the index object by object, so that deletions that happened
-//! while nobody watched are applied like any other. Until every kind has been listed once the
-//! reconciler is not ready: the caller leaves the previous ruleset in force until then.
+//! while nobody watched are applied like any other. An object a relist names as present but
+//! not converting keeps its last valid version, as after a watch update that does not convert
+//! (the source sends none): only absence from a relist, or a deletion, removes an object.
+//! Until every kind has been listed once the reconciler is not ready: the caller leaves the
+//! previous ruleset in force until then.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,7 +17,7 @@ use ipnet::IpNet;
 use crate::policy::compile::{Compiler, NodePlan, Scope};
 use crate::policy::index::ClusterIndex;
 use crate::policy::model::{Namespace, ObjectKey, Pod, Policy};
-use crate::source::{Change, Update};
+use crate::source::{Change, Listing, Update};
 
 /// The kinds that must be listed once before the plan means anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -142,8 +145,12 @@ impl Reconciler {
         match change {
             Change::Applied(ns) => self.namespace_upsert(ns),
             Change::Deleted(name) => self.namespace_delete(&name),
-            Change::Relisted(all) => {
-                let keep: BTreeSet<String> = all.iter().map(|n| n.name.clone()).collect();
+            Change::Relisted(Listing { objects, invalid }) => {
+                let keep: BTreeSet<String> = objects
+                    .iter()
+                    .map(|n| n.name.clone())
+                    .chain(invalid)
+                    .collect();
                 let gone: Vec<String> = self
                     .index
                     .namespaces()
@@ -153,7 +160,7 @@ impl Reconciler {
                 for name in gone {
                     self.namespace_delete(&name);
                 }
-                for ns in all {
+                for ns in objects {
                     self.namespace_upsert(ns);
                 }
                 self.listed(Kind::Namespace);
@@ -189,14 +196,15 @@ impl Reconciler {
         match change {
             Change::Applied(pod) => self.pod_upsert(pod),
             Change::Deleted(key) => self.pod_delete(&key),
-            Change::Relisted(all) => {
+            Change::Relisted(Listing { objects, invalid }) => {
                 let mut all: BTreeMap<ObjectKey, Pod> =
-                    all.into_iter().map(|p| (p.key.clone(), p)).collect();
+                    objects.into_iter().map(|p| (p.key.clone(), p)).collect();
+                let invalid: BTreeSet<ObjectKey> = invalid.into_iter().collect();
                 let gone: Vec<ObjectKey> = self
                     .index
                     .pods()
                     .map(|p| p.key.clone())
-                    .filter(|k| !all.contains_key(k))
+                    .filter(|k| !all.contains_key(k) && !invalid.contains(k))
                     .collect();
                 for key in gone {
                     self.pod_delete(&key);
@@ -230,8 +238,12 @@ impl Reconciler {
         match change {
             Change::Applied(p) => self.policy_upsert(p),
             Change::Deleted(key) => self.policy_delete(&key),
-            Change::Relisted(all) => {
-                let keep: BTreeSet<ObjectKey> = all.iter().map(|p| p.key.clone()).collect();
+            Change::Relisted(Listing { objects, invalid }) => {
+                let keep: BTreeSet<ObjectKey> = objects
+                    .iter()
+                    .map(|p| p.key.clone())
+                    .chain(invalid)
+                    .collect();
                 let gone: Vec<ObjectKey> = self
                     .index
                     .policies()
@@ -241,7 +253,7 @@ impl Reconciler {
                 for key in gone {
                     self.policy_delete(&key);
                 }
-                for p in all {
+                for p in objects {
                     self.policy_upsert(p);
                 }
                 self.listed(Kind::Policy);

@@ -269,11 +269,13 @@ mod tests {
 
     fn relist(s: &mut ApiState, c: &ClusterState) {
         s.apply(Event::Update(Update::Namespace(Change::Relisted(
-            c.namespaces.clone(),
+            c.namespaces.clone().into(),
         ))));
-        s.apply(Event::Update(Update::Pod(Change::Relisted(c.pods.clone()))));
+        s.apply(Event::Update(Update::Pod(Change::Relisted(
+            c.pods.clone().into(),
+        ))));
         s.apply(Event::Update(Update::Policy(Change::Relisted(
-            c.policies.clone(),
+            c.policies.clone().into(),
         ))));
     }
 
@@ -286,7 +288,9 @@ mod tests {
                 RELISTS.fetch_add(1, Ordering::Relaxed);
             });
         let c = cluster(vec![pod("a", "10.0.0.1"), deny_all()]);
-        s.apply(Event::Update(Update::Pod(Change::Relisted(c.pods.clone()))));
+        s.apply(Event::Update(Update::Pod(Change::Relisted(
+            c.pods.clone().into(),
+        ))));
         assert!(!s.ready());
         assert!(s.settle(true).is_none());
         assert_eq!(RELISTS.load(Ordering::Relaxed), 1);

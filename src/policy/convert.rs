@@ -3,9 +3,14 @@
 //! outside its CIDR, unknown protocols or selector operators, ports out of range, label keys
 //! and values it would not store, in selectors and on pods and namespaces).
 //!
+//! What the API server still stores although it would reject it in a new object is kept and
+//! returned as a warning instead ([`policy_with_warnings`]): the only such field is an invalid
+//! value in a selector's `In`/`NotIn` list, which matches no label.
+//!
 //! This is the only module that knows the Kubernetes wire types; errors name the object and the
 //! field (`spec.ingress[0].from[1].ipBlock.except[0]`) so that a user can find the mistake.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
@@ -49,9 +54,24 @@ pub struct InvalidObject {
 struct Ctx<'a> {
     kind: &'static str,
     object: &'a str,
+    /// What was accepted but is reported.
+    warnings: RefCell<Vec<InvalidObject>>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn new(kind: &'static str, object: &'a str) -> Self {
+        Self {
+            kind,
+            object,
+            warnings: RefCell::default(),
+        }
+    }
+
+    fn warn(&self, field: impl Into<String>, message: impl Into<String>) {
+        let warning = self.err(field, message);
+        self.warnings.borrow_mut().push(warning);
+    }
+
     fn err(&self, field: impl Into<String>, message: impl Into<String>) -> InvalidObject {
         InvalidObject {
             kind: self.kind,
@@ -193,10 +213,7 @@ fn check_labels(ctx: &Ctx, field: &str, labels: &Labels) -> Result<(), InvalidOb
 pub fn namespace(ns: &core::Namespace) -> Result<Namespace, InvalidObject> {
     let name = name_of(&ns.metadata, "Namespace")?;
     let mut labels = labels(&ns.metadata);
-    let ctx = Ctx {
-        kind: "Namespace",
-        object: &name,
-    };
+    let ctx = Ctx::new("Namespace", &name);
     check_labels(&ctx, "metadata.labels", &labels)?;
     // The API server sets this label on every namespace since 1.21; older servers and
     // hand-written manifests may lack it, and policies select on it.
@@ -257,10 +274,7 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, InvalidObject> {
     let name = name_of(&pod.metadata, "Pod")?;
     let key = ObjectKey::new(namespace_of(&pod.metadata), name);
     let object = key.to_string();
-    let ctx = Ctx {
-        kind: "Pod",
-        object: &object,
-    };
+    let ctx = Ctx::new("Pod", &object);
     // The API server never stores such labels; in a manifest they are a typo that would make
     // the pod silently escape (or join) selections, so the pod is refused like any bad field.
     let labels = labels(&pod.metadata);
@@ -381,13 +395,18 @@ fn selector(
         // Only In and NotIn get this far with values. The API server checks them on create;
         // on update it still accepts them if the stored object already had invalid ones
         // (NetworkPolicyValidationOptions.AllowInvalidLabelValueInSelector, for objects from
-        // before it checked values), so such a legacy policy is reported here, not enforced.
+        // before it checked values), so such policies exist. Skipping one would open the pods
+        // it isolates; kept, the value matches no label (no pod or namespace has such a label
+        // value), so `In` never matches it and `NotIn` never excludes by it.
         for (j, v) in values.iter().enumerate() {
             if let Some(why) = label_value_error(v) {
-                return Err(ctx.err(
+                ctx.warn(
                     format!("{f}.values[{j}]"),
-                    format!("invalid value {v:?}: {why}"),
-                ));
+                    format!(
+                        "invalid value {v:?} (it matches no label; the API server keeps such \
+                         values only in policies stored before it checked them): {why}"
+                    ),
+                );
             }
         }
         requirements.push(r);
@@ -520,14 +539,20 @@ fn ports(
     Ok(Some(out))
 }
 
+/// [`policy_with_warnings`] without the warnings: for callers that report nothing.
 pub fn policy(np: &net::NetworkPolicy) -> Result<Policy, InvalidObject> {
+    policy_with_warnings(np).map(|(p, _)| p)
+}
+
+/// The policy, and what it holds that the API server would reject in a new policy but still
+/// stores (see the module doc): to be reported as warnings, the policy being enforced.
+pub fn policy_with_warnings(
+    np: &net::NetworkPolicy,
+) -> Result<(Policy, Vec<InvalidObject>), InvalidObject> {
     let name = name_of(&np.metadata, "NetworkPolicy")?;
     let key = ObjectKey::new(namespace_of(&np.metadata), name);
     let object = key.to_string();
-    let ctx = Ctx {
-        kind: "NetworkPolicy",
-        object: &object,
-    };
+    let ctx = Ctx::new("NetworkPolicy", &object);
     let default_spec = net::NetworkPolicySpec::default();
     let spec = np.spec.as_ref().unwrap_or(&default_spec);
     let pod_selector = selector(&ctx, "spec.podSelector", spec.pod_selector.as_ref())?;
@@ -573,7 +598,7 @@ pub fn policy(np: &net::NetworkPolicy) -> Result<Policy, InvalidObject> {
         }
     };
     let log_allowed = annotation(&np.metadata, LOG_ANNOTATION) == Some("true");
-    Ok(Policy {
+    let policy = Policy {
         key,
         pod_selector,
         isolates_ingress,
@@ -581,7 +606,8 @@ pub fn policy(np: &net::NetworkPolicy) -> Result<Policy, InvalidObject> {
         ingress,
         egress,
         log_allowed,
-    })
+    };
+    Ok((policy, ctx.warnings.into_inner()))
 }
 
 #[cfg(test)]
@@ -640,7 +666,8 @@ mod tests {
     }
 
     /// The field each invalid selector is reported at, for a policy with that selector as its
-    /// podSelector and as both selectors of an egress peer.
+    /// podSelector and as both selectors of an egress peer. (Invalid In/NotIn values are
+    /// warnings: see the next test.)
     #[test]
     fn invalid_label_keys_and_values_in_selectors_are_rejected() {
         let cases = [
@@ -672,18 +699,6 @@ mod tests {
             (
                 json_sel(r#"{"matchLabels": {"example.com/": "a"}}"#),
                 "matchLabels",
-            ),
-            (
-                json_sel(
-                    r#"{"matchExpressions": [{"key": "app", "operator": "In", "values": ["ok", "not ok"]}]}"#,
-                ),
-                "matchExpressions[0].values[1]",
-            ),
-            (
-                json_sel(
-                    r#"{"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["a_"]}]}"#,
-                ),
-                "matchExpressions[0].values[0]",
             ),
             (
                 json_sel(r#"{"matchExpressions": [{"key": "app!", "operator": "Exists"}]}"#),
@@ -731,6 +746,57 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An invalid value in an In/NotIn list, which the API server keeps in policies stored
+    /// before it checked them, is a warning at its field: the policy is kept, the value as
+    /// written (it matches no label).
+    #[test]
+    fn invalid_in_and_not_in_values_are_warnings_and_the_policy_is_kept() {
+        let cases = [
+            (
+                r#"{"matchExpressions": [{"key": "app", "operator": "In", "values": ["ok", "not ok"]}]}"#,
+                "matchExpressions[0].values[1]",
+                Requirement::In("app".into(), vec!["ok".into(), "not ok".into()]),
+            ),
+            (
+                r#"{"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["a_"]}]}"#,
+                "matchExpressions[0].values[0]",
+                Requirement::NotIn("app".into(), vec!["a_".into()]),
+            ),
+        ];
+        for (sel, field, requirement) in cases {
+            let sel = json_sel(sel);
+            let (p, warnings) = policy_with_warnings(&np(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "x"},
+                "spec": {"podSelector": sel, "ingress": [{"from": [{"namespaceSelector": sel}]}]}
+            })))
+            .expect("kept");
+            assert_eq!(p.pod_selector.requirements, [requirement], "{sel}");
+            let fields: Vec<&str> = warnings.iter().map(|w| w.field.as_str()).collect();
+            assert_eq!(
+                fields,
+                [
+                    format!("spec.podSelector.{field}"),
+                    format!("spec.ingress[0].from[0].namespaceSelector.{field}")
+                ],
+                "{sel}"
+            );
+            assert!(
+                warnings
+                    .iter()
+                    .all(|w| (w.kind, w.object.as_str()) == ("NetworkPolicy", "x/p")
+                        && w.message.contains("matches no label")),
+                "{warnings:?}"
+            );
+        }
+        // Valid values give no warnings.
+        let (_, warnings) = policy_with_warnings(&np(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["a", ""]}]}}
+        })))
+        .expect("valid");
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]

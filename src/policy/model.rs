@@ -4,7 +4,9 @@
 //! objects by `convert` (the only place that knows the Kubernetes wire format), so everything
 //! here is already validated: CIDRs parse, ports are in range, protocols are known, label keys
 //! and values are ones the API server stores, and the NetworkPolicy defaulting rules
-//! (policyTypes, protocol TCP, empty vs absent lists) are applied.
+//! (policyTypes, protocol TCP, empty vs absent lists) are applied. The one exception is a
+//! value in a selector's In/NotIn list, kept as written even if invalid (the API server still
+//! stores such values in old policies): it equals no label value, so it matches nothing.
 
 use std::collections::BTreeMap;
 use std::fmt;

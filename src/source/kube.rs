@@ -8,93 +8,213 @@
 //! restart (first list, relist after 410 Gone or an outage) is buffered until it is complete
 //! and reported as one [`Change::Relisted`], so that a relist of 10,000 objects is one update
 //! and deletions missed during an outage show up as absent objects.
+//!
+//! An object that does not convert (an edit nftpol cannot enforce) is reported once and keeps
+//! its last valid version until it is fixed or deleted, whether it arrives in a watch update
+//! or in a relist: dropping it would open the pods its last version protected. Deletions
+//! always apply, by the key in the object's metadata.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::{Change, Sink, Update};
+use super::{Change, Listing, Sink, Update};
 use crate::policy::convert::{self, InvalidObject};
+use crate::policy::model::ObjectKey;
+
+/// One object of a watcher event: its key, from metadata (which always converts, so that a
+/// deletion applies whatever the object holds), and the object converted, with the warnings
+/// the conversion gave, or why it does not convert.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seen<T, K> {
+    pub key: K,
+    pub converted: Result<(T, Vec<InvalidObject>), InvalidObject>,
+}
+
+/// What the source says about an object that has problems.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Report {
+    /// Its current version does not convert: the last valid version, if any, stays in force.
+    Invalid(InvalidObject),
+    /// It converts, with these warnings.
+    Warnings(Vec<InvalidObject>),
+}
 
 /// Turns one kind's watcher events into changes, buffering restarts until they are complete.
+///
+/// One rule for watch updates and relists: an object whose current version does not convert
+/// keeps its last valid version (a watch update reports no change; a relist lists its key
+/// as present), and only a deletion or its absence from a relist removes it. Problems are
+/// reported once per object, again only when they change, so that a relist every few minutes
+/// does not repeat them.
 #[derive(Debug)]
-pub struct Relister<T> {
-    buffer: Option<Vec<T>>,
+pub struct Relister<T, K> {
+    /// The relist in progress, and the keys in it that have a report standing.
+    buffer: Option<(Listing<T, K>, BTreeSet<K>)>,
+    /// The last report of each object with problems.
+    reported: BTreeMap<K, Report>,
 }
 
-impl<T> Default for Relister<T> {
+impl<T, K> Default for Relister<T, K> {
     fn default() -> Self {
-        Self { buffer: None }
+        Self {
+            buffer: None,
+            reported: BTreeMap::new(),
+        }
     }
 }
 
-impl<T> Relister<T> {
-    /// Feeds one event (already converted); returns the change to report, if any.
-    pub fn feed<K>(&mut self, event: Event<T>, key: impl Fn(&T) -> K) -> Option<Change<T, K>> {
+impl<T, K: Ord + Clone> Relister<T, K> {
+    /// Feeds one event; returns the change to report, if any. `report` is called for each
+    /// problem that was not reported already.
+    pub fn feed(
+        &mut self,
+        event: Event<Seen<T, K>>,
+        mut report: impl FnMut(&Report),
+    ) -> Option<Change<T, K>> {
         match event {
             Event::Init => {
-                self.buffer = Some(Vec::new());
+                self.buffer = Some((Listing::from(Vec::new()), BTreeSet::new()));
                 None
             }
-            Event::InitApply(obj) => {
-                self.buffer.get_or_insert_with(Vec::new).push(obj);
+            Event::InitApply(seen) => {
+                let key = seen.key.clone();
+                let converted = self.check(seen, &mut report);
+                let (listing, standing) = self
+                    .buffer
+                    .get_or_insert_with(|| (Listing::from(Vec::new()), BTreeSet::new()));
+                match converted {
+                    Ok(obj) => listing.objects.push(obj),
+                    Err(key) => listing.invalid.push(key),
+                }
+                if self.reported.contains_key(&key) {
+                    standing.insert(key);
+                }
                 None
             }
-            Event::InitDone => Some(Change::Relisted(self.buffer.take().unwrap_or_default())),
-            Event::Apply(obj) => Some(Change::Applied(obj)),
-            Event::Delete(obj) => Some(Change::Deleted(key(&obj))),
+            Event::InitDone => {
+                let (listing, standing) = self
+                    .buffer
+                    .take()
+                    .unwrap_or_else(|| (Listing::from(Vec::new()), BTreeSet::new()));
+                // Objects absent from the relist were deleted: forget what was said of them.
+                self.reported.retain(|k, _| standing.contains(k));
+                Some(Change::Relisted(listing))
+            }
+            Event::Apply(seen) => self.check(seen, &mut report).ok().map(Change::Applied),
+            Event::Delete(seen) => {
+                self.reported.remove(&seen.key);
+                Some(Change::Deleted(seen.key))
+            }
         }
+    }
+
+    /// The object if it converts, else its key; reports what is new.
+    fn check(&mut self, seen: Seen<T, K>, report: &mut impl FnMut(&Report)) -> Result<T, K> {
+        let (now, out) = match seen.converted {
+            Ok((obj, warnings)) if warnings.is_empty() => (None, Ok(obj)),
+            Ok((obj, warnings)) => (Some(Report::Warnings(warnings)), Ok(obj)),
+            Err(e) => (Some(Report::Invalid(e)), Err(seen.key.clone())),
+        };
+        match now {
+            None => {
+                self.reported.remove(&seen.key);
+            }
+            Some(now) => {
+                if self.reported.get(&seen.key) != Some(&now) {
+                    report(&now);
+                    self.reported.insert(seen.key, now);
+                }
+            }
+        }
+        out
     }
 }
 
-/// Converts an event's objects; the ones that do not convert are logged and dropped (a
-/// deletion still goes through: its key is all that matters).
-fn convert_event<K, T>(
-    event: Event<K>,
-    convert: impl Fn(&K) -> Result<T, InvalidObject>,
-) -> Vec<Event<T>> {
-    let one = |obj: &K| match convert(obj) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::error!("not enforced: {e}");
-            None
-        }
-    };
-    match event {
-        Event::Init => vec![Event::Init],
-        Event::InitDone => vec![Event::InitDone],
-        Event::InitApply(o) => one(&o).map(Event::InitApply).into_iter().collect(),
-        Event::Apply(o) => one(&o).map(Event::Apply).into_iter().collect(),
-        Event::Delete(o) => one(&o).map(Event::Delete).into_iter().collect(),
-    }
+/// A namespace's key: its name.
+fn namespace_key(meta: &ObjectMeta) -> Option<String> {
+    meta.name.clone().filter(|n| !n.is_empty())
 }
 
-async fn pump<K, T, Key, E>(
+/// A namespaced object's key, as [`convert`] makes it.
+fn object_key(meta: &ObjectMeta) -> Option<ObjectKey> {
+    namespace_key(meta).map(|name| ObjectKey::new(convert::namespace_of(meta), name))
+}
+
+/// Converts an event's objects. The API server names every object; one without a name is
+/// logged and dropped, since nothing could ever refer to it.
+fn convert_event<R: Resource, T, K>(
     kind: &'static str,
-    stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
-    convert: impl Fn(&K) -> Result<T, InvalidObject>,
-    key: impl Fn(&T) -> Key + Copy,
-    wrap: impl Fn(Change<T, Key>) -> Update,
+    event: Event<R>,
+    key: impl Fn(&ObjectMeta) -> Option<K>,
+    convert: impl Fn(&R) -> Result<(T, Vec<InvalidObject>), InvalidObject>,
+) -> Option<Event<Seen<T, K>>> {
+    let seen = |obj: R| {
+        let Some(key) = key(obj.meta()) else {
+            tracing::error!(kind, "ignoring an object without a name");
+            return None;
+        };
+        let converted = convert(&obj);
+        Some(Seen { key, converted })
+    };
+    Some(match event {
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+        Event::InitApply(o) => Event::InitApply(seen(o)?),
+        Event::Apply(o) => Event::Apply(seen(o)?),
+        Event::Delete(o) => Event::Delete(seen(o)?),
+    })
+}
+
+/// Logs a problem found in an object, once (see [`Relister`]).
+fn log_report(kind: &'static str, report: &Report) {
+    match report {
+        Report::Invalid(e) => tracing::warn!(
+            kind,
+            object = %e.object,
+            field = %e.field,
+            "{e}; its last valid version, if any, stays in force until it is fixed or deleted"
+        ),
+        Report::Warnings(warnings) => {
+            for w in warnings {
+                tracing::warn!(kind, object = %w.object, field = %w.field, "{w}");
+            }
+        }
+    }
+}
+
+async fn pump<R, T, K, E>(
+    kind: &'static str,
+    stream: impl Stream<Item = Result<Event<R>, watcher::Error>>,
+    key: impl Fn(&ObjectMeta) -> Option<K>,
+    convert: impl Fn(&R) -> Result<(T, Vec<InvalidObject>), InvalidObject>,
+    wrap: impl Fn(Change<T, K>) -> Update,
     sink: Sink<E>,
-) {
+) where
+    R: Resource,
+    K: Ord + Clone,
+{
     let mut relister = Relister::default();
     let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
         match item {
             Ok(event) => {
-                for event in convert_event(event, &convert) {
-                    if let Some(change) = relister.feed(event, key)
-                        && !sink.send(super::Event::Update(wrap(change)))
-                    {
-                        return; // the reconciler is gone: shutting down
-                    }
+                let Some(event) = convert_event(kind, event, &key, &convert) else {
+                    continue;
+                };
+                if let Some(change) = relister.feed(event, |r| log_report(kind, r))
+                    && !sink.send(super::Event::Update(wrap(change)))
+                {
+                    return; // the reconciler is gone: shutting down
                 }
             }
             Err(e) => {
@@ -109,6 +229,13 @@ async fn pump<K, T, Key, E>(
             }
         }
     }
+}
+
+/// For kinds whose conversion gives no warnings.
+fn no_warnings<R, T>(
+    convert: impl Fn(&R) -> Result<T, InvalidObject>,
+) -> impl Fn(&R) -> Result<(T, Vec<InvalidObject>), InvalidObject> {
+    move |obj| convert(obj).map(|t| (t, Vec::new()))
 }
 
 fn watch<K>(
@@ -153,16 +280,16 @@ async fn run<E: Send + 'static>(client: Client, node: String, sink: Sink<E>) {
     let namespaces = pump(
         "Namespace",
         watch(Api::<core::Namespace>::all(client.clone()), config.clone()),
-        convert::namespace,
-        |n: &crate::policy::model::Namespace| n.name.clone(),
+        namespace_key,
+        no_warnings(convert::namespace),
         Update::Namespace,
         sink.clone(),
     );
     let pods = pump(
         "Pod",
         watch(Api::<core::Pod>::all(client.clone()), config.clone()),
-        convert::pod,
-        |p: &crate::policy::model::Pod| p.key.clone(),
+        object_key,
+        no_warnings(convert::pod),
         Update::Pod,
         sink.clone(),
     );
@@ -172,8 +299,8 @@ async fn run<E: Send + 'static>(client: Client, node: String, sink: Sink<E>) {
             Api::<net::NetworkPolicy>::all(client.clone()),
             config.clone(),
         ),
-        convert::policy,
-        |p: &crate::policy::model::Policy| p.key.clone(),
+        object_key,
+        convert::policy_with_warnings,
         Update::Policy,
         sink.clone(),
     );
@@ -225,22 +352,188 @@ pub fn node_pod_cidrs(node: &core::Node) -> Vec<ipnet::IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::reconcile::Reconciler;
+    use crate::policy::model::ObjectKey;
+
+    /// The updates the NetworkPolicy watch reports for these watcher events.
+    fn policy_updates(events: Vec<Event<net::NetworkPolicy>>) -> Vec<Update> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        futures::executor::block_on(pump(
+            "NetworkPolicy",
+            futures::stream::iter(events.into_iter().map(Ok)),
+            object_key,
+            convert::policy_with_warnings,
+            Update::Policy,
+            Sink::new(tx, |e| e),
+        ));
+        rx.try_iter()
+            .filter_map(|e| match e {
+                super::super::Event::Update(u) => Some(u),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn feed(r: &mut Reconciler, events: Vec<Event<net::NetworkPolicy>>) {
+        for u in policy_updates(events) {
+            r.apply(u);
+        }
+    }
+
+    fn np(spec: serde_json::Value) -> net::NetworkPolicy {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "x", "resourceVersion": "1"},
+            "spec": spec,
+        }))
+        .expect("a NetworkPolicy")
+    }
+
+    /// A policy that stops converting (someone's bad edit, a field nftpol cannot enforce)
+    /// keeps its last valid version whether the bad version arrives by a watch update or in a
+    /// relist, and its deletion applies although it does not convert.
+    #[test]
+    fn an_object_that_stops_converting_keeps_its_last_valid_version_until_deleted() {
+        let valid = np(serde_json::json!({"podSelector": {}}));
+        let invalid = np(serde_json::json!({
+            "podSelector": {},
+            "ingress": [{"from": [{"ipBlock": {"cidr": "not a cidr"}}]}],
+        }));
+        let key = ObjectKey::new("x", "p");
+        let mut r = Reconciler::new("node-1");
+        feed(
+            &mut r,
+            vec![Event::Init, Event::InitApply(valid), Event::InitDone],
+        );
+        let last_valid = r.index().policy(&key).cloned();
+        assert!(last_valid.is_some());
+
+        feed(&mut r, vec![Event::Apply(invalid.clone())]);
+        assert_eq!(r.index().policy(&key), last_valid.as_ref(), "watch update");
+
+        let relist = || {
+            vec![
+                Event::Init,
+                Event::InitApply(invalid.clone()),
+                Event::InitDone,
+            ]
+        };
+        feed(&mut r, relist());
+        assert_eq!(r.index().policy(&key), last_valid.as_ref(), "relist");
+
+        feed(&mut r, vec![Event::Delete(invalid.clone())]);
+        assert_eq!(r.index().policy(&key), None, "delete");
+
+        // Gone from a relist is gone, valid or not.
+        feed(
+            &mut r,
+            vec![
+                Event::Init,
+                Event::InitApply(np(serde_json::json!({"podSelector": {}}))),
+                Event::InitDone,
+            ],
+        );
+        feed(&mut r, relist());
+        assert!(r.index().policy(&key).is_some());
+        feed(&mut r, vec![Event::Init, Event::InitDone]);
+        assert_eq!(r.index().policy(&key), None, "absent from a relist");
+    }
 
     #[test]
     fn relists_are_buffered_until_complete() {
-        let mut r = Relister::<u32>::default();
-        let key = |v: &u32| *v;
-        assert_eq!(r.feed(Event::Apply(1), key), Some(Change::Applied(1)));
-        assert_eq!(r.feed(Event::Init, key), None);
-        assert_eq!(r.feed(Event::InitApply(2), key), None);
-        assert_eq!(r.feed(Event::InitApply(3), key), None);
+        let mut r = Relister::<u32, u32>::default();
+        let ok = |v: u32| Seen {
+            key: v,
+            converted: Ok((v, vec![])),
+        };
+        let mut feed = |e| r.feed(e, |_| panic!("nothing to report"));
+        assert_eq!(feed(Event::Apply(ok(1))), Some(Change::Applied(1)));
+        assert_eq!(feed(Event::Init), None);
+        assert_eq!(feed(Event::InitApply(ok(2))), None);
+        assert_eq!(feed(Event::InitApply(ok(3))), None);
         assert_eq!(
-            r.feed(Event::InitDone, key),
-            Some(Change::Relisted(vec![2, 3]))
+            feed(Event::InitDone),
+            Some(Change::Relisted(vec![2, 3].into()))
         );
-        assert_eq!(r.feed(Event::Delete(3), key), Some(Change::Deleted(3)));
+        assert_eq!(feed(Event::Delete(ok(3))), Some(Change::Deleted(3)));
         // A relist of nothing is still a relist: everything was deleted.
-        assert_eq!(r.feed(Event::Init, key), None);
-        assert_eq!(r.feed(Event::InitDone, key), Some(Change::Relisted(vec![])));
+        assert_eq!(feed(Event::Init), None);
+        assert_eq!(feed(Event::InitDone), Some(Change::Relisted(vec![].into())));
+    }
+
+    fn invalid(object: &str, message: &str) -> InvalidObject {
+        InvalidObject {
+            kind: "NetworkPolicy",
+            object: object.into(),
+            field: "spec".into(),
+            message: message.into(),
+        }
+    }
+
+    /// Problems are reported when they appear or change, not at every relist or update; an
+    /// invalid object is listed by its key; a deleted one is forgotten.
+    #[test]
+    fn each_problem_is_reported_once() {
+        let mut r = Relister::<u32, u32>::default();
+        let mut reports = Vec::new();
+        let bad = |v: u32, why: &str| Seen {
+            key: v,
+            converted: Err(invalid(&v.to_string(), why)),
+        };
+        let warned = |v: u32, why: &str| Seen {
+            key: v,
+            converted: Ok((v, vec![invalid(&v.to_string(), why)])),
+        };
+        let ok = |v: u32| Seen {
+            key: v,
+            converted: Ok((v, vec![])),
+        };
+        let mut feed = |e| r.feed(e, |rep: &Report| reports.push(rep.clone()));
+        let relist = |objects: Vec<Seen<u32, u32>>| {
+            let mut events = vec![Event::Init];
+            events.extend(objects.into_iter().map(Event::InitApply));
+            events.push(Event::InitDone);
+            events
+        };
+        let mut changes = Vec::new();
+        for _ in 0..3 {
+            for e in relist(vec![bad(1, "a"), warned(2, "w"), ok(3)]) {
+                changes.extend(feed(e));
+            }
+        }
+        assert_eq!(
+            changes,
+            vec![
+                Change::Relisted(Listing {
+                    objects: vec![2, 3],
+                    invalid: vec![1]
+                });
+                3
+            ]
+        );
+        assert_eq!(feed(Event::Apply(bad(1, "a"))), None);
+        assert_eq!(feed(Event::Apply(warned(2, "w"))), Some(Change::Applied(2)));
+        // A different problem is reported.
+        assert_eq!(feed(Event::Apply(bad(1, "b"))), None);
+        // Fixed, then broken again: reported again.
+        assert_eq!(feed(Event::Apply(ok(2))), Some(Change::Applied(2)));
+        assert_eq!(feed(Event::Apply(warned(2, "w"))), Some(Change::Applied(2)));
+        // Deleted (whatever it holds), or absent from a relist: forgotten.
+        assert_eq!(feed(Event::Delete(bad(1, "b"))), Some(Change::Deleted(1)));
+        for e in relist(vec![ok(3)]) {
+            feed(e);
+        }
+        assert_eq!(feed(Event::Apply(bad(1, "b"))), None);
+        assert_eq!(feed(Event::Apply(warned(2, "w"))), Some(Change::Applied(2)));
+        assert_eq!(
+            reports,
+            [
+                Report::Invalid(invalid("1", "a")),
+                Report::Warnings(vec![invalid("2", "w")]),
+                Report::Invalid(invalid("1", "b")),
+                Report::Warnings(vec![invalid("2", "w")]),
+                Report::Invalid(invalid("1", "b")),
+                Report::Warnings(vec![invalid("2", "w")]),
+            ]
+        );
     }
 }

@@ -55,7 +55,8 @@ impl fmt::Display for Skipped {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub state: ClusterState,
-    /// Ignored kinds and similar notes, one line each.
+    /// Ignored kinds, fields kept although invalid (see `convert`), and similar notes, one line
+    /// each.
     pub warnings: Vec<String>,
     /// Invalid policies, skipped.
     pub invalid: Vec<Skipped>,
@@ -238,8 +239,13 @@ impl Builder {
                     np.metadata.name.clone().unwrap_or_default()
                 );
                 self.once("NetworkPolicy", object, path)?;
-                match convert::policy(&np) {
-                    Ok(p) => self.loaded.state.policies.push(p),
+                match convert::policy_with_warnings(&np) {
+                    Ok((p, warnings)) => {
+                        let path = path.display();
+                        let warnings = warnings.iter().map(|w| format!("{path}: {w}"));
+                        self.loaded.warnings.extend(warnings);
+                        self.loaded.state.policies.push(p);
+                    }
                     Err(error) => self.loaded.invalid.push(Skipped {
                         path: path.to_path_buf(),
                         error,

@@ -34,7 +34,27 @@ pub enum Change<T, K> {
     Deleted(K),
     /// A full (re)list: exactly these objects exist now. Objects missing from it were deleted
     /// while nobody watched (an API outage, a 410 Gone).
-    Relisted(Vec<T>),
+    Relisted(Listing<T, K>),
+}
+
+/// What a full list holds. An object whose current version does not convert is listed by its
+/// key only: it still exists, so its last valid version stays in force (as after a watch
+/// update that does not convert) until the object is fixed or deleted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listing<T, K> {
+    pub objects: Vec<T>,
+    /// Present, but their current versions do not convert.
+    pub invalid: Vec<K>,
+}
+
+impl<T, K> From<Vec<T>> for Listing<T, K> {
+    /// A listing in which every object converted.
+    fn from(objects: Vec<T>) -> Self {
+        Self {
+            objects,
+            invalid: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
