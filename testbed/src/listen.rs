@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 
 use super::netns::Netns;
 use super::sctp;
-use crate::policy::model::Protocol;
+use nftpol::policy::model::Protocol;
 
 /// One socket the responder serves.
 #[derive(Debug)]

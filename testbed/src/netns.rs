@@ -8,7 +8,7 @@
 //! twice at once on one machine.
 //!
 //! ```no_run
-//! use nftpol::testbed::netns::Netns;
+//! use nftpol_testbed::netns::Netns;
 //! let ns = Netns::new()?;
 //! ns.ip(&["link", "set", "lo", "up"])?;
 //! let listener = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0"))??;
