@@ -14,6 +14,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY tests ./tests
+COPY testbed ./testbed
 RUN cargo build --release --locked --bin nftpol \
  && strip target/release/nftpol
 

@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use nftpol::policy::model::ObjectKey;
-use nftpol::testbed::{Mode, NODE_NAME, Testbed};
+use nftpol_testbed::{Mode, NODE_NAME, Testbed};
 use serde_json::{Value, json};
 
 const CLIENT_IP: &str = "10.244.1.2";
@@ -94,7 +94,7 @@ fn iptables_layout(n: usize) -> (String, String) {
     (sets, rules)
 }
 
-fn pod_ns<'a>(bed: &'a Testbed, name: &str) -> &'a nftpol::testbed::netns::Netns {
+fn pod_ns<'a>(bed: &'a Testbed, name: &str) -> &'a nftpol_testbed::netns::Netns {
     &bed.topology()
         .pods
         .iter()
@@ -155,7 +155,7 @@ fn load_iptables(bed: &Testbed, n: usize) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    if !nftpol::testbed::netns::available() {
+    if !nftpol_testbed::netns::available() {
         println!("skipping: the packet benchmark needs root (network namespaces)");
         return Ok(());
     }

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 bash hack/deps.sh
 echo "building nftpol (release)..."
-cargo build --release --quiet --bins
+cargo build --release --quiet --workspace --bins
 bin=target/release
 demo=examples/demo
 policies=("$demo"/[1-9]*.yaml)

@@ -23,4 +23,3 @@ pub mod engine;
 pub mod observe;
 pub mod policy;
 pub mod source;
-pub mod testbed;

@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nftpol::policy::model::Protocol;
-use nftpol::testbed::{Mode, NODE_NAME, Testbed, daemon, diff_off_diagonal, netns};
+use nftpol_testbed::{Mode, NODE_NAME, Testbed, daemon, diff_off_diagonal, netns};
 use serde_json::{Value, json};
 
 /// The daemon under test: `$NFTPOL_BIN` (e.g. a release build), else this crate's binary.

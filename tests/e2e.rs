@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nftpol::policy::model::{ObjectKey, Protocol};
-use nftpol::testbed::listen::Responder;
-use nftpol::testbed::netns::{Netns, add_veth};
-use nftpol::testbed::topology::Topology;
-use nftpol::testbed::{Mode, echo};
+use nftpol_testbed::listen::Responder;
+use nftpol_testbed::netns::{Netns, add_veth};
+use nftpol_testbed::topology::Topology;
+use nftpol_testbed::{Mode, echo};
 use serde_json::{Value, json};
 
 const NS: &str = "e2e";
@@ -635,7 +635,7 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 fn daemons_serve_metrics_and_probes(w: &mut World) -> Result<(), String> {
     for n in &w.nodes {
         let get = |path: &str| {
-            nftpol::testbed::daemon::http_get(&n.topo.node, METRICS_PORT, path)
+            nftpol_testbed::daemon::http_get(&n.topo.node, METRICS_PORT, path)
                 .map_err(|e| format!("{}: {e:#}", n.name))
         };
         // Ready after the API outage: a watch that failed and retried is normal.
@@ -866,7 +866,7 @@ fn flow_logs_and_namespace_audit(w: &mut World) -> Result<(), String> {
             &["nftpol::flow", "TCP audit e2e/a1", "would be dropped"],
         )?;
         let (_, text) =
-            nftpol::testbed::daemon::http_get(&w.nodes[1].topo.node, METRICS_PORT, "/metrics")
+            nftpol_testbed::daemon::http_get(&w.nodes[1].topo.node, METRICS_PORT, "/metrics")
                 .map_err(|e| format!("{e:#}"))?;
         let name = "nftpol_audit_would_drop_packets{direction=\"ingress\",namespace=\"e2e\"}";
         match sample(&text, name) {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nftpol::policy::model::{ClusterState, ObjectKey};
-use nftpol::testbed::{Mode, NODE_NAME, Testbed, echo, netns::Netns};
+use nftpol_testbed::{Mode, NODE_NAME, Testbed, echo, netns::Netns};
 use serde_json::{Value, json};
 
 const CLIENT: (&str, &str, &str, &str) = ("x", "client", "10.244.1.2", "fd00:1::2");
@@ -51,7 +51,7 @@ fn with(policies: Vec<Value>) -> Vec<Value> {
 }
 
 fn testbed(mode: Mode) -> Option<Testbed> {
-    if !nftpol::testbed::netns::available() {
+    if !nftpol_testbed::netns::available() {
         eprintln!("skipping: network namespaces need root");
         return None;
     }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use nftpol::policy::model::{ObjectKey, Protocol};
-use nftpol::testbed::{Mode, NODE_NAME, Testbed, netns::Netns};
+use nftpol_testbed::{Mode, NODE_NAME, Testbed, netns::Netns};
 use serde_json::{Value, json};
 
 mod pods;
@@ -65,7 +65,7 @@ fn testbed(mode: Mode, extra_args: &[&str], objects: &[Value]) -> Option<Testbed
 
 /// The same testbed before its daemon starts (at the first apply).
 fn unstarted(mode: Mode, extra_args: &[&str], objects: &[Value]) -> Option<Testbed> {
-    if !nftpol::testbed::netns::available() {
+    if !nftpol_testbed::netns::available() {
         eprintln!("skipping: network namespaces need root");
         return None;
     }
@@ -237,7 +237,7 @@ fn udp_and_sctp_drops_are_logged_with_their_protocol() {
     };
     for protocol in [Protocol::Udp, Protocol::Sctp] {
         let matrix = bed.probe_matrix(81, protocol).expect("probe");
-        let cell = nftpol::testbed::probe::cell(&matrix, "x/client", "x/server");
+        let cell = nftpol_testbed::probe::cell(&matrix, "x/client", "x/server");
         assert_eq!(
             cell,
             Some(false),
@@ -371,7 +371,7 @@ fn flow_logs_start_once_the_group_is_free() {
 /// manifest that does not load, so nothing is programmed until it is fixed.
 #[test]
 fn readiness_waits_for_the_first_sync() {
-    if !nftpol::testbed::netns::available() {
+    if !nftpol_testbed::netns::available() {
         eprintln!("skipping: network namespaces need root");
         return;
     }
@@ -381,8 +381,8 @@ fn readiness_waits_for_the_first_sync() {
     let manifests = work.join("manifests");
     std::fs::create_dir_all(&manifests).expect("manifests folder");
     std::fs::write(manifests.join("broken.yaml"), "kind: [unclosed").expect("write");
-    let bin = nftpol::testbed::daemon::find_binary().expect("nftpol binary");
-    let mut daemon = nftpol::testbed::daemon::Daemon::start(
+    let bin = nftpol_testbed::daemon::find_binary().expect("nftpol binary");
+    let mut daemon = nftpol_testbed::daemon::Daemon::start(
         &ns,
         &bin,
         &manifests,
@@ -392,7 +392,7 @@ fn readiness_waits_for_the_first_sync() {
         &["--metrics-addr".into(), format!("127.0.0.1:{PORT}")],
     )
     .expect("daemon");
-    let get = |path: &str| nftpol::testbed::daemon::http_get(&ns, PORT, path);
+    let get = |path: &str| nftpol_testbed::daemon::http_get(&ns, PORT, path);
     let deadline = Instant::now() + DEADLINE;
     let (code, body) = loop {
         match get("/readyz") {

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nftpol::policy::model::{ObjectKey, Protocol};
-use nftpol::testbed::{Mode, NODE_NAME, Testbed, netns::Netns};
+use nftpol_testbed::{Mode, NODE_NAME, Testbed, netns::Netns};
 use serde_json::{Value, json};
 
 mod pods;
@@ -69,7 +69,7 @@ fn testbed(mode: Mode) -> Option<Testbed> {
 }
 
 fn testbed_with(mode: Mode, extra_args: &[&str]) -> Option<Testbed> {
-    if !nftpol::testbed::netns::available() {
+    if !nftpol_testbed::netns::available() {
         eprintln!("skipping: network namespaces need root");
         return None;
     }

@@ -19,7 +19,7 @@ fn skip() -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !nftpol::testbed::netns::available() || !nft {
+    if !nftpol_testbed::netns::available() || !nft {
         eprintln!("skipped: needs root, iproute2 and nft");
         return true;
     }

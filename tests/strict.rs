@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use nftpol::policy::model::{ClusterState, ObjectKey};
-use nftpol::testbed::{Mode, Testbed, echo, netns::Netns};
+use nftpol_testbed::{Mode, Testbed, echo, netns::Netns};
 use serde_json::{Value, json};
 
 mod pods;
@@ -48,7 +48,7 @@ fn pod_ns<'a>(bed: &'a Testbed, p: (&str, &str, &str)) -> &'a Netns {
 
 /// A strict testbed with an echo server on the server pod.
 fn strict_testbed() -> Option<Testbed> {
-    if !nftpol::testbed::netns::available() {
+    if !nftpol_testbed::netns::available() {
         eprintln!("skipping: network namespaces need root");
         return None;
     }

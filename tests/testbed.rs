@@ -13,14 +13,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nftpol::policy::model::{ClusterState, ContainerPort, ObjectKey, Pod, Protocol};
-use nftpol::testbed::netns;
-use nftpol::testbed::{Matrix, Mode, Testbed, cell};
+use nftpol_testbed::netns;
+use nftpol_testbed::{Matrix, Mode, Testbed, cell};
 
 fn pod(ns: &str, name: &str, ips: &[&str]) -> Pod {
     Pod {
         key: ObjectKey::new(ns, name),
         labels: BTreeMap::from([("pod".to_owned(), name.to_owned())]),
-        node: Some(nftpol::testbed::NODE_NAME.to_owned()),
+        node: Some(nftpol_testbed::NODE_NAME.to_owned()),
         ips: ips.iter().map(|s| s.parse().expect("ip")).collect(),
         ports: vec![ContainerPort {
             name: Some("serve-80-tcp".into()),
@@ -159,7 +159,7 @@ fn drops_are_seen(mode: Mode) {
         assert!(!netns::is_listed(name), "{name} still exists after drop");
     }
     let mine = format!("{}-{}-", netns::NAME_PREFIX, std::process::id());
-    let left: Vec<String> = nftpol::testbed::cleanup::live_namespaces()
+    let left: Vec<String> = nftpol_testbed::cleanup::live_namespaces()
         .into_iter()
         .filter(|n| names.contains(n) && n.starts_with(&mine))
         .collect();

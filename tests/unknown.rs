@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use nftpol::policy::model::{ObjectKey, Protocol};
-use nftpol::testbed::{Mode, Testbed, netns::Netns};
+use nftpol_testbed::{Mode, Testbed, netns::Netns};
 use serde_json::{Value, json};
 
 mod pods;
@@ -25,7 +25,7 @@ fn objects(pods: &[(&str, &str, &str)]) -> Vec<Value> {
 }
 
 fn testbed(args: &[&str]) -> Option<Testbed> {
-    if !nftpol::testbed::netns::available() {
+    if !nftpol_testbed::netns::available() {
         eprintln!("skipping: network namespaces need root");
         return None;
     }

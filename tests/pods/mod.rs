@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use nftpol::testbed::NODE_NAME;
+use nftpol_testbed::NODE_NAME;
 use serde_json::{Value, json};
 
 pub const CLIENT: (&str, &str, &str) = ("x", "client", "10.244.1.2");

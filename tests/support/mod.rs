@@ -1,4 +1,4 @@
-//! Conveniences for the dataplane tests on top of `nftpol::testbed::netns` (which owns the
+//! Conveniences for the dataplane tests on top of `nftpol_testbed::netns` (which owns the
 //! namespaces' lifecycle and cleanup): panicking wrappers that keep the tests short, `nft` in a
 //! namespace, and a normal form of listings for comparing tables built in different orders.
 
@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::process::Command;
 
-use nftpol::testbed::netns;
+use nftpol_testbed::netns;
 
 /// A throw-away network namespace, deleted on drop (also on panic).
 pub struct Netns {

@@ -8,10 +8,11 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-/// IP protocol number of SCTP.
-pub const IPPROTO_SCTP: i32 = 132;
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrStorage, sendto, socket,
+};
 
 const CHUNK_INIT: u8 = 1;
 const COMMON_HEADER: usize = 12;
@@ -94,80 +95,25 @@ pub fn parse_init(p: &[u8]) -> Option<Init> {
 
 /// A nonblocking raw SCTP socket of the caller's network namespace.
 pub fn raw_socket(v4: bool) -> io::Result<OwnedFd> {
-    let family = if v4 { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: socket has no preconditions; the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            IPPROTO_SCTP,
-        )
+    let family = if v4 {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(socket(
+        family,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        SockProtocol::Sctp,
+    )?)
 }
 
 /// Sends `packet` to `dst` over a raw SCTP socket of the matching family. The port of the
 /// socket address must be 0 for IPv6 raw sockets (it would be read as a protocol number).
 pub fn send(fd: &OwnedFd, dst: IpAddr, packet: &[u8]) -> io::Result<()> {
-    let (storage, len) = sockaddr(SocketAddr::new(dst, 0));
-    // SAFETY: storage holds a valid sockaddr of `len` bytes; packet is a valid buffer.
-    let r = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            packet.as_ptr().cast(),
-            packet.len(),
-            libc::MSG_DONTWAIT,
-            (&storage as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let addr = SockaddrStorage::from(SocketAddr::new(dst, 0));
+    sendto(fd.as_raw_fd(), packet, &addr, MsgFlags::MSG_DONTWAIT)?;
     Ok(())
-}
-
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: an all-zero sockaddr_storage is valid.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe {
-                std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin);
-            }
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe {
-                std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6);
-            }
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
 }
 
 #[cfg(test)]

@@ -1,6 +1,10 @@
 //! The testbed: a Kubernetes node made of Linux network namespaces, on which nftpol is proven
 //! with real packets.
 //!
+//! A crate of its own, so that the product library never ships it: nftpol's kernel tests and
+//! benches take it as a dev-dependency, and it uses nftpol's library for the model and the
+//! manifest loader.
+//!
 //! - [`netns`]: RAII network namespaces, veth pairs, bridges, running code inside a namespace.
 //!   Small and self-contained: other kernel tests reuse it.
 //! - [`cleanup`]: the process-wide registry that deletes what is left on SIGINT/SIGTERM.

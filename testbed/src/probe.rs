@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use super::listen::Responder;
 use super::netns;
 use super::sctp;
-use crate::policy::model::Protocol;
+use nftpol::policy::model::Protocol;
 
 /// Source ports of UDP and SCTP probes cycle through this range, below Linux's default
 /// ephemeral range so that they never collide with ports the kernel hands out.
@@ -192,7 +192,7 @@ fn probe_sctp(
 
 /// The probed matrix uses `nftpol simulate`'s type and JSON schema: `allowed[from][to]`, every
 /// ordered pair, a pod to itself included.
-pub use crate::cli::simulate::Matrix;
+pub use nftpol::cli::simulate::Matrix;
 
 /// One cell of a matrix: whether `from` reached `to`.
 pub fn cell(m: &Matrix, from: &str, to: &str) -> Option<bool> {

@@ -3,7 +3,7 @@
 //! enforcing a folder of manifests, and probe matrices of real new connections.
 //!
 //! ```no_run
-//! # use nftpol::testbed::{Mode, Testbed};
+//! # use nftpol_testbed::{Mode, Testbed};
 //! # use nftpol::policy::model::{ClusterState, Protocol};
 //! # fn demo(state: &ClusterState, files: &[std::path::PathBuf]) -> anyhow::Result<()> {
 //! let mut bed = Testbed::new(Mode::Bridge, state)?;
@@ -29,7 +29,7 @@ use super::netns::Netns;
 use super::probe::{self, Matrix};
 use super::sctp;
 use super::topology::{Mode, Topology};
-use crate::policy::model::{ClusterState, ObjectKey, Protocol};
+use nftpol::policy::model::{ClusterState, ObjectKey, Protocol};
 
 /// The Kubernetes name of the testbed's node (`spec.nodeName` of its pods).
 pub const NODE_NAME: &str = "nftpol-testbed";
@@ -231,9 +231,9 @@ impl Testbed {
         let dirs = [self.manifests_dir.clone()];
         // Check the input here: a daemon that cannot load it would only time out.
         let loaded =
-            crate::source::manifest::load(&dirs).context("loading the testbed's manifests")?;
+            nftpol::source::manifest::load(&dirs).context("loading the testbed's manifests")?;
         self.listen_on_container_ports(&loaded.state)?;
-        let fingerprint = crate::source::manifest::fingerprint(&dirs)
+        let fingerprint = nftpol::source::manifest::fingerprint(&dirs)
             .with_context(|| format!("fingerprinting {}", self.manifests_dir.display()))?;
         if self.daemon.is_none() {
             let bin = match &self.binary {

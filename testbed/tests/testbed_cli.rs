@@ -7,19 +7,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use nftpol::testbed::daemon::BIN_ENV;
-use nftpol::testbed::{Matrix, netns};
+use nftpol_testbed::daemon::{BIN_ENV, find_binary};
+use nftpol_testbed::{Matrix, netns};
 
 const TESTBED: &str = env!("CARGO_BIN_EXE_nftpol-testbed");
 
+/// The `nftpol` binary: `$NFTPOL_BIN`, else the one cargo built next to this test (another
+/// package's binary has no `CARGO_BIN_EXE_*`). `cargo test` at the workspace root builds it.
 fn nftpol_bin() -> PathBuf {
-    std::env::var_os(BIN_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nftpol")))
+    find_binary().expect("the nftpol binary")
 }
 
 fn demo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")
 }
 
 fn skip_reason() -> Option<&'static str> {
@@ -53,7 +53,7 @@ fn probed_matrices_equal_simulate_on_the_demo() {
                 .args(["probe", "-f"])
                 .arg(&demo)
                 .args(["--port", port, "--protocol", protocol, "--mode", mode]));
-            let simulated = run(Command::new(env!("CARGO_BIN_EXE_nftpol"))
+            let simulated = run(Command::new(nftpol_bin())
                 .args(["simulate", "-f"])
                 .arg(&demo)
                 .args(["--port", port, "--protocol", protocol, "-o", "json"]));
@@ -62,7 +62,7 @@ fn probed_matrices_equal_simulate_on_the_demo() {
                 serde_json::from_slice(&simulated.stdout).expect("simulate JSON");
             assert_eq!(probed.pods, simulated.pods, "{mode} {port}/{protocol}");
             assert_eq!(probed.port.to_string(), port);
-            let bad = nftpol::testbed::diff_off_diagonal(&probed, &simulated.allowed);
+            let bad = nftpol_testbed::diff_off_diagonal(&probed, &simulated.allowed);
             assert!(
                 bad.is_empty(),
                 "{mode} {port}/{protocol}: the kernel differs from simulate:\n{}\nprobed:\n{}",

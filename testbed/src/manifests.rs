@@ -51,7 +51,7 @@ impl Drop for TempDir {
 /// Reads every object from manifest files and folders (the files `nftpol` itself would read),
 /// with `kind: List` flattened.
 pub fn read_objects(paths: &[PathBuf]) -> Result<Vec<Value>> {
-    let files = crate::source::manifest::files(paths)?;
+    let files = nftpol::source::manifest::files(paths)?;
     if files.is_empty() {
         bail!("no manifest files (.yaml, .yml, .json) in the given paths");
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use nftpol::policy::model::Protocol;
-use nftpol::testbed::{self, Mode, Testbed};
+use nftpol_testbed::{self as testbed, Mode, Testbed};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -11,6 +11,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use nix::sys::prctl::set_pdeathsig;
+use nix::sys::signal::Signal;
 
 use super::cleanup;
 use super::netns::Netns;
@@ -110,15 +112,11 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        // SAFETY: prctl is async-signal-safe. PDEATHSIG fires when the spawning *thread* ends,
-        // so keep the Daemon on a thread that lives as long as the testbed (tests do).
+        // SAFETY: the closure only calls prctl, which is async-signal-safe and allocates
+        // nothing. PDEATHSIG fires when the spawning *thread* ends, so keep the Daemon on a
+        // thread that lives as long as the testbed (tests do).
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(|| Ok(set_pdeathsig(Signal::SIGTERM)?));
         }
         let child = cmd
             .spawn()

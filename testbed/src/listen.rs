@@ -13,17 +13,20 @@
 use std::collections::HashSet;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use nix::poll::{PollFd, PollFlags, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{MsgFlags, recv};
 
 use super::netns::Netns;
 use super::sctp;
-use crate::policy::model::Protocol;
+use nftpol::policy::model::Protocol;
 
 /// One socket the responder serves.
 #[derive(Debug)]
@@ -38,11 +41,11 @@ enum Source {
 }
 
 impl Source {
-    fn raw_fd(&self) -> RawFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
-            Source::Tcp(l) => l.as_raw_fd(),
-            Source::Udp(s) => s.as_raw_fd(),
-            Source::SctpRaw { fd, .. } => fd.as_raw_fd(),
+            Source::Tcp(l) => l.as_fd(),
+            Source::Udp(s) => s.as_fd(),
+            Source::SctpRaw { fd, .. } => fd.as_fd(),
         }
     }
 }
@@ -66,19 +69,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Responder {
     shared: Arc<Shared>,
     /// An eventfd that wakes the thread for new sockets or stop.
-    wake: Arc<OwnedFd>,
+    wake: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Responder {
     pub fn start() -> Result<Self> {
-        // SAFETY: eventfd has no preconditions; the fd is owned right away.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("eventfd");
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .context("eventfd")?;
+        let wake = Arc::new(wake);
         let shared = Arc::new(Shared::default());
         let thread = {
             let shared = shared.clone();
@@ -96,15 +95,8 @@ impl Responder {
     }
 
     fn kick(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
-        unsafe {
-            libc::write(
-                self.wake.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            );
-        }
+        // Fails only when the counter would overflow: the thread is woken up already.
+        let _ = self.wake.write(1);
     }
 
     fn add(&self, sources: Vec<Source>) {
@@ -191,7 +183,7 @@ impl Drop for Responder {
 }
 
 /// The responder loop: poll every socket, serve what is ready, pick up new sockets on wake.
-fn serve(shared: &Shared, wake: &OwnedFd) {
+fn serve(shared: &Shared, wake: &EventFd) {
     let mut sources: Vec<Source> = Vec::new();
     let mut buf = vec![0u8; 65536];
     loop {
@@ -199,33 +191,23 @@ fn serve(shared: &Shared, wake: &OwnedFd) {
             return;
         }
         sources.append(&mut lock(&shared.pending));
-        let mut fds: Vec<libc::pollfd> = std::iter::once(wake.as_raw_fd())
-            .chain(sources.iter().map(Source::raw_fd))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
+        let mut fds: Vec<PollFd> = std::iter::once(wake.as_fd())
+            .chain(sources.iter().map(Source::as_fd))
+            .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
             .collect();
-        // SAFETY: fds is a valid array of pollfd for its length. A timeout bounds the wait in
-        // case a wake-up is lost.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
-        if n <= 0 {
-            continue;
+        // A timeout bounds the wait in case a wake-up is lost.
+        match poll(&mut fds, 1000u16) {
+            Ok(n) if n > 0 => {}
+            _ => continue,
         }
-        if fds[0].revents != 0 {
-            let mut v: u64 = 0;
-            // SAFETY: reads 8 bytes into a valid u64 from our nonblocking eventfd.
-            unsafe {
-                libc::read(
-                    wake.as_raw_fd(),
-                    (&mut v as *mut u64).cast(),
-                    std::mem::size_of::<u64>(),
-                );
-            }
+        // Any event, also an error or a hang-up (unknown bits included), means serve it.
+        let ready = |f: &PollFd| f.any().unwrap_or(true);
+        if ready(&fds[0]) {
+            // Nonblocking: resets the counter, or finds it reset already.
+            let _ = wake.read();
         }
         for (source, pfd) in sources.iter().zip(&fds[1..]) {
-            if pfd.revents == 0 {
+            if !ready(pfd) {
                 continue;
             }
             match source {
@@ -241,19 +223,11 @@ fn serve(shared: &Shared, wake: &OwnedFd) {
                     }
                 },
                 Source::SctpRaw { fd, v4 } => loop {
-                    // SAFETY: reads into a valid buffer of its length from a nonblocking socket.
-                    let n = unsafe {
-                        libc::recv(
-                            fd.as_raw_fd(),
-                            buf.as_mut_ptr().cast(),
-                            buf.len(),
-                            libc::MSG_DONTWAIT,
-                        )
+                    let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                        Ok(n) if n > 0 => n,
+                        _ => break,
                     };
-                    if n <= 0 {
-                        break;
-                    }
-                    let packet = &buf[..n as usize];
+                    let packet = &buf[..n];
                     let sctp = if *v4 {
                         let ihl = usize::from(packet.first().map_or(0, |b| b & 0x0f)) * 4;
                         packet.get(ihl..).unwrap_or(&[])

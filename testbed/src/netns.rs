@@ -8,7 +8,7 @@
 //! twice at once on one machine.
 //!
 //! ```no_run
-//! use nftpol::testbed::netns::Netns;
+//! use nftpol_testbed::netns::Netns;
 //! let ns = Netns::new()?;
 //! ns.ip(&["link", "set", "lo", "up"])?;
 //! let listener = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0"))??;
@@ -17,13 +17,13 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, bail};
+use nix::sched::{CloneFlags, setns};
 
 use super::cleanup;
 
@@ -243,12 +243,7 @@ pub fn is_listed(name: &str) -> bool {
 
 /// Moves the calling thread into the network namespace `file` refers to.
 pub fn enter(file: &File) -> Result<()> {
-    // SAFETY: setns on a valid fd; it only changes the calling thread's network namespace.
-    let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error()).context("setns(CLONE_NEWNET)");
-    }
-    Ok(())
+    setns(file, CloneFlags::CLONE_NEWNET).context("setns(CLONE_NEWNET)")
 }
 
 /// Creates a veth pair `a_name` in `a` and `b_name` in `b`, both up, without touching the root
@@ -298,8 +293,7 @@ pub fn run_ip(args: &[&str]) -> Result<()> {
 /// Whether this process may create network namespaces (root, `ip` present). Kernel tests call
 /// this and skip with a message rather than fail on machines without the privilege.
 pub fn available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     root && Command::new("ip")
         .arg("-V")
         .stdout(Stdio::null())

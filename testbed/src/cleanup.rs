@@ -12,6 +12,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
 #[derive(Default)]
 struct Registry {
     namespaces: BTreeSet<String>,
@@ -83,24 +87,18 @@ pub fn cleanup_all() {
 
 /// SIGTERM, then SIGKILL after `grace`; reaps the child. Only for pids this process spawned.
 pub(crate) fn terminate(pid: i32, grace: Duration) {
-    // SAFETY: plain syscalls on a pid we spawned and have not reaped yet.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
+    let pid = Pid::from_raw(pid);
+    let _ = kill(pid, Signal::SIGTERM);
     let deadline = Instant::now() + grace;
     loop {
-        let mut status = 0;
-        // SAFETY: as above; WNOHANG never blocks.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid || r < 0 {
-            return;
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            // Reaped, or not ours to wait for (already reaped): done either way.
+            Ok(_) | Err(_) => return,
         }
         if Instant::now() >= deadline {
-            // SAFETY: as above.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
             return;
         }
         std::thread::sleep(Duration::from_millis(10));

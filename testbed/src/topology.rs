@@ -22,7 +22,7 @@ use std::str::FromStr;
 use anyhow::{Context, Result, bail};
 
 use super::netns::Netns;
-use crate::policy::model::ObjectKey;
+use nftpol::policy::model::ObjectKey;
 
 /// How pods are attached to the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
