@@ -72,8 +72,10 @@ agnhost_ref() {
   tag=$(sed -n 's/^[[:space:]]*configs\[Agnhost\][[:space:]]*=[[:space:]]*Config{list.PromoterE2eRegistry, "agnhost", "\(.*\)"}/\1/p' "$src")
   [ -n "$reg" ] && [ -n "$tag" ] || die "could not read agnhost's registry/tag from $src"
   ref=$reg/agnhost:$tag
-  if [ -x "$E2E_TEST" ] && ! "$E2E_TEST" --list-images 2>/dev/null | grep -qxF "$ref"; then
-    die "$E2E_TEST --list-images does not list $ref"
+  if [ -x "$E2E_TEST" ]; then
+    local listed # not piped into grep -q: with pipefail, its early exit would fail the pipe
+    listed=$("$E2E_TEST" --list-images 2>/dev/null) || die "$E2E_TEST --list-images failed"
+    grep -qxF "$ref" <<<"$listed" || die "$E2E_TEST --list-images does not list $ref"
   fi
   echo "$ref"
 }
@@ -160,7 +162,7 @@ build_agnhost() {
       sleep 10
     done
   fi
-  file -b "$AGNHOST_BIN" | grep -q 'statically linked' || die "$AGNHOST_BIN is not static"
+  [[ "$(file -b "$AGNHOST_BIN")" == *"statically linked"* ]] || die "$AGNHOST_BIN is not static"
   base_slim
   h=$( (echo "$ref"; cat "$BASES/bookworm-slim.inputs"; sha256sum <"$AGNHOST_BIN"; cat "$HERE/oci.py") | hash_of)
   fresh agnhost "$h" && { log "agnhost: up to date"; return 0; }

@@ -15,6 +15,8 @@ HERE=$REPO/hack/images
 CACHE=${NFTPOL_IMAGES_CACHE:-/var/cache/nftpol-images}
 BIN=${NFTPOL_CLUSTER_CACHE:-/var/cache/nftpol-cluster}/bin
 NS=nftpol-images-test
+# `ctr run` copies stdin into the container: give it none.
+exec </dev/null
 
 log() { printf '[images-test %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
@@ -119,7 +121,8 @@ for a in "${archives[@]}"; do
   REF[$a]=$(name_of "$CACHE/$a.tar")
   t0=$SECONDS
   "${CTR[@]}" images import "$CACHE/$a.tar" >"$T/import-$a.log" 2>&1 || die "import $a.tar: $(cat "$T/import-$a.log")"
-  "${CTR[@]}" images ls -q | grep -qxF "${REF[$a]}" || die "$a.tar imported, but no image ${REF[$a]}: $("${CTR[@]}" images ls -q)"
+  images=$("${CTR[@]}" images ls -q)
+  grep -qxF "${REF[$a]}" <<<"$images" || die "$a.tar imported, but no image ${REF[$a]}: $images"
   log "imported $a.tar as ${REF[$a]} ($((SECONDS - t0)) s)"
 done
 
@@ -137,14 +140,19 @@ if [ -n "${REF[pause]:-}" ]; then
 fi
 
 if [ -n "${REF[agnhost]:-}" ]; then
-  out=$("${CTR[@]}" run --rm "${REF[agnhost]}" agnhost-test /agnhost --help 2>&1) || die "/agnhost --help: $out"
-  grep -q 'agnhost' <<<"$out" || die "/agnhost --help said: $out"
-  out=$("${CTR[@]}" run --rm "${REF[agnhost]}" agnhost-bash /bin/bash -c 'echo "bash $BASH_VERSION"; ls /agnhost' 2>&1) || die "bash in agnhost: $out"
-  log "agnhost: /agnhost --help ok ($(grep -c . <<<"$out") lines from bash: $(head -n 1 <<<"$out"))"
+  # ctr's own stderr (containerd's cgroup v1 deprecation warning) stays out of $out.
+  out=$("${CTR[@]}" run --rm "${REF[agnhost]}" agnhost-test /agnhost --help 2>"$T/err") || die "/agnhost --help: $out $(cat "$T/err")"
+  # The Netpol suites use these subcommands (agnhost calls itself "app" in its usage).
+  for sub in connect porter serve-hostname; do
+    grep -qE "^  $sub " <<<"$out" || die "/agnhost --help lists no $sub: $out"
+  done
+  out=$("${CTR[@]}" run --rm "${REF[agnhost]}" agnhost-bash /bin/bash -c 'echo "bash $BASH_VERSION"; ls /agnhost' 2>"$T/err") || die "bash in agnhost: $out $(cat "$T/err")"
+  grep -qx '/agnhost' <<<"$out" || die "bash in agnhost: $out"
+  log "agnhost: /agnhost --help lists connect, porter, serve-hostname; /bin/bash is ${out%%$'\n'*}"
 fi
 
 if [ -n "${REF[nftpol]:-}" ]; then
-  out=$("${CTR[@]}" run --rm "${REF[nftpol]}" nftpol-test /usr/local/bin/nftpol --help 2>&1) || die "nftpol --help: $out"
+  out=$("${CTR[@]}" run --rm "${REF[nftpol]}" nftpol-test /usr/local/bin/nftpol --help 2>"$T/err") || die "nftpol --help: $out $(cat "$T/err")"
   log "nftpol: /usr/local/bin/nftpol --help ok: $(head -n 1 <<<"$out")"
 fi
 log "all ${#archives[@]} archive(s) imported and run"
