@@ -128,6 +128,8 @@ def cmd_pack(args):
             image_config["Entrypoint"] = json.loads(args.entrypoint)
         if args.cmd:
             image_config["Cmd"] = json.loads(args.cmd)
+        if args.user:
+            image_config["User"] = args.user
         if args.label:
             image_config["Labels"] = dict(kv.split("=", 1) for kv in args.label)
         config = {
@@ -257,6 +259,7 @@ def main():
                     default=["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
     pk.add_argument("--label", action="append", help="KEY=VALUE")
     pk.add_argument("--workdir")
+    pk.add_argument("--user", help="UID:GID the entrypoint runs as")
     pk.add_argument("--arch", default="amd64")
     pk.add_argument("--created", default="1970-01-01T00:00:00Z")
     pk.add_argument("--level", type=int, default=6, help="gzip level")
