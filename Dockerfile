@@ -10,11 +10,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends pkg-config libnftnl-dev libmnl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-COPY benches ./benches
-COPY tests ./tests
-COPY testbed ./testbed
+# The whole context as .dockerignore filters it (no .git, target/, hack/, manifests/): Cargo needs
+# every workspace member and every target Cargo.toml names present, even to build one binary.
+COPY . .
 RUN cargo build --release --locked --bin nftpol \
  && strip target/release/nftpol
 

@@ -1,0 +1,3 @@
+module nftpol/hack/images/pause
+
+go 1.26
