@@ -14,6 +14,7 @@
 
 pub mod br_netfilter;
 pub mod conntrack;
+pub mod kernel;
 pub mod netlink;
 pub mod program;
 pub mod render;
