@@ -138,7 +138,6 @@ fn reload(
 }
 
 pub fn execute(args: Args) -> anyhow::Result<()> {
-    crate::dataplane::kernel::require_minimum()?;
     let (tx, rx) = mpsc::channel::<Event>();
     // Before any other thread exists, so that they all inherit the blocked signals.
     enforce::install_signal_thread(tx.clone(), Event::Shutdown)?;
