@@ -131,6 +131,9 @@ pub(crate) struct Engine {
 impl Engine {
     /// Must run before any other thread exists, so that they all inherit the blocked signals.
     pub fn start(args: &EnforceArgs) -> anyhow::Result<Self> {
+        // Before anything touches the kernel: an old kernel rejects the first batch with a bare
+        // EINVAL, this names the version it needs.
+        crate::dataplane::kernel::require_minimum()?;
         let (tx, rx) = mpsc::channel();
         enforce::install_signal_thread(tx.clone(), Input::Shutdown)?;
         let brnf = enforce::report_br_netfilter();

@@ -9,6 +9,7 @@
 //! - [`netlink`]: the transport (one `sendmsg`, ACKs only on END) and read-back dumps.
 //! - [`conntrack`]: the conntrack table through ctnetlink (`--strict` cuts connections).
 //! - [`br_netfilter`]: the bridge sysctl check without which same-bridge traffic bypasses us.
+//! - [`kernel`]: the minimum kernel (5.7: concatenated interval sets), checked at start.
 //! - [`Driver`]: the seam between the enforcer and the kernel, implemented by [`Dataplane`]
 //!   (netlink) and, in unit tests, by an in-memory fake (`fake`).
 //!
@@ -22,6 +23,7 @@ pub mod br_netfilter;
 pub mod conntrack;
 #[cfg(test)]
 pub mod fake;
+pub mod kernel;
 pub mod netlink;
 pub mod program;
 pub mod render;
