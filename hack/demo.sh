@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: a node made of network namespaces runs the real `nftpol run` on the seeds' scenario
+# The demo: a node made of network namespaces runs the real `nftpol run` on the walk-through scenario
 # (production frontend -> api -> postgres, Prometheus and Grafana in monitoring, kube-dns, a
 # stranger in staging). It measures who reaches whom with real packets before any policy and
 # after examples/demo's policies, next to what `nftpol simulate` predicts, then shows two

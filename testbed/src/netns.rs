@@ -340,6 +340,9 @@ mod tests {
         // The caller's namespace does not have that address.
         assert!(std::net::TcpListener::bind("198.51.100.2:0").is_err());
 
+        // A new namespace copies the host's IPv4 settings (devconf_inherit_init_net=0), so b's
+        // starting value depends on the host: set it, then check a's write does not reach it.
+        b.sysctl("net.ipv4.ip_forward", "0").expect("sysctl");
         a.sysctl("net.ipv4.ip_forward", "1").expect("sysctl");
         assert_eq!(a.read_sysctl("net.ipv4.ip_forward").expect("read"), "1");
         assert_eq!(b.read_sysctl("net.ipv4.ip_forward").expect("read"), "0");
