@@ -90,8 +90,8 @@ async fn populate(
     let nss: Api<Namespace> = Api::all(client.clone());
     for n in 0..namespaces {
         let name = format!("{tag}-{n}");
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name,
-            "labels": {"kubernetes.io/metadata.name": name}}}))?;
+        // The API server adds the kubernetes.io/metadata.name label itself.
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
         nss.create(&PostParams::default(), &ns).await?;
     }
     let jobs = (0..pods).map(|i| {

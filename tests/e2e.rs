@@ -274,14 +274,11 @@ fn build_world(state: &Path) -> anyhow::Result<World> {
         ],
         None,
     )?;
-    cluster.apply(
-        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS,
-        "labels": {"kubernetes.io/metadata.name": NS}}}),
-    )?;
-    cluster.apply(
-        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "e2e-other",
-        "labels": {"kubernetes.io/metadata.name": "e2e-other"}}}),
-    )?;
+    // The API server labels each namespace kubernetes.io/metadata.name itself.
+    for ns in [NS, "e2e-other"] {
+        cluster
+            .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))?;
+    }
     for node in ["node-a", "node-b"] {
         cluster.apply(
             &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
@@ -431,6 +428,56 @@ fn namespace_relabel(w: &mut World) -> Result<(), String> {
         .kubectl(&["label", "namespace", NS, "team-"], None)
         .map(|_| ()))?;
     w.eventually(&[("a1", "b2", PORT, false)])
+}
+
+fn end_port_range(w: &mut World) -> Result<(), String> {
+    // a1 takes TCP 81-90 from the pods of namespace e2e, selected by the label the API server
+    // sets itself (kubernetes.io/metadata.name); 80 and 91, just outside the range, listen too
+    // and must be dropped. One source on the other node, one on the same node.
+    const END_PORT: u16 = 90;
+    for port in [END_PORT, END_PORT + 1] {
+        echo_server(w, "a1", port)?;
+    }
+    e(w.cluster.apply(&policy(
+        "a1-range",
+        json!({
+            "podSelector": {"matchLabels": {"app": "a1"}},
+            "ingress": [{
+                "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}}}],
+                "ports": [{"protocol": "TCP", "port": DENIED_PORT, "endPort": END_PORT}]
+            }]
+        }),
+    )))?;
+    // An API server that does not know endPort drops it silently, and the policy then allows
+    // port 81 alone: check that it was stored.
+    let stored = w
+        .cluster
+        .kubectl(
+            &[
+                "-n",
+                NS,
+                "get",
+                "networkpolicy",
+                "a1-range",
+                "-o",
+                "jsonpath={.spec.ingress[0].ports[0].endPort}",
+            ],
+            None,
+        )
+        .map_err(|e| format!("{e:#}"))?;
+    if stored.trim() != END_PORT.to_string() {
+        return Err(format!("the API server stored endPort {stored:?}"));
+    }
+    w.eventually(&[
+        ("b1", "a1", DENIED_PORT, true),
+        ("b1", "a1", END_PORT, true),
+        ("b1", "a1", PORT, false),
+        ("b1", "a1", END_PORT + 1, false),
+        ("a2", "a1", END_PORT, true),
+        ("a2", "a1", END_PORT + 1, false),
+    ])?;
+    e(w.cluster.delete("networkpolicy", "a1-range"))?;
+    w.eventually(&[("b1", "a1", PORT, true), ("a2", "a1", PORT, true)])
 }
 
 fn deleted_pod_address_reused_by_another(w: &mut World) -> Result<(), String> {
@@ -904,6 +951,10 @@ fn e2e() {
             policy_update_and_pod_relabel,
         ),
         ("namespace relabel", namespace_relabel),
+        (
+            "endPort: a port range sent through the API server, enforced",
+            end_port_range,
+        ),
         (
             "a deleted pod's address reused by a pod with other labels",
             deleted_pod_address_reused_by_another,

@@ -2,8 +2,9 @@
 # Kills, starts or restarts the kube-apiserver of a cluster made by up.sh, keeping its etcd (and
 # so every object and the resourceVersion history).
 #
-# Why: e2e tests simulate API server outages. SIGKILL, not SIGTERM: a 1.20 apiserver keeps open
-# watch connections alive while it shuts down on SIGTERM, so clients would notice nothing.
+# Why: e2e tests simulate API server outages. SIGKILL, not SIGTERM: on SIGTERM the apiserver
+# shuts down gracefully and may keep open watch connections alive meanwhile, so clients would
+# not see the crash the tests mean.
 #
 # Usage: hack/kube/apiserver.sh STATE_DIR kill      SIGKILL it and wait until it is gone
 #        hack/kube/apiserver.sh STATE_DIR start     start it (same arguments) and wait for /readyz

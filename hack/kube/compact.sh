@@ -16,11 +16,16 @@ export KUBE_SCRIPT=compact.sh
 
 [ $# -eq 1 ] || kube_die "usage: $0 STATE_DIR"
 kube_need_root
-kube_need_tools jq
+kube_need_tools jq curl base64
 kube_load_state "$1"
 kube_alive etcd || kube_die "etcd is not running"
 
-rev=$(kube_etcdctl put -w json /nftpol-kube/compact-marker "$(date -u +%FT%T.%NZ)" | jq -er '.header.revision')
-kube_etcdctl compact --physical "$rev" >/dev/null
+b64() { printf %s "$1" | base64 -w0; }
+put=$(jq -cn --arg k "$(b64 /nftpol-kube/compact-marker)" --arg v "$(b64 "$(date -u +%FT%T.%NZ)")" '{key: $k, value: $v}')
+# The gateway prints int64 fields as strings.
+rev=$(kube_etcd_api /v3/kv/put "$put" | jq -er '.header.revision | tonumber') \
+  || kube_die "writing the marker key to etcd failed"
+kube_etcd_api /v3/kv/compaction "{\"revision\": $rev, \"physical\": true}" >/dev/null \
+  || kube_die "compacting etcd at revision $rev failed"
 kube_log "compacted etcd at revision $rev"
 echo "$rev"

@@ -1,7 +1,7 @@
 # shellcheck shell=bash disable=SC2034
 # Shared functions of the hack/kube/ scripts (sourced, not run). They run a real kube-apiserver
-# v1.20.2 with etcd (and optionally kube-controller-manager) inside a network namespace of their
-# own, for nftpol's end-to-end tests. See hack/kube/README.md.
+# with etcd (and optionally kube-controller-manager), built by hack/cluster/build.sh, inside a
+# network namespace of their own, for nftpol's end-to-end tests. See hack/kube/README.md.
 #
 # Layout of a STATE_DIR (everything a cluster owns; down.sh deletes it):
 #   .nftpol-kube        marker: down.sh refuses to delete a folder without it
@@ -18,7 +18,6 @@
 # namespace: NET.N.(4k+1) / NET.N.(4k+2). The slot is claimed atomically by creating the
 # namespace nftpol-kube-N, so concurrent clusters never share addresses.
 
-KUBE_VERSION=v1.20.2
 KUBE_HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 KUBE_NETNS_PREFIX=nftpol-kube
 KUBE_NET=${NFTPOL_KUBE_NET:-10.250}
@@ -140,8 +139,12 @@ kube_etcd_healthy() { kube_in_ns curl -s --max-time 2 http://127.0.0.1:2379/heal
 
 kube_wait_apiserver() { kube_wait_for "the apiserver's /readyz" kube-apiserver kube_readyz; }
 
-# kube_etcdctl ARGS...: etcdctl (API v3) against the cluster's etcd.
-kube_etcdctl() { kube_in_ns env ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 "$@"; }
+# kube_etcd_api PATH JSON: a call to the etcd v3 API through etcd's gRPC gateway (JSON over
+# HTTP, keys and values base64), from inside the cluster's namespace. Prints the response.
+# Why not etcdctl: the etcd server module that hack/cluster/build.sh builds has no etcdctl.
+kube_etcd_api() {
+  kube_in_ns curl -sS -f --max-time 10 -H 'Content-Type: application/json' -d "$2" "http://127.0.0.1:2379$1"
+}
 
 # kube_write_kubeconfig OUT SERVER TOKEN USER: a kubeconfig with one cluster, user and context.
 kube_write_kubeconfig() {

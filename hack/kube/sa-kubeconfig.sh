@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Writes a kubeconfig that authenticates as a ServiceAccount of a cluster made by up.sh, using
-# the token secret that kube-controller-manager's serviceaccount-token controller creates (1.20
-# still creates one per ServiceAccount). Waits (with a deadline) for the ServiceAccount and its
-# secret, so it can run right after the manifests that create the ServiceAccount are applied.
+# Writes a kubeconfig that authenticates as a ServiceAccount of a cluster made by up.sh, with a
+# token from the TokenRequest API (the ServiceAccount's `token` subresource). Waits (with a
+# deadline) for the ServiceAccount, so it can run right after the manifests that create it are
+# applied.
 #
 # Why: the RBAC proof runs the nftpol daemon with exactly the rights of manifests/' ClusterRole,
-# not as admin.
+# not as admin. Why TokenRequest: since Kubernetes 1.24 no controller creates a token secret per
+# ServiceAccount; a kubelet would mount a bound token, and this is the same kind of token. It is
+# valid for NFTPOL_KUBE_TOKEN_SECONDS (default 86400) and survives apiserver restarts (same key).
 #
 # Usage: hack/kube/sa-kubeconfig.sh STATE_DIR NAMESPACE SA OUT [SERVER]
 #   SERVER defaults to the cluster's root-namespace address; pass NFTPOL_KUBE_PEER_SERVER from
@@ -17,27 +19,19 @@ export KUBE_SCRIPT=sa-kubeconfig.sh
 . "$(dirname "$0")/lib.sh"
 
 [ $# -ge 4 ] && [ $# -le 5 ] || kube_die "usage: $0 STATE_DIR NAMESPACE SA OUT [SERVER]"
-kube_need_tools curl jq base64
+kube_need_tools curl jq
 kube_load_state "$1"
 ns=$2 sa=$3 out=$4 server=${5:-$NFTPOL_KUBE_SERVER}
-[ "$NFTPOL_KUBE_CONTROLLER_MANAGER" = 1 ] && kube_alive kube-controller-manager \
-  || kube_die "kube-controller-manager is not running: nothing creates ServiceAccount token secrets"
+seconds=${NFTPOL_KUBE_TOKEN_SECONDS:-86400}
 
-# Prints the ServiceAccount's token once its token secret exists; fails before.
-sa_token() {
-  local names name secret
-  names=$(kube_curl "/api/v1/namespaces/$ns/serviceaccounts/$sa" -f | jq -r '.secrets[]?.name') || return 1
-  for name in $names; do
-    secret=$(kube_curl "/api/v1/namespaces/$ns/secrets/$name" -f) || continue
-    if [ "$(jq -r .type <<< "$secret")" = kubernetes.io/service-account-token ]; then
-      jq -er '.data.token' <<< "$secret" | base64 -d
-      return 0
-    fi
-  done
-  return 1
-}
-kube_wait_for "a token secret for ServiceAccount $ns/$sa" kube-controller-manager sa_token
-token=$(sa_token)
-[ -n "$token" ] || kube_die "empty token for $ns/$sa"
+sa_exists() { [ "$(kube_curl "/api/v1/namespaces/$ns/serviceaccounts/$sa" -o /dev/null -w '%{http_code}')" = 200 ]; }
+kube_wait_for "ServiceAccount $ns/$sa" kube-apiserver sa_exists
+
+request=$(jq -cn --argjson s "$seconds" \
+  '{apiVersion: "authentication.k8s.io/v1", kind: "TokenRequest", spec: {expirationSeconds: $s}}')
+resp=$(kube_curl "/api/v1/namespaces/$ns/serviceaccounts/$sa/token" -X POST \
+  -H 'Content-Type: application/json' -d "$request") || kube_die "TokenRequest for $ns/$sa failed"
+token=$(jq -er '.status.token // empty' <<< "$resp") \
+  || kube_die "no token in the TokenRequest answer for $ns/$sa: $resp"
 kube_write_kubeconfig "$out" "$server" "$token" "system:serviceaccount:$ns:$sa"
 kube_log "wrote $out (ServiceAccount $ns/$sa, server $server)"

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Smoke test of the hack/kube/ control plane: builds (or reuses) kube-apiserver v1.20.2, brings a
-# cluster up in its own network namespace, and checks what nftpol's e2e tests rely on:
-#   - a Namespace with the kubernetes.io/metadata.name label (1.20 does not add it itself), a Pod
-#     with spec.nodeName and a status written through the status subresource (no kubelet), a
-#     NetworkPolicy with an SCTP port, all listed back with kubectl;
+# Smoke test of the hack/kube/ control plane: builds (or reuses) kube-apiserver and etcd
+# (hack/cluster/build.sh), brings a cluster up in its own network namespace, and checks what
+# nftpol's e2e tests rely on:
+#   - a Namespace, which the API server labels kubernetes.io/metadata.name itself, a Pod with
+#     spec.nodeName and a status written through the status subresource (no kubelet), a
+#     NetworkPolicy with an SCTP port and a port range (endPort), all listed back with kubectl;
 #   - a node namespace linked by connect.sh reaches the API server;
-#   - a ServiceAccount kubeconfig (sa-kubeconfig.sh) authenticates, and RBAC applies to it;
+#   - a ServiceAccount kubeconfig (sa-kubeconfig.sh, TokenRequest) authenticates, and RBAC
+#     applies to it;
 #   - SIGKILL + restart of the apiserver keeps the data; after an etcd compaction a watch
 #     resumed from an old resourceVersion gets 410 Gone, and a fresh watch works;
 #   - pod deletion with grace period 0, namespace deletion (controller-manager), then down.sh
 #     leaves no namespace and no process behind.
 # Exits non-zero on any failure (and still tears everything down). Prints timings at the end.
 #
-# Usage: hack/kube/smoke.sh      (as root; the first run builds for about 5-10 minutes)
+# Usage: hack/kube/smoke.sh      (as root; the first run builds, see hack/kube/README.md)
 set -euo pipefail
 export KUBE_SCRIPT=smoke.sh
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,12 +25,6 @@ kube_need_root
 step() { echo; echo "=== $*"; }
 fail() { echo "smoke.sh: FAILED: $*" >&2; exit 1; }
 ms() { date +%s%3N; }
-
-if ! command -v kubectl >/dev/null 2>&1; then
-  step "installing kubectl (Debian's kubernetes-client)"
-  DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600 update
-  DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600 install -y --no-install-recommends kubernetes-client
-fi
 
 STATE=$(mktemp -d /tmp/nftpol-kube-smoke.XXXXXX)
 NODE_NS=nftpol-kube-smoke-$$
@@ -47,6 +43,8 @@ trap 'exit 130' INT TERM
 step "build (cached after the first run)"
 t=$(ms); BIN=$(bash "$here/build.sh" | tail -n1); t_build=$(( $(ms) - t ))
 "$BIN/kube-apiserver" --version
+export PATH=$BIN:$PATH   # kubectl of the same version
+KUBE_VERSION=$("$BIN/kube-apiserver" --version | awk '{print $2}')
 
 step "up"
 t=$(ms); bash "$here/up.sh" "$STATE"; t_up=$(( $(ms) - t ))
@@ -57,14 +55,12 @@ out=$(k version 2>&1 || true); echo "$out"
 grep -q 'Server Version' <<< "$out" || fail "kubectl version shows no server"
 [ "$(kube_curl /version | jq -r .gitVersion)" = "$KUBE_VERSION" ] || fail "/version is not $KUBE_VERSION"
 
-step "objects: namespace, pod with nodeName + status, NetworkPolicy with SCTP"
+step "objects: namespace, pod with nodeName + status, NetworkPolicy with SCTP and endPort"
 k apply -f - <<'EOF'
 apiVersion: v1
 kind: Namespace
 metadata:
   name: smoke
-  labels:
-    kubernetes.io/metadata.name: smoke
 ---
 apiVersion: v1
 kind: Pod
@@ -97,6 +93,7 @@ spec:
     ports:
     - {protocol: SCTP, port: 3868}
     - {protocol: TCP, port: http}
+    - {protocol: TCP, port: 8000, endPort: 8080}
 EOF
 k -n smoke patch pod web --subresource=status --type=merge \
   -p '{"status":{"phase":"Running","podIP":"10.244.1.3","podIPs":[{"ip":"10.244.1.3"}]}}'
@@ -107,6 +104,10 @@ k -n smoke get networkpolicies -o yaml | sed -n '/^  spec:/,/^  status/p'
   || fail "pod status/nodeName not stored"
 [ "$(k -n smoke get networkpolicy allow-sctp -o jsonpath='{.spec.ingress[0].ports[0].protocol}/{.spec.ingress[0].ports[0].port}')" = SCTP/3868 ] \
   || fail "SCTP port not stored"
+[ "$(k -n smoke get networkpolicy allow-sctp -o jsonpath='{.spec.ingress[0].ports[2].port}-{.spec.ingress[0].ports[2].endPort}')" = 8000-8080 ] \
+  || fail "endPort not stored"
+[ "$(k get ns smoke -o jsonpath='{.metadata.labels.kubernetes\.io/metadata\.name}')" = smoke ] \
+  || fail "the API server did not label the namespace kubernetes.io/metadata.name"
 
 step "a node namespace linked with connect.sh reaches the apiserver"
 ip netns add "$NODE_NS"

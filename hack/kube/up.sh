@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a real Kubernetes control plane for nftpol's end-to-end tests: etcd, kube-apiserver
-# v1.20.2 and (by default) kube-controller-manager, inside a network namespace this script
-# creates (nftpol-kube-N), reachable from the root namespace through a veth /30.
+# and (by default) kube-controller-manager, as built by hack/cluster/build.sh, inside a network
+# namespace this script creates (nftpol-kube-N), reachable from the root namespace through a
+# veth /30.
 #
 # Why: the e2e tests need a real API server (real list/watch, resourceVersions, 410 Gone, RBAC)
 # that runs on this machine only, without kubelet or scheduler. Its own namespace keeps its ports
@@ -15,11 +16,11 @@
 #   the namespace and keeps STATE_DIR's logs for inspection (down.sh STATE_DIR removes them).
 # Env:
 #   NFTPOL_KUBE_CONTROLLER_MANAGER=0  do not start kube-controller-manager (no default
-#       ServiceAccounts, no SA token secrets, namespace deletion never finishes)
+#       ServiceAccounts, namespace deletion never finishes)
 #   NFTPOL_KUBE_SLOT=N     use slot N (1..250) instead of the first free one
 #   NFTPOL_KUBE_NET=A.B    first two octets of the cluster networks (default 10.250)
-#   NFTPOL_KUBE_BIN=DIR    folder with kube-apiserver and kube-controller-manager (default: the
-#       build.sh cache, building it first if needed)
+#   NFTPOL_KUBE_BIN=DIR    folder with etcd, kube-apiserver and kube-controller-manager (default:
+#       the hack/cluster/build.sh cache, building it first if needed)
 #   NFTPOL_KUBE_TIMEOUT=S  deadline of each wait (default 120)
 #   NFTPOL_KUBE_APISERVER_ARGS="..."  extra kube-apiserver flags (split on spaces), for example
 #       --watch-cache=false to make watches read etcd directly (compaction then means 410 at once)
@@ -30,11 +31,11 @@ export KUBE_SCRIPT=up.sh
 
 [ $# -eq 1 ] || kube_die "usage: $0 STATE_DIR"
 kube_need_root
-kube_need_tools ip setsid openssl curl etcd etcdctl jq
+kube_need_tools ip setsid openssl curl jq
 
 t0=$(kube_now_ms)
 BIN=${NFTPOL_KUBE_BIN:-$(bash "$KUBE_HACK_DIR/build.sh" | tail -n1)}
-for b in kube-apiserver kube-controller-manager; do
+for b in etcd kube-apiserver kube-controller-manager; do
   [ -x "$BIN/$b" ] || kube_die "$BIN/$b not found (run hack/kube/build.sh)"
 done
 
@@ -120,7 +121,7 @@ mkdir -p "$KUBE_STATE/etcd" "$KUBE_STATE/certs" "$KUBE_STATE/kcm-certs"
 chmod 700 "$KUBE_STATE/etcd"
 
 # --- etcd --------------------------------------------------------------------------------------
-kube_spawn etcd "$(command -v etcd)" --name nftpol --data-dir "$KUBE_STATE/etcd" --logger zap \
+kube_spawn etcd "$BIN/etcd" --name nftpol --data-dir "$KUBE_STATE/etcd" --logger zap \
   --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
   --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
   --initial-cluster nftpol=http://127.0.0.1:2380 --initial-cluster-state new
@@ -130,10 +131,11 @@ kube_wait_for "etcd's /health" etcd kube_etcd_healthy
 read -r -a extra_args <<< "${NFTPOL_KUBE_APISERVER_ARGS:-}"
 # ServiceAccount admission is off even with the controller-manager: with it, creating a pod right
 # after its namespace races the creation of the namespace's default ServiceAccount. No kubelet
-# runs, so pods need no token volume.
+# runs, so pods need no token volume. The signing key and issuer serve the TokenRequest API
+# (sa-kubeconfig.sh): no controller creates token secrets any more.
 kube_spawn kube-apiserver "$BIN/kube-apiserver" \
   --etcd-servers=http://127.0.0.1:2379 \
-  --bind-address=0.0.0.0 --advertise-address="$ADDR" --secure-port="$KUBE_PORT" --insecure-port=0 \
+  --bind-address=0.0.0.0 --advertise-address="$ADDR" --secure-port="$KUBE_PORT" \
   --cert-dir="$KUBE_STATE/certs" \
   --service-account-key-file="$KUBE_STATE/sa.pub" \
   --service-account-signing-key-file="$KUBE_STATE/sa.key" \
@@ -144,17 +146,14 @@ kube_spawn kube-apiserver "$BIN/kube-apiserver" \
 kube_wait_apiserver
 t_api=$(kube_now_ms)
 
-# --- kube-controller-manager (namespace lifecycle, ServiceAccounts and their token secrets) ----
+# --- kube-controller-manager (namespace lifecycle, default ServiceAccounts, garbage collection) -
 if [ "${NFTPOL_KUBE_CONTROLLER_MANAGER:-1}" = 1 ]; then
-  root_ca=()
-  [ -f "$KUBE_STATE/certs/apiserver.crt" ] && root_ca=(--root-ca-file="$KUBE_STATE/certs/apiserver.crt")
   kube_spawn kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig="$KUBE_STATE/kubeconfig" \
     --authentication-kubeconfig="$KUBE_STATE/kubeconfig" \
     --authorization-kubeconfig="$KUBE_STATE/kubeconfig" \
-    --bind-address=127.0.0.1 --secure-port=10257 --port=0 --leader-elect=false \
-    --controllers=namespace,serviceaccount,serviceaccount-token,garbagecollector \
-    --service-account-private-key-file="$KUBE_STATE/sa.key" "${root_ca[@]}" \
+    --bind-address=127.0.0.1 --secure-port=10257 --leader-elect=false \
+    --controllers=namespace-controller,serviceaccount-controller,garbage-collector-controller \
     --cert-dir="$KUBE_STATE/kcm-certs"
   default_sa() { [ "$(kube_curl /api/v1/namespaces/default/serviceaccounts/default -o /dev/null -w '%{http_code}')" = 200 ]; }
   kube_wait_for "the controller-manager to create ServiceAccount default/default" kube-controller-manager default_sa
