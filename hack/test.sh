@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of nftpol: formatting, clippy, the Dockerfile lint, `cargo test` (unit, conformance, the
 # real-kernel dataplane and testbed suites: they need root for network namespaces), then the
-# end-to-end suite against a real kube-apiserver (hack/e2e.sh; its first run builds the API
-# server from Debian's source package, which takes 5 to 15 minutes, and caches it).
+# end-to-end suite against a real kube-apiserver (hack/e2e.sh; its first run builds Kubernetes
+# and etcd from the Go module proxy through hack/cluster/build.sh and caches them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

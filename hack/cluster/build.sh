@@ -32,8 +32,15 @@ die() { echo "cluster/build.sh: error: $*" >&2; exit 1; }
 command -v go >/dev/null || die "go is not installed (Go 1.26 is expected on these machines)"
 
 mkdir -p "$BIN" "$CNI_BIN" "$WORK"
-exec 9>"$CACHE/.lock"
-flock 9
+# One build at a time per cache; the lock is taken only when something must be built, so that a
+# caller whose parts are ready never waits behind another caller's long build.
+locked=0
+take_lock() {
+  [ "$locked" = 1 ] && return 0
+  exec 9>"$CACHE/.lock"
+  flock 9
+  locked=1
+}
 
 # Runs a build step and records its wall time; the log of a failed step is printed.
 timed() {
@@ -49,6 +56,14 @@ timed() {
 }
 
 stamp_ok() { [ -f "$CACHE/$1.version" ] && [ "$(cat "$CACHE/$1.version")" = "$2" ]; }
+
+# True when part $1 (version $2, binary $3) must be built; takes the lock and checks again, since
+# another caller may have built it while we waited.
+must_build() {
+  stamp_ok "$1" "$2" && [ -x "$3" ] && return 1
+  take_lock
+  ! { stamp_ok "$1" "$2" && [ -x "$3" ]; }
+}
 
 kube_ldflags() {
   local minor=${KUBE_VERSION#*.}; minor=${minor%%.*}
@@ -105,7 +120,7 @@ GO
 }
 
 build_kube() {
-  stamp_ok kube "$KUBE_VERSION" && [ -x "$BIN/kubelet" ] && [ -x "$BIN/etcd" ] && return 0
+  must_build kube "$KUBE_VERSION" "$BIN/etcd" || return 0
   local mod; mod=$(kube_module)
   timed kube bash -c "cd '$mod' && CGO_ENABLED=0 go build -trimpath -tags selinux,notest,grpcnotrace \
     -ldflags '$(kube_ldflags)' -o '$BIN/' \
@@ -117,7 +132,7 @@ build_kube() {
 }
 
 build_e2e() {
-  stamp_ok e2e "$KUBE_VERSION" && [ -x "$BIN/e2e.test" ] && return 0
+  must_build e2e "$KUBE_VERSION" "$BIN/e2e.test" || return 0
   local mod; mod=$(kube_module)
   timed e2e bash -c "cd '$mod' && CGO_ENABLED=0 go test -c -trimpath -tags selinux,notest,grpcnotrace \
     -ldflags '$(kube_ldflags)' -o '$BIN/e2e.test' k8s.io/kubernetes/test/e2e"
@@ -125,7 +140,7 @@ build_e2e() {
 }
 
 build_containerd() {
-  stamp_ok containerd "$CONTAINERD_VERSION" && [ -x "$BIN/containerd" ] && return 0
+  must_build containerd "$CONTAINERD_VERSION" "$BIN/containerd" || return 0
   timed containerd env CGO_ENABLED=0 GOBIN="$BIN" go install -trimpath \
     -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
     "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
@@ -147,7 +162,7 @@ apt_need() {
 }
 
 build_runc() {
-  stamp_ok runc "$RUNC_VERSION" && [ -x "$BIN/runc" ] && return 0
+  must_build runc "$RUNC_VERSION" "$BIN/runc" || return 0
   apt_need gcc libc6-dev pkg-config libseccomp-dev
   # runc needs cgo (libcontainer/nsenter); libpathrs, a default tag of its Makefile, is left out.
   timed runc env CGO_ENABLED=1 GOBIN="$BIN" go install -trimpath -tags seccomp \
@@ -156,7 +171,7 @@ build_runc() {
 }
 
 build_cni() {
-  stamp_ok cni "$CNI_VERSION" && [ -x "$CNI_BIN/bridge" ] && return 0
+  must_build cni "$CNI_VERSION" "$CNI_BIN/bridge" || return 0
   timed cni env CGO_ENABLED=0 GOBIN="$CNI_BIN" go install -trimpath -ldflags "-s -w" \
     "github.com/containernetworking/plugins/plugins/main/bridge@$CNI_VERSION" \
     "github.com/containernetworking/plugins/plugins/main/loopback@$CNI_VERSION" \
