@@ -34,14 +34,17 @@ done
 [ -x "$BIN/e2e.test" ] || die "$BIN/e2e.test missing: run hack/cluster/build.sh e2e"
 [ -f "$KUBECONFIG_ADMIN" ] || die "no cluster: run hack/cluster/up.sh"
 
+# Ginkgo's own flags: `--ginkgo.X` for e2e.test run directly, `--X` for the ginkgo runner.
+# Several --focus flags are ORed by ginkgo: an extra focus is folded into the one regex.
+[ -z "$extra_focus" ] || focus="$focus.*($extra_focus)"
+gflags=(--focus="$focus" --skip="$skip" --no-color --timeout=4h)
 args=(--kubeconfig="$KUBECONFIG_ADMIN" --provider=local
-  --ginkgo.focus="$focus" --ginkgo.skip="$skip" --ginkgo.no-color
   --disable-log-dump=true --dump-logs-on-failure=false --e2e-output-dir="$LOGS/e2e-output"
   --report-dir="$LOGS/e2e-report")
-[ -z "$extra_focus" ] || args+=(--ginkgo.focus="$extra_focus")
+direct=("${args[@]}" "${gflags[@]/#--/--ginkgo.}")
 
 if [ $list = 1 ]; then
-  "$BIN/e2e.test" "${args[@]}" --ginkgo.dry-run --ginkgo.v 2>/dev/null \
+  "$BIN/e2e.test" "${direct[@]}" --ginkgo.dry-run --ginkgo.v 2>/dev/null \
     | sed -n 's/^\(\[sig-network\] Netpol.*\)$/\1/p' | sort -u
   exit 0
 fi
@@ -53,9 +56,9 @@ t0=$SECONDS
 set +e
 if [ "$nodes" -gt 1 ]; then
   # ginkgo from the same module as e2e.test, so the versions of the runner and the suite agree.
-  (cd "$LOGS/e2e-output" && "$BIN/ginkgo" --nodes="$nodes" --no-color "$BIN/e2e.test" -- "${args[@]}") >"$out" 2>&1
+  (cd "$LOGS/e2e-output" && "$BIN/ginkgo" --nodes="$nodes" "${gflags[@]}" "$BIN/e2e.test" -- "${args[@]}") >"$out" 2>&1
 else
-  (cd "$LOGS/e2e-output" && "$BIN/e2e.test" "${args[@]}") >"$out" 2>&1
+  (cd "$LOGS/e2e-output" && "$BIN/e2e.test" "${direct[@]}") >"$out" 2>&1
 fi
 rc=$?
 set -e
