@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Installs nftpol on the cluster of hack/cluster/up.sh the way a user does, from its image
+# (imported by up.sh from /var/cache/nftpol-images/, made by hack/images/), and removes it by
+# the README's uninstall path.
+#
+# Usage: hack/cluster/nftpol.sh install [IMAGE]   kubectl apply -k with an overlay whose
+#          Kustomization `images:` sets nftpol's image (default: the one the manifests name);
+#          waits for the DaemonSet to be Ready, then checks /metrics and table inet nftpol.
+#        hack/cluster/nftpol.sh uninstall          the README's uninstall commands, then checks
+#          that table inet nftpol is gone.
+# The manifests' alerts.yaml is a PrometheusRule: a cluster without the Prometheus Operator has no
+# such kind, so install first registers a stand-in CRD for it (what the operator would provide).
+set -euo pipefail
+SCRIPT=nftpol.sh
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+# shellcheck source=hack/cluster/lib.sh
+. "$HERE/lib.sh"
+[ -f "$KUBECONFIG_ADMIN" ] || die "no cluster: run hack/cluster/up.sh"
+export KUBECONFIG=$KUBECONFIG_ADMIN
+M=$REPO/manifests
+
+prometheusrule_crd() {
+  kc apply -f - <<'EOF'
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: prometheusrules.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names: {kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules, singular: prometheusrule}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+EOF
+  kc wait --for condition=established --timeout=60s crd/prometheusrules.monitoring.coreos.com
+}
+
+install() {
+  local image=${1:-} t0=$SECONDS
+  prometheusrule_crd
+  if [ -n "$image" ]; then
+    # An overlay, so that the repository's manifests stay as they are.
+    local ov=$STATE/nftpol-overlay
+    rm -rf "$ov"; mkdir -p "$ov"
+    cat >"$ov/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [$M]
+images:
+- {name: nftpol, newName: ${image%:*}, newTag: ${image##*:}}
+EOF
+    kc apply -k "$ov"
+  else
+    kc apply -k "$M"
+  fi
+  touch "$STATE/nftpol-installed" # down.sh then also deletes table inet nftpol
+  kc -n kube-system rollout status ds/nftpol --timeout=180s
+  log "DaemonSet Ready $((SECONDS - t0)) s after kubectl apply"
+  wait_for "nftpol /metrics" 30 curl -fsS "http://$NODE_IP:9964/metrics"
+  curl -fsS "http://$NODE_IP:9964/metrics" | grep -E '^nftpol_' | head -n 5 >&2
+  wait_for "table inet nftpol" 30 nft list table inet nftpol
+  log "table inet nftpol present ($(nft -a list table inet nftpol | grep -c 'handle') handles)"
+}
+
+uninstall() {
+  # README "Uninstall", with the kustomize-built DaemonSet deleted by name.
+  kc delete -f "$M/daemonset.yaml" --ignore-not-found
+  kc apply -f "$M/cleanup/"
+  kc -n kube-system rollout status ds/nftpol-cleanup --timeout=180s
+  wait_for "table inet nftpol to go" 60 sh -c '! nft list table inet nftpol'
+  kc delete -f "$M/cleanup/" -f "$M/rbac.yaml" -f "$M/alerts.yaml" --ignore-not-found
+  rm -f "$STATE/nftpol-installed"
+  log "uninstalled: table inet nftpol is gone"
+}
+
+case ${1:-} in
+  install) shift; install "$@" ;;
+  uninstall) uninstall ;;
+  *) die "usage: $0 install [IMAGE] | uninstall" ;;
+esac

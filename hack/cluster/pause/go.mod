@@ -1,0 +1,3 @@
+module local/nftpol-cluster/pause
+
+go 1.22
