@@ -80,8 +80,7 @@ fn run_corpus(mode: Mode, dual_stack: bool) {
         mode.to_string()
     };
     if let Some(why) = skip_reason() {
-        eprintln!("skipped ({label}): {why}");
-        return;
+        panic!("{label}: cannot run: {why} (run as root, as hack/test.sh does)");
     }
     let started = Instant::now();
     let model = corpus::load_model();

@@ -51,10 +51,7 @@ fn with(policies: Vec<Value>) -> Vec<Value> {
 }
 
 fn testbed(mode: Mode) -> Option<Testbed> {
-    if !nftpol_testbed::netns::available() {
-        eprintln!("skipping: network namespaces need root");
-        return None;
-    }
+    nftpol_testbed::netns::require(&[]);
     let loaded =
         nftpol::source::manifest::load_values("cluster", cluster()).expect("cluster loads");
     let state: ClusterState = loaded.state;

@@ -65,10 +65,7 @@ fn testbed(mode: Mode, extra_args: &[&str], objects: &[Value]) -> Option<Testbed
 
 /// The same testbed before its daemon starts (at the first apply).
 fn unstarted(mode: Mode, extra_args: &[&str], objects: &[Value]) -> Option<Testbed> {
-    if !nftpol_testbed::netns::available() {
-        eprintln!("skipping: network namespaces need root");
-        return None;
-    }
+    nftpol_testbed::netns::require(&[]);
     let state = nftpol::source::manifest::load_values("cluster", objects.to_vec())
         .expect("cluster loads")
         .state;
@@ -371,10 +368,7 @@ fn flow_logs_start_once_the_group_is_free() {
 /// manifest that does not load, so nothing is programmed until it is fixed.
 #[test]
 fn readiness_waits_for_the_first_sync() {
-    if !nftpol_testbed::netns::available() {
-        eprintln!("skipping: network namespaces need root");
-        return;
-    }
+    nftpol_testbed::netns::require(&[]);
     let ns = Netns::with_tag("ready").expect("namespace");
     ns.ip(&["link", "set", "lo", "up"]).expect("lo up");
     let work = tempdir();

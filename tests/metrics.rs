@@ -4,7 +4,6 @@
 //! probes answer. Needs root (network namespaces); every test cleans up (the testbed's drop).
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nftpol::policy::model::{ObjectKey, Protocol};
@@ -69,10 +68,7 @@ fn testbed(mode: Mode) -> Option<Testbed> {
 }
 
 fn testbed_with(mode: Mode, extra_args: &[&str]) -> Option<Testbed> {
-    if !nftpol_testbed::netns::available() {
-        eprintln!("skipping: network namespaces need root");
-        return None;
-    }
+    nftpol_testbed::netns::require(&[]);
     let state = nftpol::source::manifest::load_values("cluster", cluster())
         .expect("cluster loads")
         .state;
@@ -130,13 +126,6 @@ fn assert_every_commit_observed(text: &str) {
         value(text, "nftpol_nft_transactions") - value(text, "nftpol_nft_errors"),
         "every committed transaction is observed:\n{text}"
     );
-}
-
-fn nft_available() -> bool {
-    Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 fn probe_status(bed: &Testbed, path: &str) -> (u16, String) {
@@ -256,10 +245,7 @@ fn routed_node_metrics_follow_enforcement() {
 /// error, no dataplane failure (the update went through), the node stays ready.
 #[test]
 fn rejected_transaction_is_counted() {
-    if !nft_available() {
-        eprintln!("skipping: no nft binary");
-        return;
-    }
+    nftpol_testbed::netns::require(&["nft"]);
     let Some(mut bed) = testbed(Mode::Routed) else {
         return;
     };
@@ -295,10 +281,7 @@ fn rejected_transaction_is_counted() {
 /// transaction, which the apply-time histogram observes too.
 #[test]
 fn drift_repair_is_a_counted_transaction() {
-    if !nft_available() {
-        eprintln!("skipping: no nft binary");
-        return;
-    }
+    nftpol_testbed::netns::require(&["nft"]);
     let Some(mut bed) = testbed_with(Mode::Routed, &["--resync-interval", "1"]) else {
         return;
     };

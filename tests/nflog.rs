@@ -5,7 +5,6 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nftpol::observe::nflog::{LoggedPacket, NflogError, NflogSocket, PacketInfo};
@@ -14,15 +13,10 @@ use support::Netns;
 const GROUP: u16 = 100;
 const PREFIX: &str = "nftpol test";
 
+/// Fails the test unless it can run (root, iproute2, nft); never true: a test that cannot run
+/// must not pass.
 fn skip() -> bool {
-    let nft = Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !nftpol_testbed::netns::available() || !nft {
-        eprintln!("skipped: needs root, iproute2 and nft");
-        return true;
-    }
+    nftpol_testbed::netns::require(&["nft"]);
     false
 }
 

@@ -48,10 +48,7 @@ fn pod_ns<'a>(bed: &'a Testbed, p: (&str, &str, &str)) -> &'a Netns {
 
 /// A strict testbed with an echo server on the server pod.
 fn strict_testbed() -> Option<Testbed> {
-    if !nftpol_testbed::netns::available() {
-        eprintln!("skipping: network namespaces need root");
-        return None;
-    }
+    nftpol_testbed::netns::require(&[]);
     let loaded =
         nftpol::source::manifest::load_values("cluster", with(vec![])).expect("cluster loads");
     let state: ClusterState = loaded.state;

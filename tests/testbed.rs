@@ -9,8 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nftpol::policy::model::{ClusterState, ContainerPort, ObjectKey, Pod, Protocol};
 use nftpol_testbed::netns;
@@ -77,18 +76,8 @@ fn nft(bed: &Testbed, script: &str) {
         .expect("nft -f");
 }
 
-fn nft_available() -> bool {
-    Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn drops_are_seen(mode: Mode) {
-    if !netns::available() || !nft_available() {
-        eprintln!("skipped: needs root, iproute2 and nft");
-        return;
-    }
+    netns::require(&["nft"]);
     let state = state();
     let mut bed = Testbed::new(mode, &state).expect("testbed");
     bed.set_probe_timeout(Duration::from_millis(500));
@@ -127,9 +116,7 @@ fn drops_are_seen(mode: Mode) {
                  }}\n}}\n"
             ),
         );
-        let started = Instant::now();
         let m = bed.probe_matrix(80, protocol).expect("probe");
-        let took = started.elapsed();
         assert_eq!(
             off_diagonal_denied(&m),
             vec![
@@ -138,11 +125,6 @@ fn drops_are_seen(mode: Mode) {
             ],
             "{mode} {protocol} with two drops:\n{}",
             m.to_table()
-        );
-        // All probes share one deadline: a matrix costs about one timeout.
-        assert!(
-            took < Duration::from_millis(2500),
-            "{mode} {protocol}: {took:?}"
         );
 
         // Another port of the same protocol is not dropped.
@@ -180,10 +162,7 @@ fn routed_node_probes_see_drops_and_cleanup_is_complete() {
 /// probe must show it (that is why the daemon has to check the sysctls).
 #[test]
 fn without_br_netfilter_bridged_traffic_bypasses_the_forward_hook() {
-    if !netns::available() || !nft_available() {
-        eprintln!("skipped: needs root, iproute2 and nft");
-        return;
-    }
+    netns::require(&["nft"]);
     let state = state();
     let mut bed = Testbed::new(Mode::Bridge, &state).expect("testbed");
     bed.set_probe_timeout(Duration::from_millis(500));

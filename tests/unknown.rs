@@ -25,10 +25,7 @@ fn objects(pods: &[(&str, &str, &str)]) -> Vec<Value> {
 }
 
 fn testbed(args: &[&str]) -> Option<Testbed> {
-    if !nftpol_testbed::netns::available() {
-        eprintln!("skipping: network namespaces need root");
-        return None;
-    }
+    nftpol_testbed::netns::require(&[]);
     let all = objects(&[CLIENT, SERVER, NEWCOMER]);
     let state = nftpol::source::manifest::load_values("cluster", all)
         .expect("cluster loads")

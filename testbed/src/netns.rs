@@ -292,6 +292,25 @@ pub fn run_ip(args: &[&str]) -> Result<()> {
 
 /// Whether this process may create network namespaces (root, `ip` present). Kernel tests call
 /// this and skip with a message rather than fail on machines without the privilege.
+/// Panics, naming what is missing, unless network namespaces can be made here (root and iproute2)
+/// and every tool of `tools` runs. Kernel tests call it first: a test that cannot run must fail,
+/// never pass without having checked anything.
+pub fn require(tools: &[&str]) {
+    assert!(
+        available(),
+        "this test needs root and iproute2 (network namespaces): run it as root, as hack/test.sh does"
+    );
+    for tool in tools {
+        let runs = Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(runs, "this test needs `{tool}` (hack/deps.sh installs it)");
+    }
+}
+
 pub fn available() -> bool {
     let root = nix::unistd::geteuid().is_root();
     root && Command::new("ip")
