@@ -157,70 +157,41 @@ spec:
     assert!(allowed(&p, "y/c", "x/b", 80, Protocol::Tcp));
 }
 
+/// Omitted `policyTypes` mean Ingress, plus Egress when the policy has egress rules. The API
+/// server defaults an explicit empty list the same way (`len(policyTypes) == 0`), so both
+/// spellings must give the same plan.
 #[test]
 fn policy_types_default_follows_the_egress_rules() {
-    let (_, p) = plan(&format!(
-        "{PODS}---\n{}",
-        r#"
+    for types in ["", "  policyTypes: []\n"] {
+        let policies = format!(
+            r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
-metadata: {name: both, namespace: x}
+metadata: {{name: both, namespace: x}}
 spec:
-  podSelector: {matchLabels: {app: a}}
-  egress: [{to: [{podSelector: {matchLabels: {app: b}}}]}]
+  podSelector: {{matchLabels: {{app: a}}}}
+{types}  egress: [{{to: [{{podSelector: {{matchLabels: {{app: b}}}}}}]}}]
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
-metadata: {name: ingress-only, namespace: y}
+metadata: {{name: ingress-only, namespace: y}}
 spec:
-  podSelector: {}
-  egress: []
+  podSelector: {{}}
+{types}  egress: []
 "#
-    ));
-    let a = p.endpoint(&"x/a".parse_key()).expect("x/a");
-    assert!(a.ingress.is_some() && a.egress.is_some());
-    assert!(allowed(&p, "x/a", "x/b", 80, Protocol::Tcp));
-    assert!(!allowed(&p, "x/a", "y/c", 80, Protocol::Tcp));
-    // Omitted policyTypes with an empty egress list: ingress only (deny all in), egress open.
-    let c = p.endpoint(&"y/c".parse_key()).expect("y/c");
-    assert!(c.ingress.is_some() && c.egress.is_none());
-    assert!(!allowed(&p, "x/b", "y/c", 80, Protocol::Tcp));
-    assert!(allowed(&p, "y/c", "x/b", 80, Protocol::Tcp));
-}
-
-/// The API server defaults `policyTypes` when the list is empty, not only when it is absent
-/// (`len(policyTypes) == 0`): an explicit `[]` with egress rules isolates both directions.
-#[test]
-fn explicit_empty_policy_types_default_like_omitted_ones() {
-    let (_, p) = plan(&format!(
-        "{PODS}---\n{}",
-        r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: both, namespace: x}
-spec:
-  podSelector: {matchLabels: {app: a}}
-  policyTypes: []
-  egress: [{to: [{podSelector: {matchLabels: {app: b}}}]}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: ingress-only, namespace: y}
-spec:
-  podSelector: {}
-  policyTypes: []
-  egress: []
-"#
-    ));
-    let a = p.endpoint(&"x/a".parse_key()).expect("x/a");
-    assert!(a.ingress.is_some() && a.egress.is_some());
-    assert!(allowed(&p, "x/a", "x/b", 80, Protocol::Tcp));
-    assert!(!allowed(&p, "x/a", "y/c", 80, Protocol::Tcp));
-    assert!(!allowed(&p, "x/b", "x/a", 80, Protocol::Tcp));
-    let c = p.endpoint(&"y/c".parse_key()).expect("y/c");
-    assert!(c.ingress.is_some() && c.egress.is_none());
-    assert!(!allowed(&p, "x/b", "y/c", 80, Protocol::Tcp));
-    assert!(allowed(&p, "y/c", "x/b", 80, Protocol::Tcp));
+        );
+        let (_, p) = plan(&format!("{PODS}---\n{policies}"));
+        let a = p.endpoint(&"x/a".parse_key()).expect("x/a");
+        assert!(a.ingress.is_some() && a.egress.is_some(), "{types}");
+        assert!(allowed(&p, "x/a", "x/b", 80, Protocol::Tcp));
+        assert!(!allowed(&p, "x/a", "y/c", 80, Protocol::Tcp));
+        assert!(!allowed(&p, "x/b", "x/a", 80, Protocol::Tcp));
+        // An empty egress list: ingress only (deny all in), egress open.
+        let c = p.endpoint(&"y/c".parse_key()).expect("y/c");
+        assert!(c.ingress.is_some() && c.egress.is_none(), "{types}");
+        assert!(!allowed(&p, "x/b", "y/c", 80, Protocol::Tcp));
+        assert!(allowed(&p, "y/c", "x/b", 80, Protocol::Tcp));
+    }
 }
 
 /// Selectors the API server would reject (label keys and values it would not store) make the
