@@ -2,7 +2,10 @@
 # Runs every check and test of nftpol: formatting, clippy, the Dockerfile lint, `cargo test` (unit, conformance, the
 # real-kernel dataplane and testbed suites: they need root for network namespaces), then the
 # end-to-end suite against a real kube-apiserver (hack/e2e.sh; its first run builds Kubernetes
-# and etcd from the Go module proxy through hack/cluster/build.sh and caches them).
+# and etcd from the Go module proxy through hack/cluster/build.sh and caches them), then a
+# subset of the upstream Netpol suite on a real kubelet cluster with nftpol installed from the
+# manifests (hack/cluster/ci.sh; its first run also builds e2e.test, containerd, runc and the
+# CNI plugins).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +16,4 @@ cargo deny --locked check --hide-inclusion-graph licenses bans sources
 bash hack/lint-dockerfile.sh
 cargo test --no-fail-fast
 bash hack/e2e.sh
+bash hack/cluster/ci.sh

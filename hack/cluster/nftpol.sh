@@ -43,13 +43,14 @@ install() {
   local image=${1:-} t0=$SECONDS
   prometheusrule_crd
   if [ -n "$image" ]; then
-    # An overlay, so that the repository's manifests stay as they are.
+    # An overlay, so that the repository's manifests stay as they are. Kustomize takes only
+    # relative paths to another kustomization.
     local ov=$STATE/nftpol-overlay
     rm -rf "$ov"; mkdir -p "$ov"
     cat >"$ov/kustomization.yaml" <<EOF
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
-resources: [$M]
+resources: [$(realpath --relative-to="$ov" "$M")]
 images:
 - {name: nftpol, newName: ${image%:*}, newTag: ${image##*:}}
 EOF
