@@ -27,6 +27,14 @@ enforced() {
   wait_for "nftpol /metrics on $NODE_IP" 30 curl -fsS "http://$NODE_IP:9964/metrics"
   local listen; listen=$(ss -Htln 'sport = :9964' | awk '{print $4}' | tr '\n' ' ')
   [ "$listen" = "$NODE_IP:9964 " ] || die "port 9964 should listen on $NODE_IP only, got: $listen"
+  # seccompProfile RuntimeDefault in force (mode 2: filter) on the daemon, found through the pod's
+  # cgroup: other nftpol processes (tests in network namespaces) may run on this machine.
+  local pid seccomp=""
+  for pid in $(pgrep -x nftpol); do
+    grep -q kubepods "/proc/$pid/cgroup" 2>/dev/null || continue
+    seccomp=$(awk '/^Seccomp:/ {print $2}' "/proc/$pid/status")
+  done
+  [ "$seccomp" = 2 ] || die "the daemon's Seccomp mode is '$seccomp', not 2 (filter)"
 }
 t0=$SECONDS
 
@@ -39,7 +47,7 @@ touch "$STATE/nftpol-installed" # down.sh then also deletes table inet nftpol
 enforced
 log "args: $(args)"
 bash "$HERE/policy-check.sh" blocked
-step "helm install: DaemonSet Ready, table inet nftpol, /metrics on $NODE_IP:9964 only, probe blocked"
+step "helm install: DaemonSet Ready, table inet nftpol, /metrics on $NODE_IP:9964 only, seccomp filter on, probe blocked"
 
 # README "Verify enforcement in two minutes", as written there (with a deadline for the policy
 # to reach the node instead of the reader's patience).
