@@ -13,6 +13,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use nftpol::policy::model::ObjectKey;
 use nftpol_testbed::{Mode, NODE_NAME, Testbed};
 use serde_json::{Value, json};
@@ -154,11 +155,44 @@ fn load_iptables(bed: &Testbed, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The comparison layout needs iptables-restore and ipset, which nftpol itself never uses: a
+/// fresh machine lacks them, so the benchmark installs them (Debian packages, through
+/// hack/deps.sh like the rest of the project's tools) rather than stopping half-way.
+fn bench_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = ["iptables-restore", "ipset"]
+        .into_iter()
+        .filter(|tool| {
+            std::process::Command::new(tool)
+                .arg("--version")
+                .output()
+                .is_err()
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "{} missing: installing them with hack/deps.sh --bench-tools",
+        missing.join(", ")
+    );
+    let deps = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/deps.sh");
+    let status = std::process::Command::new("bash")
+        .args([deps, "--bench-tools"])
+        .status()
+        .with_context(|| format!("running {deps}"))?;
+    anyhow::ensure!(
+        status.success(),
+        "{deps} --bench-tools failed ({status}): the comparison layout needs iptables and ipset"
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     if !nftpol_testbed::netns::available() {
         println!("skipping: the packet benchmark needs root (network namespaces)");
         return Ok(());
     }
+    bench_tools()?;
     let loaded = nftpol::source::manifest::load_values("bench", cluster())?;
     // Three identical nodes side by side: no ruleset, nftpol, and the iptables layout. Each
     // round measures all three back to back, so that load from elsewhere hits them alike.

@@ -16,7 +16,7 @@ policies=("$demo"/[1-9]*.yaml)
 
 section() { printf '\n== %s\n' "$*"; }
 
-section "Rows are clients, columns servers. A pod to itself (the diagonal) never leaves the pod, so no node-level engine sees it; upstream e2e ignores it too."
+section "Rows are clients, columns servers. A pod to itself (the diagonal, marked -) never leaves the pod, so no node-level engine sees it; upstream e2e ignores it too."
 section "Before any policy: measured with real TCP connections on 8080 (every pod is reachable)"
 $bin/nftpol-testbed probe -f "$demo/00-cluster.yaml" --port 8080 --protocol TCP -o table
 

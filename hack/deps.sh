@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what nftpol needs to build and what its tests need to run, from Debian's packages;
 # with --test-tools also cargo-deny (hack/test.sh's license, ban and source checks), built from
-# crates.io at a pinned version. Idempotent: only installs what is missing. Needs root.
+# crates.io at a pinned version; with --bench-tools also iptables and ipset (the comparison
+# layout of `cargo bench --bench packets`, which runs this itself when they are missing).
+# Idempotent: only installs what is missing. Needs root.
 set -euo pipefail
 
 packages=(
@@ -9,6 +11,12 @@ packages=(
   nftables iproute2 conntrack kmod     # tests: nft (render oracle), ip netns, conntrack
   procps                               # sysctl for br_netfilter checks
 )
+if [ "${1:-}" = "--test-tools" ]; then
+  packages+=(python3 python3-yaml)     # hack/chart-check.py, hack/doc-check.py
+fi
+if [ "${1:-}" = "--bench-tools" ]; then
+  packages+=(iptables ipset)           # benches/packets.rs: the kube-router-style layout
+fi
 
 missing=()
 for p in "${packages[@]}"; do

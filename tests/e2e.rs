@@ -747,15 +747,19 @@ fn manifests_apply(w: &mut World) -> Result<(), String> {
             None,
         )
         .map(|_| ()))?;
-    e(w.cluster
-        .kubectl(&["apply", "--dry-run=client", "-f", &dir], None)
-        .map(|_| ()))?;
-    e(w.cluster
-        .kubectl(
-            &["apply", "--server-side", "--force-conflicts", "-f", &dir],
-            None,
-        )
-        .map(|_| ()))?;
+    // The alerts are a folder of their own (manifests/monitoring/, a PrometheusRule): it
+    // applies once the Prometheus Operator's CRD (the stand-in above) exists.
+    for d in [dir.to_string(), format!("{dir}/monitoring")] {
+        e(w.cluster
+            .kubectl(&["apply", "--dry-run=client", "-f", &d], None)
+            .map(|_| ()))?;
+        e(w.cluster
+            .kubectl(
+                &["apply", "--server-side", "--force-conflicts", "-f", &d],
+                None,
+            )
+            .map(|_| ()))?;
+    }
     e(w.cluster
         .kubectl(
             &[

@@ -3,28 +3,30 @@
 #   Kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy,
 #   kubectl, e2e.test, agnhost) plus ginkgo and etcd, from one wrapper module whose staging
 #   `replace` lines are generated from Kubernetes' own go.mod; containerd 2.x and runc; the CNI
-#   plugins bridge, host-local and loopback.
+#   plugins bridge, host-local and loopback; helm (the chart's lint, template and install checks).
 #
 # Idempotent: every binary is rebuilt only when missing (or built from another version). Parts
 # build one after another so that a failure names its part; each part's cold time is logged to
 # $CACHE/build-times. Needs root only for apt (gcc, libseccomp-dev for runc).
 #
-# Usage: hack/cluster/build.sh [PART...]   PART: kube e2e containerd runc cni (default: all)
+# Usage: hack/cluster/build.sh [PART...]   PART: kube e2e containerd runc cni helm (default: all)
 #        prints the folder that holds the binaries on its last line.
 # Env:   NFTPOL_CLUSTER_CACHE  (default /var/cache/nftpol-cluster)
+#        NFTPOL_GOCACHE        Go's build cache (default $NFTPOL_CLUSTER_CACHE/gocache)
 set -euo pipefail
 
 KUBE_VERSION=${NFTPOL_KUBE_VERSION:-1.37.2}
 CONTAINERD_VERSION=v2.4.2
 RUNC_VERSION=v1.4.0
 CNI_VERSION=v1.9.1
+HELM_VERSION=v4.3.2
 GINKGO_PKG=github.com/onsi/ginkgo/v2/ginkgo
 
 CACHE=${NFTPOL_CLUSTER_CACHE:-/var/cache/nftpol-cluster}
 BIN=$CACHE/bin
 CNI_BIN=$CACHE/cni
 WORK=$CACHE/work
-export GOMODCACHE=$CACHE/gomod GOCACHE=$CACHE/gocache GOPATH=$CACHE/gopath
+export GOMODCACHE=$CACHE/gomod GOCACHE=${NFTPOL_GOCACHE:-$CACHE/gocache} GOPATH=$CACHE/gopath
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 
 log() { echo "cluster/build.sh: $*" >&2; }
@@ -179,11 +181,22 @@ build_cni() {
   echo "$CNI_VERSION" >"$CACHE/cni.version"
 }
 
+# helm v4 is a plain module (no replaces), so `go install` builds it; its version string comes from
+# internal/version, which `helm version` prints.
+build_helm() {
+  must_build helm "$HELM_VERSION" "$BIN/helm" || return 0
+  timed helm env CGO_ENABLED=0 GOBIN="$BIN" go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+  echo "$HELM_VERSION" >"$CACHE/helm.version"
+}
+
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(cni runc containerd kube e2e)
+[ ${#parts[@]} -gt 0 ] || parts=(cni runc containerd kube e2e helm)
 for p in "${parts[@]}"; do
   case $p in
     kube) build_kube ;; e2e) build_e2e ;; containerd) build_containerd ;; runc) build_runc ;; cni) build_cni ;;
+    helm) build_helm ;;
     *) die "unknown part $p" ;;
   esac
 done

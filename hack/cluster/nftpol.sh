@@ -8,8 +8,8 @@
 #          waits for the DaemonSet to be Ready, then checks /metrics and table inet nftpol.
 #        hack/cluster/nftpol.sh uninstall          the README's uninstall commands, then checks
 #          that table inet nftpol is gone.
-# The manifests' alerts.yaml is a PrometheusRule: a cluster without the Prometheus Operator has no
-# such kind, so install first registers a stand-in CRD for it (what the operator would provide).
+# manifests/ holds no PrometheusRule (the alerts are manifests/monitoring/): it applies on this
+# cluster, which has no Prometheus Operator, as on any other.
 set -euo pipefail
 SCRIPT=nftpol.sh
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -20,28 +20,8 @@ REPO=$(cd "$HERE/../.." && pwd)
 export KUBECONFIG=$KUBECONFIG_ADMIN
 M=$REPO/manifests
 
-prometheusrule_crd() {
-  kc apply -f - <<'EOF'
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: prometheusrules.monitoring.coreos.com}
-spec:
-  group: monitoring.coreos.com
-  names: {kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules, singular: prometheusrule}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-EOF
-  kc wait --for condition=established --timeout=60s crd/prometheusrules.monitoring.coreos.com
-}
-
 install() {
   local image=${1:-} t0=$SECONDS
-  prometheusrule_crd
   if [ -n "$image" ]; then
     # An overlay, so that the repository's manifests stay as they are. Kustomize takes only
     # relative paths to another kustomization.
@@ -62,6 +42,10 @@ EOF
   kc -n kube-system rollout status ds/nftpol --timeout=180s
   log "DaemonSet Ready $((SECONDS - t0)) s after kubectl apply"
   wait_for "nftpol /metrics" 30 curl -fsS "http://$NODE_IP:9964/metrics"
+  # Bound to the node's address (status.hostIP) only, not to every address of the host.
+  local listen; listen=$(ss -Htln 'sport = :9964' | awk '{print $4}' | tr '\n' ' ')
+  log "port 9964 listens on: $listen"
+  [ "$listen" = "$NODE_IP:9964 " ] || die "expected $NODE_IP:9964 only, got: $listen"
   curl -fsS "http://$NODE_IP:9964/metrics" | grep -E '^nftpol_' | head -n 5 >&2
   wait_for "table inet nftpol" 30 nft list table inet nftpol
   log "table inet nftpol present ($(nft -a list table inet nftpol | grep -c 'handle') handles)"
@@ -73,7 +57,7 @@ uninstall() {
   kc apply -f "$M/cleanup/"
   kc -n kube-system rollout status ds/nftpol-cleanup --timeout=180s
   wait_for "table inet nftpol to go" 60 sh -c '! nft list table inet nftpol'
-  kc delete -f "$M/cleanup/" -f "$M/rbac.yaml" -f "$M/alerts.yaml" --ignore-not-found
+  kc delete -f "$M/cleanup/" -f "$M/rbac.yaml" --ignore-not-found
   rm -f "$STATE/nftpol-installed"
   log "uninstalled: table inet nftpol is gone"
 }

@@ -63,10 +63,14 @@ impl Matrix {
     }
 
     /// A truth table for people: `.` allowed, `X` denied; rows are clients, columns servers.
+    /// The diagonal is `-` whatever the matrix holds: a pod's connection to itself never leaves
+    /// the pod, so no node-level engine judges it (the measured one is always open, the
+    /// predicted one follows the policies), and two tables that differ only there would read as
+    /// a bug. The JSON keeps the real cells.
     pub fn to_table(&self) -> String {
         let width = self.pods.iter().map(|p| p.len()).max().unwrap_or(0).max(4);
         let mut out = format!(
-            "{}/{}: new connections (rows: from, columns: to; . allowed, X denied)\n",
+            "{}/{}: new connections (rows: from, columns: to; . allowed, X denied, - a pod to itself: not policed)\n",
             self.port, self.protocol
         );
         out.push_str(&format!("{:width$}", ""));
@@ -77,6 +81,10 @@ impl Matrix {
         for (i, from) in self.pods.iter().enumerate() {
             out.push_str(&format!("{from:width$}"));
             for to in &self.pods {
+                if to == from {
+                    out.push_str("   -");
+                    continue;
+                }
                 let ok = self.allowed.get(from).and_then(|r| r.get(to)).copied();
                 out.push_str(match ok {
                     Some(true) => "   .",
@@ -119,4 +127,47 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matrix(cells: &[(&str, &str, bool)]) -> Matrix {
+        let mut allowed: BTreeMap<String, BTreeMap<String, bool>> = BTreeMap::new();
+        for (f, t, ok) in cells {
+            allowed
+                .entry(f.to_string())
+                .or_default()
+                .insert(t.to_string(), *ok);
+        }
+        Matrix {
+            port: 80,
+            protocol: Protocol::Tcp,
+            pods: vec!["ns/a".into(), "ns/b".into()],
+            allowed,
+        }
+    }
+
+    #[test]
+    fn the_diagonal_is_a_dash_whatever_the_cell_holds() {
+        // A measured matrix (self always open) and a predicted one (self denied by the policy)
+        // that differ only on the diagonal must print the same table.
+        let measured = matrix(&[
+            ("ns/a", "ns/a", true),
+            ("ns/a", "ns/b", false),
+            ("ns/b", "ns/a", true),
+            ("ns/b", "ns/b", true),
+        ]);
+        let predicted = matrix(&[
+            ("ns/a", "ns/a", false),
+            ("ns/a", "ns/b", false),
+            ("ns/b", "ns/a", true),
+            ("ns/b", "ns/b", false),
+        ]);
+        let table = measured.to_table();
+        assert_eq!(table, predicted.to_table());
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(rows, ["ns/a   -   X   (1)", "ns/b   .   -   (2)"]);
+    }
 }

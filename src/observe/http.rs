@@ -16,15 +16,29 @@ use super::metrics::Metrics;
 /// The default `--metrics-addr`.
 pub const DEFAULT_ADDR: &str = "0.0.0.0:9964";
 
-/// `--metrics-addr`: `None` when disabled (`""` or `off`).
+/// `--metrics-addr`: `None` when disabled (`""` or `off`). An IPv6 address may also come
+/// without brackets (`fd00::1:9964`, the port after the last colon): the manifests build the
+/// flag from the downward API's `status.hostIP` as `$(HOST_IP):9964`, which cannot add
+/// brackets only on an IPv6 node.
 pub fn parse_addr(text: &str) -> anyhow::Result<Option<SocketAddr>> {
     let text = text.trim();
     if text.is_empty() || text.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    text.parse()
-        .map(Some)
-        .with_context(|| format!("--metrics-addr {text:?} is not an address:port"))
+    let unbracketed = || {
+        let (ip, port) = text.rsplit_once(':')?;
+        Some(SocketAddr::new(
+            ip.parse::<std::net::Ipv6Addr>().ok()?.into(),
+            port.parse().ok()?,
+        ))
+    };
+    match text.parse() {
+        Ok(addr) => Ok(Some(addr)),
+        Err(e) => unbracketed()
+            .map(Some)
+            .ok_or(e)
+            .with_context(|| format!("--metrics-addr {text:?} is not an address:port")),
+    }
 }
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -135,6 +149,16 @@ mod tests {
             DEFAULT_ADDR.parse().ok()
         );
         assert!(parse_addr("nonsense").is_err());
+        assert_eq!(
+            parse_addr("fd00::1:9964").ok().flatten(),
+            "[fd00::1]:9964".parse().ok()
+        );
+        assert_eq!(
+            parse_addr("10.0.0.1:9964").ok().flatten(),
+            "10.0.0.1:9964".parse().ok()
+        );
+        assert!(parse_addr("fd00::1").is_err());
+        assert!(parse_addr("10.0.0.1").is_err());
     }
 
     #[test]
