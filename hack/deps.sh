@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what nftpol needs to build and what its tests need to run, from Debian's packages;
-# with --test-tools also cargo-deny (hack/test.sh's license, ban and source checks), built from
-# crates.io at a pinned version. Idempotent: only installs what is missing. Needs root.
+# with --test-tools also Chromium (tests/browser.rs drives the HTML pages in it, headless) and
+# cargo-deny (hack/test.sh's license, ban and source checks), built from crates.io at a pinned
+# version. Idempotent: only installs what is missing. Needs root.
 set -euo pipefail
 
 packages=(
@@ -9,6 +10,9 @@ packages=(
   nftables iproute2 conntrack kmod     # tests: nft (render oracle), ip netns, conntrack
   procps                               # sysctl for br_netfilter checks
 )
+if [ "${1:-}" = "--test-tools" ]; then
+  packages+=(chromium)                 # tests/browser.rs: the HTML pages in a real browser
+fi
 
 missing=()
 for p in "${packages[@]}"; do

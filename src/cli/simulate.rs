@@ -18,10 +18,11 @@ pub struct Args {
     /// Manifest files or folders (YAML or JSON; multi-document YAML and `kind: List` allowed).
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
-    /// The destination port; repeat (or separate with commas) for several.
-    #[arg(long, required = true, value_delimiter = ',')]
-    pub port: Vec<u16>,
-    /// Repeat (or separate with commas) for several: every port is probed with each.
+    /// The destination port, `PORT` or `PORT/PROTOCOL`; repeat (or separate with commas) for
+    /// several. A port without a protocol is probed with each `--protocol`.
+    #[arg(long, required = true, value_delimiter = ',', value_name = "PORT[/PROTOCOL]", value_parser = parse_port)]
+    pub port: Vec<PortArg>,
+    /// Repeat (or separate with commas) for several.
     #[arg(long, default_value = "TCP", value_delimiter = ',')]
     pub protocol: Vec<Protocol>,
     /// `json`: one matrix object for one probe, an array of them for several. `html`: one
@@ -37,13 +38,36 @@ pub enum Output {
     Html,
 }
 
-/// The probes of `args`: every port with every protocol, each once, in the order given.
+/// `--port`: a port, and the protocol when the argument names one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortArg {
+    pub port: u16,
+    pub protocol: Option<Protocol>,
+}
+
+fn parse_port(s: &str) -> Result<PortArg, String> {
+    let (port, protocol) = match s.split_once('/') {
+        Some((port, protocol)) => (port, Some(protocol.parse::<Protocol>()?)),
+        None => (s, None),
+    };
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{port:?} is not a port number (0-65535)"))?;
+    Ok(PortArg { port, protocol })
+}
+
+/// The probes of `args`, each once, in the order given: a port with its own protocol, or with
+/// each `--protocol`.
 fn probes(args: &Args) -> Vec<(u16, Protocol)> {
     let mut out = Vec::new();
-    for &protocol in &args.protocol {
-        for &port in &args.port {
-            if !out.contains(&(port, protocol)) {
-                out.push((port, protocol));
+    for p in &args.port {
+        let protocols = match p.protocol {
+            Some(own) => vec![own],
+            None => args.protocol.clone(),
+        };
+        for protocol in protocols {
+            if !out.contains(&(p.port, protocol)) {
+                out.push((p.port, protocol));
             }
         }
     }

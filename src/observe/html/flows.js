@@ -43,12 +43,12 @@
         el("td", {}, port(g)),
         el("td", {}, g.pod),
         el("td", {}, g.policies.join(", ")),
-        el("td", {}, g.last),
-        el("td", {}, g.first))
+        el("td", { class: "time" }, g.last),
+        el("td", { class: "time" }, g.first))
     );
     const lines = D.lines.filter(shown).map((l) =>
       el("tr", { class: l.action },
-        el("td", {}, l.time),
+        el("td", { class: "time" }, l.time),
         el("td", { class: "action" }, l.action),
         el("td", {}, l.message))
     );
