@@ -87,9 +87,67 @@ pub struct FlowEntry {
 pub fn reachability_page(data: &Reachability) -> anyhow::Result<String> {
     page(
         &format!("nftpol: who may reach whom ({})", data.source),
-        data,
+        &Embedded::of(data),
         REACHABILITY_JS,
     )
+}
+
+/// [`Reachability`] as the page embeds it: each explanation as indexes into one table of
+/// distinct lines. The rule lines repeat across pairs and probes; 60 pods and 3 probes are
+/// 10,800 explanations, a few MB as whole strings.
+#[derive(Serialize)]
+struct Embedded<'a> {
+    source: &'a str,
+    pods: &'a [String],
+    invalid: &'a [String],
+    lines: Vec<&'a str>,
+    probes: Vec<EmbeddedProbe<'a>>,
+}
+
+#[derive(Serialize)]
+struct EmbeddedProbe<'a> {
+    port: u16,
+    protocol: &'a str,
+    allowed: &'a [Vec<bool>],
+    explanations: Vec<Vec<Vec<u32>>>,
+}
+
+impl<'a> Embedded<'a> {
+    fn of(data: &'a Reachability) -> Self {
+        let mut lines: Vec<&'a str> = Vec::new();
+        let mut at: std::collections::HashMap<&'a str, u32> = std::collections::HashMap::new();
+        let mut index = |text: &'a str| -> Vec<u32> {
+            text.split_inclusive('\n')
+                .map(|line| {
+                    *at.entry(line).or_insert_with(|| {
+                        lines.push(line);
+                        (lines.len() - 1) as u32
+                    })
+                })
+                .collect()
+        };
+        let probes = data
+            .probes
+            .iter()
+            .map(|p| EmbeddedProbe {
+                port: p.port,
+                protocol: &p.protocol,
+                allowed: &p.allowed,
+                explanations: p
+                    .explanations
+                    .iter()
+                    .map(|row| row.iter().map(|e| index(e)).collect())
+                    .collect(),
+            })
+            .collect();
+        Embedded {
+            source: &data.source,
+            pods: &data.pods,
+            invalid: &data.invalid,
+            lines,
+            probes,
+        }
+    }
 }
 
 /// The flow page.
@@ -180,9 +238,10 @@ fn escape_text(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn hostile() -> Reachability {
-        let evil = "x</script><script>alert(1)</script>{{data}}\u{2028}&amp;".to_string();
+        let evil = "x</script><script>alert(1)</script>{{data}}\u{2028}&amp;\nline 2\n".to_string();
         Reachability {
             source: evil.clone(),
             pods: vec![format!("ns/{evil}")],
@@ -206,7 +265,21 @@ mod tests {
         let start = html.find("id=\"data\">").unwrap() + "id=\"data\">".len();
         let end = start + html[start..].find("</script>").unwrap();
         let back: serde_json::Value = serde_json::from_str(&html[start..end]).unwrap();
-        assert_eq!(back, serde_json::to_value(&data).unwrap());
+        assert_eq!(back["source"], json!(data.source));
+        assert_eq!(back["pods"], json!(data.pods));
+        assert_eq!(back["invalid"], json!(data.invalid));
+        let words: Vec<String> = back["probes"][0]["explanations"][0][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                back["lines"][i.as_u64().unwrap() as usize]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(words.concat(), data.probes[0].explanations[0][0]);
         assert!(html.contains("<title>nftpol: who may reach whom (x&lt;/script&gt;"));
     }
 

@@ -19,6 +19,8 @@
   }
 
   const probeName = (p) => p.port + "/" + p.protocol;
+  // An explanation is stored as indexes into the table of distinct lines.
+  const words = (p, i, j) => p.explanations[i][j].map((k) => D.lines[k]).join("");
   const nsOf = (pod) => pod.slice(0, pod.indexOf("/"));
   const nameOf = (pod) => pod.slice(pod.indexOf("/") + 1);
 
@@ -234,7 +236,7 @@
       const j = sel.c.pods[0];
       if (i === j)
         out.append(el("p", { class: "note" }, "A pod connecting to itself never leaves the pod: no node-level engine sees it. nftpol's verdict, for the record:"));
-      for (const p of probes) out.append(el("pre", { "data-probe": probeName(p) }, p.explanations[i][j]));
+      for (const p of probes) out.append(el("pre", { "data-probe": probeName(p) }, words(p, i, j)));
     } else {
       // A namespace stands for its pods: list each pair's verdict, the words are on the pod cells.
       for (const p of probes) {
