@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::observe::flowread::{newest_first, parse_line, summarize};
+use crate::observe::flowread::{parse_line, report};
 use crate::observe::html::{self, FlowEntry, FlowReport};
 
 #[derive(Debug, clap::Args)]
@@ -67,9 +67,6 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     if stdin_only {
         skipped += read(std::io::stdin().lock(), "standard input", &mut entries)?;
     }
-    newest_first(&mut entries);
-    let groups = summarize(&entries);
-    entries.truncate(args.last);
     let source = if stdin_only {
         "standard input".to_string()
     } else {
@@ -79,12 +76,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let report = FlowReport {
-        source,
-        groups,
-        lines: entries,
-        skipped,
-    };
+    let report = report(entries, skipped, &source, args.last);
     match args.output {
         Output::Html => print!("{}", html::flows_page(&report)?),
         Output::Table => print!("{}", table(&report)),

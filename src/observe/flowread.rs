@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::observe::html::{FlowEntry, FlowGroup};
+use crate::observe::html::{FlowEntry, FlowGroup, FlowReport};
 
 /// The target of flow log lines.
 const TARGET: &str = "nftpol::flow";
@@ -134,6 +134,25 @@ fn entry(time: String, get: &dyn Fn(&str) -> String, message: String) -> FlowEnt
             .map(str::to_string)
             .collect(),
         message,
+    }
+}
+
+/// What the flow page shows of `entries` (in the order read): every line counted, the `last`
+/// newest listed. `source` says where they came from (files, a pod's logs).
+pub fn report(
+    mut entries: Vec<FlowEntry>,
+    skipped: usize,
+    source: &str,
+    last: usize,
+) -> FlowReport {
+    newest_first(&mut entries);
+    let groups = summarize(&entries);
+    entries.truncate(last);
+    FlowReport {
+        source: source.to_string(),
+        groups,
+        lines: entries,
+        skipped,
     }
 }
 
