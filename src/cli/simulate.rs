@@ -18,13 +18,8 @@ pub struct Args {
     /// Manifest files or folders (YAML or JSON; multi-document YAML and `kind: List` allowed).
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
-    /// The destination port, `PORT` or `PORT/PROTOCOL`; repeat (or separate with commas) for
-    /// several. A port without a protocol is probed with each `--protocol`.
-    #[arg(long, required = true, value_delimiter = ',', value_name = "PORT[/PROTOCOL]", value_parser = parse_port)]
-    pub port: Vec<PortArg>,
-    /// Repeat (or separate with commas) for several.
-    #[arg(long, default_value = "TCP", value_delimiter = ',')]
-    pub protocol: Vec<Protocol>,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
     /// `json`: one matrix object for one probe, an array of them for several. `html`: one
     /// self-contained page (matrix, explanations, namespace summary, filters).
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
@@ -36,6 +31,18 @@ pub enum Output {
     Table,
     Json,
     Html,
+}
+
+/// The probes (`--port`, `--protocol`), shared with other commands that predict a matrix.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// The destination port, `PORT` or `PORT/PROTOCOL`; repeat (or separate with commas) for
+    /// several. A port without a protocol is probed with each `--protocol`.
+    #[arg(long, required = true, value_delimiter = ',', value_name = "PORT[/PROTOCOL]", value_parser = parse_port)]
+    pub port: Vec<PortArg>,
+    /// Repeat (or separate with commas) for several.
+    #[arg(long, default_value = "TCP", value_delimiter = ',')]
+    pub protocol: Vec<Protocol>,
 }
 
 /// `--port`: a port, and the protocol when the argument names one.
@@ -56,22 +63,24 @@ fn parse_port(s: &str) -> Result<PortArg, String> {
     Ok(PortArg { port, protocol })
 }
 
-/// The probes of `args`, each once, in the order given: a port with its own protocol, or with
-/// each `--protocol`.
-fn probes(args: &Args) -> Vec<(u16, Protocol)> {
-    let mut out = Vec::new();
-    for p in &args.port {
-        let protocols = match p.protocol {
-            Some(own) => vec![own],
-            None => args.protocol.clone(),
-        };
-        for protocol in protocols {
-            if !out.contains(&(p.port, protocol)) {
-                out.push((p.port, protocol));
+impl ProbeArgs {
+    /// Each probe once, in the order given: a port with its own protocol, or with each
+    /// `--protocol`.
+    pub fn probes(&self) -> Vec<(u16, Protocol)> {
+        let mut out = Vec::new();
+        for p in &self.port {
+            let protocols = match p.protocol {
+                Some(own) => vec![own],
+                None => self.protocol.clone(),
+            };
+            for protocol in protocols {
+                if !out.contains(&(p.port, protocol)) {
+                    out.push((p.port, protocol));
+                }
             }
         }
+        out
     }
-    out
 }
 
 /// The reachability matrix, in the JSON schema `simulate -o json` and the testbed print.
@@ -192,7 +201,7 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     for (pod, reason) in &plan.skipped {
         eprintln!("note: {pod} is left out ({})", reason.as_str());
     }
-    let probes = probes(&args);
+    let probes = args.probes.probes();
     let matrices: Vec<Matrix> = probes
         .iter()
         .map(|&(port, protocol)| Matrix::predict(&plan, port, protocol))
