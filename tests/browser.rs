@@ -305,8 +305,15 @@ fn names_are_text_not_markup() {
 fn the_flow_page_counts_lines_per_pair_and_policy_newest_first() {
     let scratch = Scratch::new("flows");
     let line = |time: &str, action: &str, src: &str, policies: &str| {
+        let ip = format!("10.244.1.{}", src.len());
+        let words = match action {
+            "allow" => format!("allowed by ingress rule {policies}"),
+            _ => format!(
+                "dropped: isolated for ingress by {policies}, and no ingress rule of it allows it"
+            ),
+        };
         format!(
-            "{time}  INFO nftpol::flow: TCP {action} {src} (10.244.1.11) -> production/api (10.244.2.21:8080): dropped action=\"{action}\" direction=\"ingress\" src=10.244.1.11 src_pod=\"{src}\" dst=10.244.2.21 dst_pod=\"production/api\" protocol=TCP port=8080 pod=\"production/api\" policies={policies}\n"
+            "{time}  INFO nftpol::flow: TCP {action} {src} ({ip}) -> production/api (10.244.2.21:8080): {words} action=\"{action}\" direction=\"ingress\" src={ip} src_pod=\"{src}\" dst=10.244.2.21 dst_pod=\"production/api\" protocol=TCP port=8080 pod=\"production/api\" policies={policies}\n"
         )
     };
     let log = [
@@ -365,7 +372,7 @@ fn the_flow_page_counts_lines_per_pair_and_policy_newest_first() {
         b.eval("document.querySelector('.source').textContent")
             .as_str()
             .unwrap()
-            .contains("1 other lines skipped")
+            .contains("other lines skipped: 1")
     );
     screenshot(&mut b, "flows.png", 700);
 

@@ -53,7 +53,7 @@
         el("td", {}, l.message))
     );
     app.replaceChildren(
-      el("header", {}, el("h1", {}, "Flow log"), el("p", { class: "source" }, "From " + D.source + ": " + D.lines.length + " lines listed" + (D.skipped ? ", " + D.skipped + " other lines skipped" : "") + ".")),
+      el("header", {}, el("h1", {}, "Flow log"), el("p", { class: "source" }, "From " + D.source + ": " + D.lines.length + " lines listed" + (D.skipped ? ", other lines skipped: " + D.skipped : "") + ".")),
       bar,
       el("h2", {}, "Connections per pod pair and policy (most recently seen first)"),
       groups.length ? table("groups", ["count", "action", "direction", "from", "to", "port", "decided by pod", "policies", "last seen", "first seen"], groups) : el("p", { class: "note" }, "No flow log lines."),
