@@ -3,7 +3,9 @@
 # (production frontend -> api -> postgres, Prometheus and Grafana in monitoring, kube-dns, a
 # stranger in staging). It measures who reaches whom with real packets before any policy and
 # after examples/demo's policies, next to what `nftpol simulate` predicts, then shows two
-# classic mistakes with `nftpol explain`. Needs root; cleans up after itself.
+# classic mistakes with `nftpol explain`. It ends by writing the scenario's page (the matrix,
+# explain's answer for every pair, the namespace summary) and the flow page to target/demo/.
+# Needs root; cleans up the namespaces after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,3 +49,11 @@ $bin/nftpol explain -f "$demo/00-cluster.yaml" -f "$demo/10-default-deny-all.yam
   --from monitoring/grafana --to production/api --port 9090
 echo "-- with examples/demo/50-allow-monitoring.yaml (one peer, ANDed), only Prometheus may:"
 $bin/nftpol explain -f "$demo" --from monitoring/grafana --to production/api --port 9090
+
+section "The pages: open them in a browser (self-contained, no network needed)"
+pages=target/demo
+mkdir -p "$pages"
+$bin/nftpol simulate -f "$demo" --port 8080 --port 5432 --port 53/UDP -o html >"$pages/reachability.html"
+$bin/nftpol flows -o html "$flows" >"$pages/flows.html"
+echo "$pages/reachability.html: who may reach whom on 8080/TCP, 5432/TCP and 53/UDP; click a cell for why ($(wc -c <"$pages/reachability.html") bytes)"
+echo "$pages/flows.html: the flow log above, counted per pod pair and policy ($(wc -c <"$pages/flows.html") bytes)"

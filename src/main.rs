@@ -38,6 +38,8 @@ enum Command {
     Simulate(cli::simulate::Args),
     /// Explain the verdict for one connection: which policies isolate, which rule allows.
     Explain(cli::explain::Args),
+    /// Count flow log lines (a file or stdin) per pod pair and policy, newest first.
+    Flows(cli::flows::Args),
     /// Print the nftables ruleset nftpol would program on a node, as nft text.
     Render(cli::render::Args),
     /// Enforce a folder of manifests on this node and follow its changes.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Simulate(args) => cli::simulate::execute(args),
         Command::Explain(args) => cli::explain::execute(args),
+        Command::Flows(args) => cli::flows::execute(args),
         Command::Render(args) => cli::render::execute(args),
         Command::Run(args) => cli::run::execute(args),
         Command::Daemon(args) => cli::daemon::execute(args),

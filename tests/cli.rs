@@ -59,6 +59,34 @@ fn demo() -> String {
 }
 
 #[test]
+fn simulate_several_probes_gives_one_matrix_each_in_the_order_given() {
+    let out = nftpol(&[
+        "simulate",
+        "-f",
+        &demo(),
+        "--port",
+        "8080,53/UDP",
+        "--port",
+        "5432",
+        "--protocol",
+        "TCP",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let probes: Vec<(u64, &str)> = v
+        .as_array()
+        .expect("an array for several probes")
+        .iter()
+        .map(|m| (m["port"].as_u64().unwrap(), m["protocol"].as_str().unwrap()))
+        .collect();
+    assert_eq!(probes, [(8080, "TCP"), (53, "UDP"), (5432, "TCP")]);
+    let out = nftpol(&["simulate", "-f", &demo(), "--port", "53/ICMP"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
 fn simulate_json_has_the_documented_schema() {
     let out = nftpol(&["simulate", "-f", &demo(), "--port", "8080", "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -1,24 +1,27 @@
-//! `nftpol simulate`: the predicted reachability matrix for one port and protocol.
+//! `nftpol simulate`: the predicted reachability matrix for each port and protocol asked, as a
+//! table, JSON, or the HTML page of [`crate::observe::html`] (with `explain`'s answer for every
+//! pair).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::observe::html::{self, Reachability};
 use crate::policy::compile::{NodePlan, Scope, compile};
 use crate::policy::index::ClusterIndex;
 use crate::policy::model::Protocol;
-use crate::policy::verdict::judge_pods;
+use crate::policy::verdict::{explain_text, judge_pods};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Manifest files or folders (YAML or JSON; multi-document YAML and `kind: List` allowed).
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
-    #[arg(long)]
-    pub port: u16,
-    #[arg(long, default_value = "TCP")]
-    pub protocol: Protocol,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+    /// `json`: one matrix object for one probe, an array of them for several. `html`: one
+    /// self-contained page (matrix, explanations, namespace summary, filters).
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     pub output: Output,
 }
@@ -27,6 +30,57 @@ pub struct Args {
 pub enum Output {
     Table,
     Json,
+    Html,
+}
+
+/// The probes (`--port`, `--protocol`), shared with other commands that predict a matrix.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// The destination port, `PORT` or `PORT/PROTOCOL`; repeat (or separate with commas) for
+    /// several. A port without a protocol is probed with each `--protocol`.
+    #[arg(long, required = true, value_delimiter = ',', value_name = "PORT[/PROTOCOL]", value_parser = parse_port)]
+    pub port: Vec<PortArg>,
+    /// Repeat (or separate with commas) for several.
+    #[arg(long, default_value = "TCP", value_delimiter = ',')]
+    pub protocol: Vec<Protocol>,
+}
+
+/// `--port`: a port, and the protocol when the argument names one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortArg {
+    pub port: u16,
+    pub protocol: Option<Protocol>,
+}
+
+fn parse_port(s: &str) -> Result<PortArg, String> {
+    let (port, protocol) = match s.split_once('/') {
+        Some((port, protocol)) => (port, Some(protocol.parse::<Protocol>()?)),
+        None => (s, None),
+    };
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{port:?} is not a port number (0-65535)"))?;
+    Ok(PortArg { port, protocol })
+}
+
+impl ProbeArgs {
+    /// Each probe once, in the order given: a port with its own protocol, or with each
+    /// `--protocol`.
+    pub fn probes(&self) -> Vec<(u16, Protocol)> {
+        let mut out = Vec::new();
+        for p in &self.port {
+            let protocols = match p.protocol {
+                Some(own) => vec![own],
+                None => self.protocol.clone(),
+            };
+            for protocol in protocols {
+                if !out.contains(&(p.port, protocol)) {
+                    out.push((p.port, protocol));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The reachability matrix, in the JSON schema `simulate -o json` and the testbed print.
@@ -98,6 +152,56 @@ impl Matrix {
     }
 }
 
+/// The data of the HTML page: for each probe the matrix and `explain`'s words for every
+/// ordered pair of the plan's endpoints. Whatever the state came from (manifests, a live
+/// cluster): `source` says which, `invalid` lists the policies skipped.
+pub fn reachability(
+    index: &ClusterIndex,
+    plan: &NodePlan,
+    probes: &[(u16, Protocol)],
+    source: &str,
+    invalid: &[String],
+) -> Reachability {
+    let pods: Vec<String> = plan.endpoints.keys().map(|k| k.to_string()).collect();
+    let probes = probes
+        .iter()
+        .map(|&(port, protocol)| {
+            let mut allowed = Vec::with_capacity(pods.len());
+            let mut explanations = Vec::with_capacity(pods.len());
+            for (from_name, from) in pods.iter().zip(plan.endpoints.values()) {
+                let (row_allowed, row_words): (Vec<bool>, Vec<String>) = pods
+                    .iter()
+                    .zip(plan.endpoints.values())
+                    .map(|(to_name, to)| match judge_pods(from, to, protocol, port) {
+                        Some(v) => (
+                            v.allowed(),
+                            explain_text(index, plan, from_name, to_name, &v),
+                        ),
+                        None => (
+                            false,
+                            format!("{from_name} -> {to_name}: they share no address family\n"),
+                        ),
+                    })
+                    .unzip();
+                allowed.push(row_allowed);
+                explanations.push(row_words);
+            }
+            html::Probe {
+                port,
+                protocol: protocol.as_str().to_string(),
+                allowed,
+                explanations,
+            }
+        })
+        .collect();
+    Reachability {
+        source: source.to_string(),
+        pods,
+        probes,
+        invalid: invalid.to_vec(),
+    }
+}
+
 pub fn execute(args: Args) -> anyhow::Result<()> {
     let loaded = super::load_input(&args.files)?;
     let index = ClusterIndex::from_state(&loaded.state);
@@ -105,11 +209,34 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
     for (pod, reason) in &plan.skipped {
         eprintln!("note: {pod} is left out ({})", reason.as_str());
     }
-    let matrix = Matrix::predict(&plan, args.port, args.protocol);
+    let probes = args.probes.probes();
+    let matrices: Vec<Matrix> = probes
+        .iter()
+        .map(|&(port, protocol)| Matrix::predict(&plan, port, protocol))
+        .collect();
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&matrix)?),
+        Output::Json if matrices.len() == 1 => {
+            println!("{}", serde_json::to_string_pretty(&matrices[0])?)
+        }
+        Output::Json => println!("{}", serde_json::to_string_pretty(&matrices)?),
+        Output::Html => {
+            let source = args
+                .files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let invalid: Vec<String> = loaded.invalid.iter().map(ToString::to_string).collect();
+            let data = reachability(&index, &plan, &probes, &source, &invalid);
+            print!("{}", html::reachability_page(&data)?);
+        }
         Output::Table => {
-            print!("{}", matrix.to_table());
+            for (i, matrix) in matrices.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print!("{}", matrix.to_table());
+            }
             if !loaded.invalid.is_empty() {
                 println!(
                     "\n{} invalid polic{} skipped (not enforced):",

@@ -7,7 +7,9 @@
 
 mod drops;
 pub mod flowlog;
+pub mod flowread;
 pub mod health;
+pub mod html;
 pub mod http;
 pub mod metrics;
 pub mod nflog;
