@@ -7,6 +7,7 @@
 pub mod cleanup;
 pub mod daemon;
 pub mod explain;
+pub mod kubectl;
 pub mod render;
 pub mod run;
 pub mod simulate;

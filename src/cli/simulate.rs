@@ -9,6 +9,7 @@ use crate::policy::compile::{NodePlan, Scope, compile};
 use crate::policy::index::ClusterIndex;
 use crate::policy::model::Protocol;
 use crate::policy::verdict::judge_pods;
+use crate::source::manifest::Loaded;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -92,13 +93,24 @@ impl Matrix {
 
 pub fn execute(args: Args) -> anyhow::Result<()> {
     let loaded = super::load_input(&args.files)?;
+    report(&loaded, args.port, args.protocol, args.output)
+}
+
+/// Prints the matrix of `loaded` (read from files, or from the live cluster by
+/// `nftpol kubectl simulate`).
+pub fn report(
+    loaded: &Loaded,
+    port: u16,
+    protocol: Protocol,
+    output: Output,
+) -> anyhow::Result<()> {
     let index = ClusterIndex::from_state(&loaded.state);
     let plan = compile(&index, &Scope::Cluster);
     for (pod, reason) in &plan.skipped {
         eprintln!("note: {pod} is left out ({})", reason.as_str());
     }
-    let matrix = Matrix::predict(&plan, args.port, args.protocol);
-    match args.output {
+    let matrix = Matrix::predict(&plan, port, protocol);
+    match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&matrix)?),
         Output::Table => {
             print!("{}", matrix.to_table());
