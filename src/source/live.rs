@@ -117,11 +117,13 @@ fn in_namespace(ns: Option<&str>) -> String {
 
 fn forbidden_text(verb: &str, resource: &str, ns: Option<&str>, message: &str) -> String {
     let (where_, flag) = match ns {
-        Some(ns) => (format!("in namespace {ns:?}"), format!(" -n {ns}")),
-        None => ("cluster-wide".to_string(), " --all-namespaces".to_string()),
+        Some(ns) => (format!(" in namespace {ns:?}"), format!(" -n {ns}")),
+        None if verb == "list" => (" cluster-wide".into(), " --all-namespaces".into()),
+        // A cluster-scoped object.
+        None => (String::new(), String::new()),
     };
     format!(
-        "permission denied: you may not {verb} {resource} {where_} (check with `kubectl auth can-i {verb} {resource}{flag}`); \
+        "permission denied: you may not {verb} {resource}{where_} (check with `kubectl auth can-i {verb} {resource}{flag}`); \
          the API server said: {message}"
     )
 }
@@ -220,7 +222,11 @@ async fn read(
                 match api.get(ns).await {
                     Ok(obj) => out.push(obj),
                     Err(e) if is_not_found(&e) => return Err(LiveError::NoNamespace(ns.clone())),
-                    Err(e) => return Err(LiveError::of("get", kind, None, e)),
+                    // RBAC can grant `get` on one namespace by name: say which.
+                    Err(e) => {
+                        let resource = format!("{}/{ns}", kind.resource_name());
+                        return Err(LiveError::from_api("get", &resource, None, e));
+                    }
                 }
             }
             _ => {

@@ -68,10 +68,22 @@ pub async fn execute(client: kube::Client, args: Args) -> anyhow::Result<()> {
     let filter = args.namespace.as_deref();
     if !args.follow {
         let mut lines = Vec::new();
+        let mut failed = 0;
         for pod in &pods {
-            let text = api.logs(name_of(pod), &params(pod)).await.map_err(denied)?;
+            let text = match api.logs(name_of(pod), &params(pod)).await.map_err(denied) {
+                Ok(text) => text,
+                // The same for every node: say it once, as the error.
+                Err(e) if e.is_forbidden() => return Err(e.into()),
+                // One node's kubelet being unreachable leaves the others readable.
+                Err(e) => {
+                    eprintln!("warning: {}: {e}", node_of(pod));
+                    failed += 1;
+                    continue;
+                }
+            };
             lines.extend(select(text.lines(), filter).map(|l| (node_of(pod).to_string(), l)));
         }
+        anyhow::ensure!(failed < pods.len(), "no nftpol pod's log could be read");
         // RFC 3339 in UTC sorts as text.
         lines.sort_by(|a, b| a.1.timestamp.cmp(&b.1.timestamp));
         for (node, line) in lines {
