@@ -150,6 +150,29 @@ mod tests {
         }
     }
 
+    /// krew links a plugin's `bin` as `kubectl-<name>`: that link must start the plugin.
+    #[test]
+    fn the_krew_manifest_links_the_binary_under_the_plugin_name() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/plugins/krew/nftpol.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let m: serde_json::Value = serde_norway::from_str(&text).unwrap();
+        assert_eq!(m["kind"], "Plugin");
+        let name = m["metadata"]["name"].as_str().unwrap();
+        assert!(is_plugin(format!("kubectl-{name}").as_ref()));
+        let platforms = m["spec"]["platforms"].as_array().unwrap();
+        assert!(!platforms.is_empty());
+        for p in platforms {
+            assert_eq!(p["bin"], "nftpol");
+            assert!(
+                p["files"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f["from"] == "nftpol")
+            );
+        }
+    }
+
     #[test]
     fn both_command_lines_parse() {
         let plugin = Plugin::try_parse_from([
