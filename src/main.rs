@@ -72,13 +72,17 @@ fn is_plugin(argv0: &std::ffi::OsStr) -> bool {
         .is_some_and(|n| n.strip_suffix(".exe").unwrap_or(n) == "kubectl-nftpol")
 }
 
-/// The plugin's log lines: warnings only, unless RUST_LOG says otherwise.
+/// The plugin's log lines unless RUST_LOG says otherwise: warnings, but not kube's one about a
+/// kubeconfig's `insecure-skip-tls-verify` on every request (the user's own choice).
+const PLUGIN_LOGS: &str = "warn,kube_client::client::tls=error";
+
+/// The plugin: parses its command line, logs to stderr.
 fn plugin_main() -> ExitCode {
     let plugin = Plugin::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(PLUGIN_LOGS)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

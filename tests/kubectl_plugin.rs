@@ -182,23 +182,38 @@ fn namespace(name: &str, team: &str) -> Value {
            "metadata": {"name": name, "labels": {"team": team, "kubernetes.io/metadata.name": name}}})
 }
 
-/// Serves `body` as /metrics to every request until the process ends.
-fn serve_metrics(listener: TcpListener, body: String) {
+/// Serves `metrics` as nftpol does (/metrics, and /readyz: 200, or 503 with the reason) until
+/// the process ends; returns the port.
+fn serve_metrics(addr: &str, metrics: Metrics) -> u16 {
+    let listener =
+        TcpListener::bind((addr, 0)).expect("a port on the host end of the API server's link");
+    let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
             let mut line = String::new();
             while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
                 line.clear();
             }
+            let (code, body) = if request.contains(" /readyz") {
+                match metrics.readyz() {
+                    Ok(()) => ("200 OK", "ok".to_string()),
+                    Err(reason) => ("503 Service Unavailable", reason),
+                }
+            } else {
+                ("200 OK", metrics.encode())
+            };
             let _ = write!(
                 stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {code}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
         }
     });
+    port
 }
 
 const KUBELET: &str = r#"
@@ -487,9 +502,6 @@ fn kubectl_plugin() {
 
     // --- status: the metrics of a host-network nftpol pod through pods/proxy.
     let host = env_value(&f.state, "NFTPOL_KUBE_HOST_ADDR");
-    let listener = TcpListener::bind((host.as_str(), 0))
-        .expect("a port on the host end of the API server's link");
-    let metrics_port = listener.local_addr().unwrap().port();
     let metrics = Metrics::new();
     let stats = nftpol::dataplane::Stats {
         transactions: 5,
@@ -503,8 +515,14 @@ fn kubectl_plugin() {
         &nftpol::dataplane::Ruleset::build(&plan, Default::default()),
         &stats,
     );
-    serve_metrics(listener, metrics.encode());
-    // Nothing listens on the port of the second one.
+    let metrics_port = serve_metrics(&host, metrics);
+    // Not ready: /readyz says why.
+    let unready = Metrics::new();
+    let reason = unready
+        .readyz()
+        .expect_err("not ready before a first apply");
+    let unready_port = serve_metrics(&host, unready);
+    // Nothing listens on the port of the third one.
     let closed = TcpListener::bind((host.as_str(), 0)).unwrap();
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
@@ -513,6 +531,7 @@ fn kubectl_plugin() {
     for (name, node, port, ready) in [
         ("nftpol-x", node.as_str(), metrics_port, "True"),
         ("nftpol-y", "elsewhere", closed_port, "False"),
+        ("nftpol-z", "syncing", unready_port, "False"),
     ] {
         f.apply(&json!({
             "apiVersion": "v1", "kind": "Pod",
@@ -545,7 +564,26 @@ fn kubectl_plugin() {
         .find(|l| l.starts_with("elsewhere"))
         .expect(&table);
     assert!(row.contains("nftpol-y  no") && row.contains('?'), "{table}");
-    assert!(table.contains("elsewhere: no metrics:"), "{table}");
+    assert!(
+        table.contains(&format!("elsewhere: no metrics: get pods/proxy in namespace \"{ps}\": error trying to reach service:")),
+        "{table}"
+    );
+    let row: Vec<&str> = lines
+        .iter()
+        .find(|l| l.starts_with("syncing"))
+        .expect(&table)
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[1..],
+        ["nftpol-z", "no", "never", "0", "0", "0", "0", "0"],
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("syncing: not ready: {reason}")),
+        "{table}"
+    );
+    println!("{table}");
     let out = f.plugin(&viewer, &["status", "--nftpol-namespace", &ps]);
     assert!(
         text(&out.stderr).contains(&format!("you may not list pods in namespace \"{ps}\"")),
@@ -571,6 +609,7 @@ fn kubectl_plugin() {
         }),
     );
     let out = f.ok(&["flows", "--nftpol-namespace", &ps, "--node", &node]);
+    println!("{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(

@@ -387,8 +387,8 @@ const LAST_APPLY: &str = "nftpol_last_apply_timestamp_seconds";
 /// read back from the exposition text this module writes.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Summary {
-    /// Unix time of the last successful apply; `None` before the first (or from an nftpol
-    /// older than the metric).
+    /// Unix time of the last successful apply, 0 before the first; `None` from an nftpol
+    /// older than the metric.
     pub last_apply_unix: Option<f64>,
     pub transactions: Option<f64>,
     pub dataplane_failures: Option<f64>,
@@ -412,7 +412,7 @@ impl Summary {
             };
             let name = series.split('{').next().unwrap_or_default().trim();
             match name {
-                LAST_APPLY => out.last_apply_unix = Some(value).filter(|v| *v > 0.0),
+                LAST_APPLY => out.last_apply_unix = Some(value),
                 "nftpol_nft_transactions" => out.transactions = Some(value),
                 "nftpol_int_dataplane_failures" => out.dataplane_failures = Some(value),
                 "nftpol_nft_errors" => out.nft_errors = Some(value),
@@ -554,7 +554,7 @@ mod tests {
     fn a_summary_reads_back_the_exposition() {
         let m = Metrics::new();
         let fresh = Summary::parse(&m.encode());
-        assert_eq!(fresh.last_apply_unix, None, "no apply yet");
+        assert_eq!(fresh.last_apply_unix, Some(0.0), "no apply yet");
         assert_eq!(fresh.transactions, Some(0.0));
         let stats = Stats {
             transactions: 7,

@@ -98,7 +98,7 @@ pub enum LiveError {
     },
     #[error("namespace {0:?} does not exist")]
     NoNamespace(String),
-    #[error("{verb} {resource}{}: {source}", in_namespace(.namespace.as_deref()))]
+    #[error("{verb} {resource}{}: {}", in_namespace(.namespace.as_deref()), api_text(.source))]
     Api {
         verb: &'static str,
         resource: String,
@@ -108,6 +108,14 @@ pub enum LiveError {
     /// The objects read do not load (the manifest loader's own error).
     #[error(transparent)]
     Load(#[from] manifest::LoadError),
+}
+
+/// The API server's own message, without kube's debug dump of the status.
+fn api_text(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => other.to_string(),
+    }
 }
 
 fn in_namespace(ns: Option<&str>) -> String {
@@ -302,14 +310,23 @@ mod tests {
         assert!(text.contains("kubectl auth can-i list networkpolicies.networking.k8s.io -n shop"));
         let e = LiveError::Forbidden {
             verb: "get",
-            resource: KINDS[0].resource_name(),
+            resource: format!("{}/shop", KINDS[0].resource_name()),
             namespace: None,
             message: "nope".into(),
         };
-        assert!(
-            e.to_string()
-                .contains("may not get namespaces cluster-wide")
-        );
+        let text = e.to_string();
+        let want =
+            "may not get namespaces/shop (check with `kubectl auth can-i get namespaces/shop`)";
+        assert!(text.contains(want), "{text}");
+        let e = LiveError::Forbidden {
+            verb: "list",
+            resource: KINDS[1].resource_name(),
+            namespace: None,
+            message: "nope".into(),
+        };
+        let text = e.to_string();
+        let want = "may not list pods cluster-wide (check with `kubectl auth can-i list pods --all-namespaces`)";
+        assert!(text.contains(want), "{text}");
     }
 
     #[test]

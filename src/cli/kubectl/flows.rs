@@ -18,9 +18,6 @@ pub struct Args {
     /// Only the nftpol pod of this node.
     #[arg(long)]
     pub node: Option<String>,
-    /// Only lines with a pod of this namespace on either end; default: every namespace.
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
     /// Keep printing new lines.
     #[arg(short = 'f', long)]
     pub follow: bool,
@@ -45,7 +42,12 @@ where
         .filter(move |l| namespace.is_none_or(|ns| l.involves_namespace(ns)))
 }
 
-pub async fn execute(client: kube::Client, args: Args) -> anyhow::Result<()> {
+/// `namespace`: only lines with a pod of it on either end (the global `-n`).
+pub async fn execute(
+    client: kube::Client,
+    args: Args,
+    namespace: Option<&str>,
+) -> anyhow::Result<()> {
     let mut pods = args.daemons.pods(&client).await?;
     if let Some(node) = &args.node {
         pods.retain(|p| node_of(p) == node);
@@ -65,7 +67,7 @@ pub async fn execute(client: kube::Client, args: Args) -> anyhow::Result<()> {
         ..Default::default()
     };
     let denied = |e| LiveError::from_api("get", "pods/log", Some(ns), e);
-    let filter = args.namespace.as_deref();
+    let filter = namespace;
     if !args.follow {
         let mut lines = Vec::new();
         let mut failed = 0;

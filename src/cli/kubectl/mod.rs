@@ -30,6 +30,11 @@ pub struct Connection {
     /// The kubeconfig context to use; default: its current context.
     #[arg(long, global = true)]
     pub context: Option<String>,
+    /// explain: the namespace of a pod given without one; simulate: the namespace of the
+    /// matrix (default for both: the context's namespace); flows: only lines with a pod of
+    /// this namespace (default: every namespace).
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,18 +69,12 @@ pub struct ExplainArgs {
     pub port: u16,
     #[arg(long, default_value = "TCP")]
     pub protocol: Protocol,
-    /// The namespace of a pod given without one; default: the context's.
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct SimulateArgs {
-    /// The namespace whose pods make the matrix; default: the context's.
-    #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
-    pub namespace: Option<String>,
-    /// Every pod of the cluster (needs cluster-wide list rights).
-    #[arg(short = 'A', long)]
+    /// Every pod of the cluster instead of one namespace's (needs cluster-wide list rights).
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
     pub all_namespaces: bool,
     #[arg(long)]
     pub port: u16,
@@ -86,7 +85,8 @@ pub struct SimulateArgs {
 }
 
 /// A client for the user's kubeconfig (or the in-cluster account) and its default namespace.
-async fn client(connection: &Connection) -> anyhow::Result<(kube::Client, String)> {
+/// `retry`: retry 429, 503 and 504 answers (kube's default).
+async fn client(connection: &Connection, retry: bool) -> anyhow::Result<(kube::Client, String)> {
     let options = kube::config::KubeConfigOptions {
         context: connection.context.clone(),
         ..Default::default()
@@ -107,6 +107,8 @@ async fn client(connection: &Connection) -> anyhow::Result<(kube::Client, String
             .context("no kubeconfig ($KUBECONFIG, ~/.kube/config) and no in-cluster account")?,
     };
     let namespace = config.default_namespace.clone();
+    let mut config = config;
+    config.default_retry = retry;
     let client = kube::Client::try_from(config).context("creating the Kubernetes client")?;
     Ok((client, namespace))
 }
@@ -127,12 +129,7 @@ fn namespace_of(pod: &str) -> anyhow::Result<String> {
         .ok_or_else(|| InputError(format!("{pod:?} is not NAMESPACE/POD")).into())
 }
 
-async fn explain(
-    client: kube::Client,
-    default_ns: String,
-    args: ExplainArgs,
-) -> anyhow::Result<()> {
-    let ns = args.namespace.unwrap_or(default_ns);
+async fn explain(client: kube::Client, ns: String, args: ExplainArgs) -> anyhow::Result<()> {
     let from = qualify(&args.from, &ns);
     let mut namespaces = BTreeSet::from([namespace_of(&from)?]);
     let to = match args.to.parse::<IpAddr>() {
@@ -155,15 +152,11 @@ async fn explain(
     Ok(())
 }
 
-async fn simulate(
-    client: kube::Client,
-    default_ns: String,
-    args: SimulateArgs,
-) -> anyhow::Result<()> {
+async fn simulate(client: kube::Client, ns: String, args: SimulateArgs) -> anyhow::Result<()> {
     let scope = if args.all_namespaces {
         Scope::All
     } else {
-        Scope::Namespaces(BTreeSet::from([args.namespace.unwrap_or(default_ns)]))
+        Scope::Namespaces(BTreeSet::from([ns]))
     };
     let loaded = live::load(&client, &scope).await?;
     for w in &loaded.warnings {
@@ -178,11 +171,16 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let (client, default_ns) = client(&args.connection).await?;
+        // Through pods/proxy, a 503 is the node's own answer (/readyz not ready, nothing
+        // listening): retrying it only delays the table.
+        let retry = !matches!(args.command, Command::Status(_));
+        let (client, context_ns) = client(&args.connection, retry).await?;
+        let given = args.connection.namespace;
+        let ns = given.clone().unwrap_or(context_ns);
         match args.command {
-            Command::Explain(a) => explain(client, default_ns, a).await,
-            Command::Simulate(a) => simulate(client, default_ns, a).await,
-            Command::Flows(a) => flows::execute(client, a).await,
+            Command::Explain(a) => explain(client, ns, a).await,
+            Command::Simulate(a) => simulate(client, ns, a).await,
+            Command::Flows(a) => flows::execute(client, a, given.as_deref()).await,
             Command::Status(a) => status::execute(client, a).await,
         }
     })

@@ -31,6 +31,8 @@ pub struct Row {
     pub ready: bool,
     /// The scrape, or why there is none.
     pub metrics: Result<Summary, String>,
+    /// Why /readyz says the node is not ready (asked when the pod is not Ready).
+    pub unready_because: Option<String>,
 }
 
 fn pod_ready(pod: &Pod) -> bool {
@@ -51,20 +53,48 @@ fn metrics_port(pod: &Pod, fallback: u16) -> u16 {
         .unwrap_or(fallback)
 }
 
+/// GET `path` of the pod's port through the API server's proxy.
+async fn proxied(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    port: u16,
+    path: &str,
+) -> Result<String, kube::Error> {
+    let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/{path}");
+    let request = http::Request::get(&path)
+        .body(Vec::new())
+        .map_err(kube::Error::HttpError)?;
+    client.request_text(request).await
+}
+
 async fn scrape(
     client: &kube::Client,
     namespace: &str,
     pod: &str,
     port: u16,
 ) -> Result<String, String> {
-    let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/metrics");
-    let request = http::Request::get(&path)
-        .body(Vec::new())
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(SCRAPE_TIMEOUT, client.request_text(request)).await {
+    let call = proxied(client, namespace, pod, port, "metrics");
+    match tokio::time::timeout(SCRAPE_TIMEOUT, call).await {
         Err(_) => Err(format!("no answer within {}s", SCRAPE_TIMEOUT.as_secs())),
         Ok(Ok(text)) => Ok(text),
         Ok(Err(e)) => Err(LiveError::from_api("get", "pods/proxy", Some(namespace), e).to_string()),
+    }
+}
+
+/// The reason /readyz gives (its 503 body), if it answers.
+async fn unready_reason(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    port: u16,
+) -> Option<String> {
+    let call = proxied(client, namespace, pod, port, "readyz");
+    match tokio::time::timeout(SCRAPE_TIMEOUT, call).await {
+        Ok(Err(kube::Error::Api(status))) if status.code == 503 => {
+            Some(status.message.trim().to_string())
+        }
+        _ => None,
     }
 }
 
@@ -78,11 +108,17 @@ pub async fn execute(client: kube::Client, args: Args) -> anyhow::Result<()> {
             let metrics = scrape(&client, namespace, name_of(pod), port)
                 .await
                 .map(|text| Summary::parse(&text));
+            let ready = pod_ready(pod);
+            let unready_because = match (&metrics, ready) {
+                (Ok(_), false) => unready_reason(&client, namespace, name_of(pod), port).await,
+                _ => None,
+            };
             Row {
                 node: node_of(pod).to_string(),
                 pod: name_of(pod).to_string(),
-                ready: pod_ready(pod),
+                ready,
                 metrics,
+                unready_because,
             }
         }
     }))
@@ -129,7 +165,11 @@ pub fn table(rows: &[Row], now: f64) -> String {
         let ready = if r.ready { "yes" } else { "no" }.to_string();
         let rest = match &r.metrics {
             Ok(m) => vec![
-                m.last_apply_unix.map_or("never".into(), |t| age(t, now)),
+                match m.last_apply_unix {
+                    None => "-".into(),
+                    Some(t) if t <= 0.0 => "never".into(),
+                    Some(t) => age(t, now),
+                },
                 count(m.transactions),
                 count(m.dataplane_failures),
                 count(m.nft_errors),
@@ -141,6 +181,9 @@ pub fn table(rows: &[Row], now: f64) -> String {
                 vec!["?".into(); 6]
             }
         };
+        if let Some(reason) = &r.unready_because {
+            notes.push(format!("{}: not ready: {reason}", r.node));
+        }
         let mut row = vec![r.node.clone(), r.pod.clone(), ready];
         row.extend(rest);
         cells.push(row);
@@ -184,12 +227,24 @@ mod tests {
                     dropped_packets: 42.0,
                     audit_would_drop_packets: 0.0,
                 }),
+                unready_because: None,
             },
             Row {
                 node: "node-b".into(),
                 pod: "nftpol-y".into(),
                 ready: false,
                 metrics: Err("permission denied: you may not get pods/proxy".into()),
+                unready_because: None,
+            },
+            Row {
+                node: "node-c".into(),
+                pod: "nftpol-z".into(),
+                ready: false,
+                metrics: Ok(Summary {
+                    last_apply_unix: Some(0.0),
+                    ..Default::default()
+                }),
+                unready_because: Some("the first full sync is not done".into()),
             },
         ];
         let text = table(&rows, 1125.0);
@@ -206,9 +261,18 @@ mod tests {
             ]
         );
         assert!(lines[2].starts_with("node-b  nftpol-y  no     ?"), "{text}");
+        let c: Vec<&str> = lines[3].split_whitespace().collect();
         assert_eq!(
-            lines[3],
+            c,
+            ["node-c", "nftpol-z", "no", "never", "-", "-", "-", "0", "0"]
+        );
+        assert_eq!(
+            lines[4],
             "node-b: no metrics: permission denied: you may not get pods/proxy"
+        );
+        assert_eq!(
+            lines[5],
+            "node-c: not ready: the first full sync is not done"
         );
     }
 
