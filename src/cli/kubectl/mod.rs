@@ -146,6 +146,9 @@ async fn explain(client: kube::Client, ns: String, args: ExplainArgs) -> anyhow:
     };
     let scope = Scope::Namespaces(namespaces);
     let loaded = live::load(&client, &scope).await?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
     let origin = format!("the cluster ({scope})");
     let text = super::explain::answer(&loaded, &from, &to, args.port, args.protocol, &origin)?;
     print!("{text}");

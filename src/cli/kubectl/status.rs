@@ -5,6 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 
 use super::{Daemons, name_of, node_of};
@@ -19,6 +20,9 @@ pub struct Args {
     #[arg(long, default_value_t = 9964)]
     pub metrics_port: u16,
 }
+
+/// Nodes scraped at the same time.
+const CONCURRENT_SCRAPES: usize = 16;
 
 /// How long one node's scrape may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,7 +105,9 @@ async fn unready_reason(
 pub async fn execute(client: kube::Client, args: Args) -> anyhow::Result<()> {
     let pods = args.daemons.pods(&client).await?;
     let namespace = &args.daemons.nftpol_namespace;
-    let rows = futures::future::join_all(pods.iter().map(|pod| {
+    // A few nodes at a time: a big cluster's table must not open a connection per node at
+    // once through the API server.
+    let rows: Vec<Row> = futures::stream::iter(pods.iter().map(|pod| {
         let client = client.clone();
         async move {
             let port = metrics_port(pod, args.metrics_port);
@@ -122,6 +128,8 @@ pub async fn execute(client: kube::Client, args: Args) -> anyhow::Result<()> {
             }
         }
     }))
+    .buffered(CONCURRENT_SCRAPES)
+    .collect()
     .await;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
