@@ -11,6 +11,7 @@ packages=(
   pkg-config libnftnl-dev libmnl-dev   # build: the nftnl and mnl crates link these
   nftables iproute2 conntrack kmod     # tests: nft (render oracle), ip netns, conntrack
   procps                               # sysctl for br_netfilter checks
+  python3 openssl                      # tests/kubectl_plugin.rs: a fake kubelet (TLS) for pods/log
 )
 if [ "${1:-}" = "--test-tools" ]; then
   packages+=(python3 python3-yaml)     # hack/chart-check.py, hack/doc-check.py

@@ -19,3 +19,5 @@ trap cleanup EXIT
 # at once (with it, the API server would answer from memory).
 NFTPOL_KUBE_BIN=$bin NFTPOL_KUBE_APISERVER_ARGS=--watch-cache=false bash hack/kube/up.sh "$state" >/dev/null
 NFTPOL_E2E_STATE=$state cargo test --quiet --test e2e -- --ignored --nocapture
+# The kubectl plugin on the same API server (its own namespaces; a fake kubelet needs python3).
+NFTPOL_E2E_STATE=$state cargo test --quiet --test kubectl_plugin -- --ignored --nocapture

@@ -8,6 +8,7 @@ use crate::policy::compile::{Scope, compile};
 use crate::policy::index::ClusterIndex;
 use crate::policy::model::{ObjectKey, Protocol};
 use crate::policy::verdict::{explain_text, judge, judge_pods};
+use crate::source::manifest::Loaded;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,6 +29,30 @@ pub struct Args {
 
 pub fn execute(args: Args) -> anyhow::Result<()> {
     let loaded = super::load_input(&args.files)?;
+    print!(
+        "{}",
+        answer(
+            &loaded,
+            &args.from,
+            &args.to,
+            args.port,
+            args.protocol,
+            "the manifests"
+        )?
+    );
+    Ok(())
+}
+
+/// The explanation of one connection in `loaded` (read from files, or from the live cluster
+/// by `nftpol kubectl explain`); `origin` names where a missing pod was looked for.
+pub fn answer(
+    loaded: &Loaded,
+    from_arg: &str,
+    to_arg: &str,
+    port: u16,
+    protocol: Protocol,
+    origin: &str,
+) -> anyhow::Result<String> {
     let index = ClusterIndex::from_state(&loaded.state);
     let plan = compile(&index, &Scope::Cluster);
     let endpoint = |s: &str| -> anyhow::Result<_> {
@@ -41,10 +66,10 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
             .into());
         }
         plan.endpoint(&key)
-            .ok_or_else(|| InputError(format!("no pod {key} in the manifests")).into())
+            .ok_or_else(|| InputError(format!("no pod {key} in {origin}")).into())
     };
-    let from = endpoint(&args.from)?;
-    let verdict = match args.to.parse::<IpAddr>() {
+    let from = endpoint(from_arg)?;
+    let verdict = match to_arg.parse::<IpAddr>() {
         Ok(ip) => {
             let src = from
                 .ips
@@ -54,11 +79,11 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
                 .ok_or_else(|| {
                     InputError(format!("{} has no address of the family of {ip}", from.pod))
                 })?;
-            judge(&plan, src, ip, args.protocol, args.port)
+            judge(&plan, src, ip, protocol, port)
         }
         Err(_) => {
-            let to = endpoint(&args.to)?;
-            judge_pods(from, to, args.protocol, args.port).ok_or_else(|| {
+            let to = endpoint(to_arg)?;
+            judge_pods(from, to, protocol, port).ok_or_else(|| {
                 InputError(format!(
                     "{} and {} share no address family",
                     from.pod, to.pod
@@ -66,12 +91,11 @@ pub fn execute(args: Args) -> anyhow::Result<()> {
             })?
         }
     };
-    print!(
-        "{}",
-        explain_text(&index, &plan, &args.from, &args.to, &verdict)
-    );
+    let mut out = explain_text(&index, &plan, from_arg, to_arg, &verdict);
     for s in &loaded.invalid {
-        println!("note: invalid policy skipped (not enforced): {s}");
+        out.push_str(&format!(
+            "note: invalid policy skipped (not enforced): {s}\n"
+        ));
     }
-    Ok(())
+    Ok(out)
 }

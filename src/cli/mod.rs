@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod daemon;
 pub mod explain;
 pub mod flows;
+pub mod kubectl;
 pub mod render;
 pub mod run;
 pub mod simulate;

@@ -12,6 +12,7 @@ use crate::policy::compile::{NodePlan, Scope, compile};
 use crate::policy::index::ClusterIndex;
 use crate::policy::model::Protocol;
 use crate::policy::verdict::{explain_text, judge_pods};
+use crate::source::manifest::Loaded;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -204,30 +205,40 @@ pub fn reachability(
 
 pub fn execute(args: Args) -> anyhow::Result<()> {
     let loaded = super::load_input(&args.files)?;
+    let source = args
+        .files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    report(&loaded, &args.probes.probes(), args.output, &source)
+}
+
+/// Prints the matrices of `loaded` (read from files, or from the live cluster by
+/// `nftpol kubectl simulate`), one per probe; `source` names where the state came from.
+pub fn report(
+    loaded: &Loaded,
+    probes: &[(u16, Protocol)],
+    output: Output,
+    source: &str,
+) -> anyhow::Result<()> {
     let index = ClusterIndex::from_state(&loaded.state);
     let plan = compile(&index, &Scope::Cluster);
     for (pod, reason) in &plan.skipped {
         eprintln!("note: {pod} is left out ({})", reason.as_str());
     }
-    let probes = args.probes.probes();
     let matrices: Vec<Matrix> = probes
         .iter()
         .map(|&(port, protocol)| Matrix::predict(&plan, port, protocol))
         .collect();
-    match args.output {
+    match output {
         Output::Json if matrices.len() == 1 => {
             println!("{}", serde_json::to_string_pretty(&matrices[0])?)
         }
         Output::Json => println!("{}", serde_json::to_string_pretty(&matrices)?),
         Output::Html => {
-            let source = args
-                .files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
             let invalid: Vec<String> = loaded.invalid.iter().map(ToString::to_string).collect();
-            let data = reachability(&index, &plan, &probes, &source, &invalid);
+            let data = reachability(&index, &plan, probes, source, &invalid);
             print!("{}", html::reachability_page(&data)?);
         }
         Output::Table => {

@@ -266,7 +266,7 @@ fn emit(line: &FlowLine) {
     let src = endpoint_text(line.src, None, &line.src_pod);
     let dst = endpoint_text(line.dst, line.port, &line.dst_pod);
     tracing::info!(
-        target: "nftpol::flow",
+        target: TARGET,
         action = line.action.as_str(),
         direction = line.direction.as_str(),
         src = %line.src,
@@ -282,6 +282,120 @@ fn emit(line: &FlowLine) {
         line.action.as_str(),
         line.message
     );
+}
+
+/// The log target of flow lines.
+pub const TARGET: &str = "nftpol::flow";
+
+/// A flow log line read back from the daemon's log output (`nftpol kubectl flows` reads the
+/// nftpol pods' logs), whichever `--log-format` wrote it. Fields are kept as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoggedLine {
+    /// As the log line has it (RFC 3339).
+    pub timestamp: String,
+    pub action: String,
+    pub direction: String,
+    pub src_pod: String,
+    pub dst_pod: String,
+    /// The local pod whose policies decided.
+    pub pod: String,
+    /// Comma-separated, as written.
+    pub policies: String,
+    /// The sentence a person reads.
+    pub message: String,
+}
+
+impl LoggedLine {
+    /// `None` for any other log line.
+    pub fn parse(line: &str) -> Option<Self> {
+        let line = line.trim_end();
+        if line.starts_with('{') {
+            Self::parse_json(line)
+        } else {
+            Self::parse_text(line)
+        }
+    }
+
+    fn parse_json(line: &str) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v["target"].as_str() != Some(TARGET) {
+            return None;
+        }
+        let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        Some(LoggedLine {
+            timestamp: field("timestamp"),
+            action: field("action"),
+            direction: field("direction"),
+            src_pod: field("src_pod"),
+            dst_pod: field("dst_pod"),
+            pod: field("pod"),
+            policies: field("policies"),
+            message: field("message"),
+        })
+    }
+
+    /// tracing's text format: `TIME LEVEL TARGET: MESSAGE key=value ...`, where `&str` values
+    /// are quoted and escaped (Debug) and the others are written as they are (Display).
+    fn parse_text(line: &str) -> Option<Self> {
+        let marker = format!(" {TARGET}: ");
+        let at = line.find(&marker)?;
+        let timestamp = line.split_whitespace().next().unwrap_or_default();
+        let rest = &line[at + marker.len()..];
+        let fields_at = rest.rfind(" action=")?;
+        let mut out = LoggedLine {
+            timestamp: timestamp.to_string(),
+            message: rest[..fields_at].to_string(),
+            ..Default::default()
+        };
+        let mut fields = &rest[fields_at + 1..];
+        while let Some((key, tail)) = fields.split_once('=') {
+            let (value, tail) = text_value(tail);
+            match key.trim() {
+                "action" => out.action = value,
+                "direction" => out.direction = value,
+                "src_pod" => out.src_pod = value,
+                "dst_pod" => out.dst_pod = value,
+                "pod" => out.pod = value,
+                "policies" => out.policies = value,
+                _ => {}
+            }
+            fields = tail.trim_start();
+        }
+        Some(out)
+    }
+
+    /// Whether a pod of `namespace` is on either end.
+    pub fn involves_namespace(&self, namespace: &str) -> bool {
+        [&self.src_pod, &self.dst_pod, &self.pod]
+            .iter()
+            .any(|p| p.split_once('/').is_some_and(|(ns, _)| ns == namespace))
+    }
+}
+
+/// One value of the text format and what follows it.
+fn text_value(s: &str) -> (String, &str) {
+    let Some(quoted) = s.strip_prefix('"') else {
+        let end = s.find(' ').unwrap_or(s.len());
+        return (s[..end].to_string(), &s[end..]);
+    };
+    let mut value = String::new();
+    let mut chars = quoted.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return (value, &quoted[i + 1..]),
+            '\\' => {
+                if let Some((_, escaped)) = chars.next() {
+                    value.push(match escaped {
+                        'n' => '\n',
+                        't' => '\t',
+                        other => other,
+                    });
+                }
+            }
+            c => value.push(c),
+        }
+    }
+    (value, "")
 }
 
 /// How often a group that another socket holds is tried again.
@@ -511,5 +625,85 @@ spec:
         assert_eq!(lines.len(), 2);
         assert!(lines[0].message.starts_with("would be dropped"));
         assert_eq!(lines[1].src, "10.0.0.3".parse::<IpAddr>().unwrap());
+    }
+
+    /// A shared buffer that a fmt subscriber writes into.
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What `emit` writes, with the subscriber `main` sets up for either log format.
+    fn written(line: &FlowLine, json: bool) -> String {
+        let buf = Buffer::default();
+        let out = buf.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false);
+        if json {
+            let sub = builder.json().flatten_event(true).finish();
+            tracing::subscriber::with_default(sub, || emit(line));
+        } else {
+            tracing::subscriber::with_default(builder.finish(), || emit(line));
+        }
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// `nftpol kubectl flows` reads back what the daemon writes, in both log formats, a
+    /// message with quotes and an empty field included.
+    #[test]
+    fn logged_lines_read_back_in_both_formats() {
+        let (plan, index) = state();
+        let flow = Flow::of(&logged(
+            "nftpol drop ingress",
+            packet("10.0.0.3", "10.0.0.2", 40000, 80),
+        ))
+        .unwrap();
+        let mut line = describe(&flow, &plan, &index).unwrap();
+        for json in [false, true] {
+            let text = written(&line, json);
+            let back = LoggedLine::parse(&text).unwrap_or_else(|| panic!("unparsed: {text}"));
+            assert_eq!(back.action, "drop", "{text}");
+            assert_eq!(back.direction, "ingress");
+            assert_eq!(back.src_pod, "prod/api");
+            assert_eq!(back.dst_pod, "prod/db");
+            assert_eq!(back.pod, "prod/db");
+            assert_eq!(back.policies, "prod/api-to-db,prod/deny");
+            assert!(
+                back.message
+                    .starts_with("TCP drop prod/api (10.0.0.3) -> prod/db")
+            );
+            assert!(back.timestamp.starts_with("20"), "{text}");
+            assert!(back.involves_namespace("prod") && !back.involves_namespace("pro"));
+        }
+        line.message = "a \"quoted\" action=x word".into();
+        line.src_pod = None;
+        line.policies.clear();
+        for json in [false, true] {
+            let text = written(&line, json);
+            let back = LoggedLine::parse(&text).unwrap();
+            assert!(
+                back.message.ends_with("a \"quoted\" action=x word"),
+                "{text}"
+            );
+            assert_eq!((back.src_pod.as_str(), back.policies.as_str()), ("", ""));
+            assert_eq!(back.dst_pod, "prod/db", "{text}");
+        }
+        assert_eq!(
+            LoggedLine::parse("2026-01-01T00:00:00Z  INFO nftpol::engine: applied"),
+            None
+        );
+        assert_eq!(
+            LoggedLine::parse(r#"{"target":"nftpol::engine","message":"x"}"#),
+            None
+        );
     }
 }

@@ -46,6 +46,7 @@ struct Inner {
     dataplane_failures: Monotonic,
     apply_time: Histogram,
     initial_resync_time: Seconds,
+    last_apply: Seconds,
     implementation_delay: Histogram,
     active_endpoints: Gauge,
     active_policies: Gauge,
@@ -102,6 +103,12 @@ impl Metrics {
             "nftpol_int_dataplane_initial_resync_time_seconds",
             "Time in seconds from the start of the process to the first committed ruleset",
             initial_resync_time.clone(),
+        );
+        let last_apply = Seconds::default();
+        registry.register(
+            LAST_APPLY,
+            "Unix time in seconds of the last successful apply (a committed ruleset, or a check that found the kernel up to date); 0 before the first",
+            last_apply.clone(),
         );
         let implementation_delay = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
@@ -219,6 +226,7 @@ impl Metrics {
                 dataplane_failures,
                 apply_time,
                 initial_resync_time,
+                last_apply,
                 implementation_delay,
                 active_endpoints,
                 active_policies,
@@ -272,6 +280,8 @@ impl Metrics {
         let i = &self.inner;
         i.implementation_delay
             .observe(since.elapsed().as_secs_f64());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        i.last_apply.set(now.map_or(0.0, |d| d.as_secs_f64()));
         if !i.initial_resync_done.swap(true, Ordering::Relaxed) {
             i.initial_resync_time.set(i.started.elapsed().as_secs_f64());
         }
@@ -371,6 +381,50 @@ impl Metrics {
     }
 }
 
+const LAST_APPLY: &str = "nftpol_last_apply_timestamp_seconds";
+
+/// What one scrape of a node's /metrics says about its health (`nftpol kubectl status`):
+/// read back from the exposition text this module writes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Unix time of the last successful apply, 0 before the first; `None` from an nftpol
+    /// older than the metric.
+    pub last_apply_unix: Option<f64>,
+    pub transactions: Option<f64>,
+    pub dataplane_failures: Option<f64>,
+    pub nft_errors: Option<f64>,
+    /// Summed over direction and namespace.
+    pub dropped_packets: f64,
+    pub audit_would_drop_packets: f64,
+}
+
+impl Summary {
+    /// Reads the samples it knows from exposition text (Prometheus or OpenMetrics); other
+    /// lines are ignored.
+    pub fn parse(text: &str) -> Self {
+        let mut out = Summary::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            let name = series.split('{').next().unwrap_or_default().trim();
+            match name {
+                LAST_APPLY => out.last_apply_unix = Some(value),
+                "nftpol_nft_transactions" => out.transactions = Some(value),
+                "nftpol_int_dataplane_failures" => out.dataplane_failures = Some(value),
+                "nftpol_nft_errors" => out.nft_errors = Some(value),
+                "nftpol_dropped_packets" => out.dropped_packets += value,
+                "nftpol_audit_would_drop_packets" => out.audit_would_drop_packets += value,
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
 /// What `run` and `daemon` do at start: a registry that knows the br_netfilter state and
 /// reads the drop counters of this network namespace, served on `addr` unless disabled.
 pub fn start(addr: &str, brnf: &BrNetfilter) -> anyhow::Result<Metrics> {
@@ -397,6 +451,7 @@ mod tests {
         "nftpol_int_dataplane_apply_time_seconds_count",
         "nftpol_int_dataplane_apply_time_seconds_bucket",
         "nftpol_int_dataplane_initial_resync_time_seconds",
+        "nftpol_last_apply_timestamp_seconds",
         "nftpol_policy_implementation_delay_seconds_sum",
         "nftpol_active_local_endpoints",
         "nftpol_active_local_policies",
@@ -488,7 +543,45 @@ mod tests {
         );
         assert_eq!(sample(&text, "nftpol_br_netfilter_enabled"), Some(1.0));
         assert_eq!(m.readyz(), Ok(()));
+        assert!(sample(&text, "nftpol_last_apply_timestamp_seconds").is_some_and(|t| t > 1e9));
         m.observe_failure(&"rejected", &Stats::default());
         assert!(m.readyz().is_err_and(|r| r.contains("rejected")));
+    }
+
+    /// The summary reads back what the registry writes, drop counters summed over their
+    /// labels.
+    #[test]
+    fn a_summary_reads_back_the_exposition() {
+        let m = Metrics::new();
+        let fresh = Summary::parse(&m.encode());
+        assert_eq!(fresh.last_apply_unix, Some(0.0), "no apply yet");
+        assert_eq!(fresh.transactions, Some(0.0));
+        let stats = Stats {
+            transactions: 7,
+            transaction_errors: 2,
+            ..Default::default()
+        };
+        m.observe_failure(&"boom", &stats);
+        let plan = NodePlan::default();
+        m.observe_apply(
+            Instant::now(),
+            &Ruleset::build(&plan, Default::default()),
+            &stats,
+        );
+        let mut text = m.encode();
+        // The drop collector's families, as a node with counters writes them.
+        text = text.replace(
+            "# EOF\n",
+            "nftpol_dropped_packets{direction=\"ingress\",namespace=\"a\"} 3\n\
+             nftpol_dropped_packets{direction=\"egress\",namespace=\"b\"} 4\n\
+             nftpol_audit_would_drop_packets{direction=\"ingress\",namespace=\"c\"} 5\n# EOF\n",
+        );
+        let s = Summary::parse(&text);
+        assert_eq!(s.transactions, Some(7.0));
+        assert_eq!(s.nft_errors, Some(2.0));
+        assert_eq!(s.dataplane_failures, Some(1.0));
+        assert_eq!(s.dropped_packets, 7.0);
+        assert_eq!(s.audit_would_drop_packets, 5.0);
+        assert!(s.last_apply_unix.is_some_and(|t| t > 1e9));
     }
 }

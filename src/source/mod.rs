@@ -6,6 +6,7 @@
 
 pub mod files;
 pub mod kube;
+pub mod live;
 pub mod manifest;
 
 use std::sync::mpsc::Sender;
