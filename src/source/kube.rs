@@ -141,7 +141,7 @@ impl<T, K: Ord + Clone> Relister<T, K> {
 }
 
 /// A namespace's key: its name.
-fn namespace_key(meta: &ObjectMeta) -> Option<String> {
+pub(super) fn namespace_key(meta: &ObjectMeta) -> Option<String> {
     meta.name.clone().filter(|n| !n.is_empty())
 }
 
@@ -203,6 +203,32 @@ async fn pump<R, T, K, E>(
     R: Resource,
     K: Ord + Clone,
 {
+    let changes = sink.clone();
+    pump_to(
+        kind,
+        stream,
+        key,
+        convert,
+        move |change| changes.send(super::Event::Update(wrap(change))),
+        sink,
+    )
+    .await
+}
+
+/// Like [`pump`], but the changes go to `emit` (false: stop), and only the watch errors to
+/// `sink`, so that a caller can merge several watches into one kind of update
+/// ([`super::cluster_policy`]).
+pub(super) async fn pump_to<R, T, K, E>(
+    kind: &'static str,
+    stream: impl Stream<Item = Result<Event<R>, watcher::Error>>,
+    key: impl Fn(&ObjectMeta) -> Option<K>,
+    convert: impl Fn(&R) -> Result<(T, Vec<InvalidObject>), InvalidObject>,
+    mut emit: impl FnMut(Change<T, K>) -> bool,
+    sink: Sink<E>,
+) where
+    R: Resource,
+    K: Ord + Clone,
+{
     let mut relister = Relister::default();
     let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
@@ -212,7 +238,7 @@ async fn pump<R, T, K, E>(
                     continue;
                 };
                 if let Some(change) = relister.feed(event, |r| log_report(kind, r))
-                    && !sink.send(super::Event::Update(wrap(change)))
+                    && !emit(change)
                 {
                     return; // the reconciler is gone: shutting down
                 }
@@ -238,7 +264,7 @@ fn no_warnings<R, T>(
     move |obj| convert(obj).map(|t| (t, Vec::new()))
 }
 
-fn watch<K>(
+pub(super) fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
 ) -> impl Stream<Item = Result<Event<K>, watcher::Error>>

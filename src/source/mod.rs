@@ -4,6 +4,7 @@
 //! folder of `nftpol run` ([`files`] watches it, [`manifest`] reads it) reports that it changed
 //! and is read again whole.
 
+pub mod cluster_policy;
 pub mod files;
 pub mod kube;
 pub mod manifest;
