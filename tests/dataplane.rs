@@ -310,6 +310,7 @@ fn plan_compiled(node: &str) -> NodePlan {
                 log_allowed: false,
             },
         ],
+        ..Default::default()
     };
     compile(
         &ClusterIndex::from_state(&state),
