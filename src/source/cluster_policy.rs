@@ -27,13 +27,15 @@ use tokio::sync::mpsc;
 
 use super::kube::{namespace_key, pump_to, watch};
 use super::{Change, Listing, Sink, Update};
-use crate::policy::convert::InvalidObject;
+use crate::policy::convert::{self, ANP_VERSION, CNP_VERSIONS, InvalidObject};
+use crate::policy::model::{ClusterPolicy, ClusterPolicyKey, ClusterPolicyKind};
 
 pub const GROUP: &str = "policy.networking.k8s.io";
 
 /// One of the policy kinds of [`GROUP`].
 #[derive(Debug, PartialEq, Eq)]
 pub struct ClusterKind {
+    pub model: ClusterPolicyKind,
     pub kind: &'static str,
     pub plural: &'static str,
     /// The versions nftpol reads, most preferred first.
@@ -61,19 +63,22 @@ impl ClusterKind {
 pub static KINDS: [ClusterKind; 3] = [
     // v1beta1 has the shape of v1alpha2; a CRD that serves both is read at v1beta1.
     ClusterKind {
+        model: ClusterPolicyKind::ClusterNetworkPolicy,
         kind: "ClusterNetworkPolicy",
         plural: "clusternetworkpolicies",
-        versions: &["v1beta1", "v1alpha2"],
+        versions: &CNP_VERSIONS,
     },
     ClusterKind {
+        model: ClusterPolicyKind::AdminNetworkPolicy,
         kind: "AdminNetworkPolicy",
         plural: "adminnetworkpolicies",
-        versions: &["v1alpha1"],
+        versions: &[ANP_VERSION],
     },
     ClusterKind {
+        model: ClusterPolicyKind::BaselineAdminNetworkPolicy,
         kind: "BaselineAdminNetworkPolicy",
         plural: "baselineadminnetworkpolicies",
-        versions: &["v1alpha1"],
+        versions: &[ANP_VERSION],
     },
 ];
 
@@ -247,15 +252,27 @@ impl<T: Clone, K: Ord + Clone> Merger<T, K> {
     }
 }
 
-/// How the objects of these kinds become updates of the model.
+/// A conversion with warnings, or why the object does not convert.
+pub type Converted<T> = Result<(T, Vec<InvalidObject>), InvalidObject>;
+
+/// How the objects of these kinds become updates of the model (generic so that the merging
+/// is tested on plain values).
 pub struct Spec<T, K> {
     /// The key of the object of `kind` named so.
     pub key: fn(&'static ClusterKind, String) -> K,
     pub key_of: fn(&T) -> K,
     /// Converts an object (with its apiVersion and kind), with warnings.
-    pub convert: fn(&Value) -> Result<(T, Vec<InvalidObject>), InvalidObject>,
+    pub convert: fn(&Value) -> Converted<T>,
     pub wrap: fn(Change<T, K>) -> Update,
 }
+
+/// The model's cluster policies.
+pub const SPEC: Spec<ClusterPolicy, ClusterPolicyKey> = Spec {
+    key: |kind, name| ClusterPolicyKey::new(kind.model, name),
+    key_of: |p| p.key.clone(),
+    convert: convert::cluster_policy_with_warnings,
+    wrap: Update::ClusterPolicy,
+};
 
 enum Msg<T, K> {
     Crd(usize, Crd),
@@ -434,19 +451,7 @@ where
         ck.kind,
         watch(api, watcher::Config::default()),
         move |meta| namespace_key(meta).map(|name| key(ck, name)),
-        move |obj: &DynamicObject| {
-            let mut obj = obj.clone();
-            // The items of a list may come without their type.
-            obj.types.get_or_insert_with(|| types.clone());
-            let name = obj.metadata.name.clone().unwrap_or_default();
-            let value = serde_json::to_value(obj).map_err(|e| InvalidObject {
-                kind: ck.kind,
-                object: name,
-                field: String::new(),
-                message: e.to_string(),
-            })?;
-            convert(&value)
-        },
+        move |obj: &DynamicObject| convert(&typed_value(ck, obj, &types)?),
         move |change| {
             tx.send(Msg::Change {
                 kind,
@@ -457,6 +462,23 @@ where
         },
         sink,
     )
+}
+
+/// `obj` as JSON with its apiVersion and kind, which the items of a list may come without.
+fn typed_value(
+    kind: &ClusterKind,
+    obj: &DynamicObject,
+    types: &TypeMeta,
+) -> Result<Value, InvalidObject> {
+    let mut obj = obj.clone();
+    obj.types.get_or_insert_with(|| types.clone());
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    serde_json::to_value(obj).map_err(|e| InvalidObject {
+        kind: kind.kind,
+        object: name,
+        field: String::new(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -545,5 +567,36 @@ mod tests {
             m.feed(1, relisted(vec![], vec![])),
             Some(relisted(vec![], vec![]))
         );
+    }
+
+    /// Objects arrive as dynamic objects, those of a list without their type, and convert
+    /// under the key their metadata gives (which deletions use).
+    #[test]
+    fn a_listed_object_without_its_type_converts_under_its_key() {
+        for (i, kind) in KINDS.iter().enumerate() {
+            let spec = match i {
+                0 => json!({"tier": "Admin", "priority": 5,
+                            "subject": {"namespaces": {}},
+                            "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
+                1 => json!({"priority": 5, "subject": {"namespaces": {}},
+                            "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
+                _ => json!({"subject": {"namespaces": {}},
+                            "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
+            };
+            let name = if i == 2 { "default" } else { "p" };
+            let obj: DynamicObject =
+                serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))
+                    .expect("a dynamic object");
+            let resource = kind.resource(kind.versions[0]);
+            let types = TypeMeta {
+                api_version: resource.api_version.clone(),
+                kind: resource.kind.clone(),
+            };
+            let value = typed_value(kind, &obj, &types).expect("serialises");
+            let (policy, warnings) = (SPEC.convert)(&value).expect("converts");
+            assert!(warnings.is_empty(), "{warnings:?}");
+            let key = namespace_key(&obj.metadata).map(|n| (SPEC.key)(kind, n));
+            assert_eq!(Some((SPEC.key_of)(&policy)), key, "{}", kind.kind);
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! The Kubernetes API source: kube-runtime watchers on Namespaces, Pods and NetworkPolicies
-//! (cluster-wide: peers may live anywhere) plus a slow `get` of the own Node, turned into
+//! The Kubernetes API source: kube-runtime watchers on Namespaces, Pods, NetworkPolicies and
+//! Nodes (cluster-wide: peers may live anywhere), the cluster policy kinds while their CRDs
+//! are installed ([`super::cluster_policy`]), plus a slow `get` of the own Node, turned into
 //! [`Update`]s, reported as [`super::Event::Update`]. [`start`] runs them on a tokio runtime
 //! and reports [`super::Event::Stopped`] if they ever end.
 //!
@@ -330,10 +331,21 @@ async fn run<E: Send + 'static>(client: Client, node: String, sink: Sink<E>) {
         Update::Policy,
         sink.clone(),
     );
-    // The own Node is read with `get` (least privilege: no list/watch on nodes); its pod
-    // CIDRs change rarely, so a slow poll is enough.
+    // Every Node's labels and addresses, for ClusterNetworkPolicy `nodes` peers.
+    let nodes = pump(
+        "Node",
+        watch(Api::<core::Node>::all(client.clone()), config.clone()),
+        namespace_key,
+        no_warnings(convert::node_checked),
+        Update::Node,
+        sink.clone(),
+    );
+    let cluster_policies =
+        super::cluster_policy::run(client.clone(), super::cluster_policy::SPEC, sink.clone());
+    // The own Node's pod CIDRs change rarely: a slow `get` is enough, and keeps them apart
+    // from the Node watch (which converts only what peers need).
     let node_sink = sink.clone();
-    let nodes = async move {
+    let own_node = async move {
         let api = Api::<core::Node>::all(client);
         let mut last = None;
         loop {
@@ -352,7 +364,14 @@ async fn run<E: Send + 'static>(client: Client, node: String, sink: Sink<E>) {
             tokio::time::sleep(NODE_POLL).await;
         }
     };
-    tokio::join!(namespaces, pods, policies, nodes);
+    tokio::join!(
+        namespaces,
+        pods,
+        policies,
+        nodes,
+        cluster_policies,
+        own_node
+    );
 }
 
 /// spec.podCIDRs (or the older spec.podCIDR); unparsable entries are logged and skipped.
