@@ -52,6 +52,8 @@ fn endpoint(
         ingress: ingress.map(iso),
         egress: egress.map(iso),
         audit: false,
+        cluster_ingress: Default::default(),
+        cluster_egress: Default::default(),
     }
 }
 

@@ -953,6 +953,8 @@ mod tests {
             ingress: ingress.map(iso),
             egress: egress.map(iso),
             audit: false,
+            cluster_ingress: Default::default(),
+            cluster_egress: Default::default(),
         }
     }
 

@@ -814,6 +814,8 @@ mod tests {
                 ingress: None,
                 egress: None,
                 audit: false,
+                cluster_ingress: Default::default(),
+                cluster_egress: Default::default(),
             },
         );
         let rs = Ruleset::build(&plan, Options::default());

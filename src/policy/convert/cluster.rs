@@ -810,3 +810,255 @@ pub fn node_checked(n: &core::Node) -> Result<Node, InvalidObject> {
     check_labels(&ctx, "metadata.labels", &labels(&n.metadata))?;
     Ok(node(n))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cnp(spec: Value) -> Value {
+        json!({
+            "apiVersion": "policy.networking.k8s.io/v1beta1",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "p"},
+            "spec": spec,
+        })
+    }
+
+    fn base(ingress: Value, egress: Value) -> Value {
+        cnp(json!({
+            "tier": "Admin", "priority": 10,
+            "subject": {"namespaces": {}},
+            "ingress": ingress, "egress": egress,
+        }))
+    }
+
+    fn field_of(v: &Value) -> String {
+        cluster_policy(v).expect_err("invalid").field
+    }
+
+    #[test]
+    fn reads_every_served_version_and_kind_into_one_model() {
+        let mut v = base(
+            json!([{"name": "r", "action": "Deny", "from": [{"namespaces": {}}]}]),
+            json!([]),
+        );
+        for version in ["v1beta1", "v1alpha2"] {
+            v["apiVersion"] = json!(format!("policy.networking.k8s.io/{version}"));
+            let p = cluster_policy(&v).expect("valid");
+            assert_eq!(p.tier, Tier::Admin);
+            assert_eq!(p.priority, Some(10));
+            assert_eq!(p.ingress[0].action, Action::Deny);
+            assert_eq!(p.ingress[0].label(), "r");
+        }
+        v["apiVersion"] = json!("policy.networking.k8s.io/v1alpha1");
+        assert_eq!(field_of(&v), "apiVersion");
+        let anp = json!({
+            "apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+            "metadata": {"name": "a"},
+            "spec": {"priority": 3, "subject": {"namespaces": {}},
+                     "egress": [{"name": "e", "action": "Allow", "to": [{"networks": ["10.0.0.1/8"]}],
+                                 "ports": [{"portRange": {"protocol": "UDP", "start": 53, "end": 54}}]}]}
+        });
+        let p = cluster_policy(&anp).expect("valid ANP");
+        assert_eq!(p.key.kind, ClusterPolicyKind::AdminNetworkPolicy);
+        assert_eq!(p.egress[0].action, Action::Accept);
+        assert_eq!(
+            p.egress[0].peers,
+            vec![ClusterPeer::Networks(vec!["10.0.0.0/8".parse().unwrap()])]
+        );
+        assert_eq!(
+            p.egress[0].protocols,
+            Some(vec![ClusterPort::Ports {
+                protocol: Protocol::Udp,
+                start: 53,
+                end: 54
+            }])
+        );
+        let banp = json!({
+            "apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "BaselineAdminNetworkPolicy",
+            "metadata": {"name": "default"},
+            "spec": {"subject": {"namespaces": {}},
+                     "ingress": [{"action": "Pass", "from": [{"namespaces": {}}]}]}
+        });
+        assert_eq!(field_of(&banp), "spec.ingress[0].action");
+        let mut banp = banp;
+        banp["spec"]["ingress"][0]["action"] = json!("Allow");
+        let p = cluster_policy(&banp).expect("valid BANP");
+        assert_eq!((p.tier, p.priority), (Tier::Baseline, None));
+        banp["metadata"]["name"] = json!("other");
+        assert_eq!(field_of(&banp), "metadata.name");
+    }
+
+    #[test]
+    fn invalid_policies_name_the_field() {
+        let deny = |peers: Value| json!([{"action": "Deny", "to": peers}]);
+        let cases: Vec<(Value, &str)> = vec![
+            (
+                cnp(json!({"tier": "Admin", "priority": 1001, "subject": {"namespaces": {}}})),
+                "spec.priority",
+            ),
+            (
+                cnp(json!({"tier": "Middle", "priority": 1, "subject": {"namespaces": {}}})),
+                "spec.tier",
+            ),
+            (
+                cnp(json!({"tier": "Admin", "priority": 1, "subject": {}})),
+                "spec.subject",
+            ),
+            (
+                cnp(
+                    json!({"tier": "Admin", "priority": 1, "subject": {"namespaces": {}, "pods": {"namespaceSelector": {}, "podSelector": {}}}}),
+                ),
+                "spec.subject",
+            ),
+            (base(json!([]), deny(json!([]))), "spec.egress[0].to"),
+            (base(json!([]), deny(json!([{}]))), "spec.egress[0].to[0]"),
+            (
+                base(
+                    json!([]),
+                    deny(json!([{"namespaces": {}, "networks": ["10.0.0.0/8"]}])),
+                ),
+                "spec.egress[0].to[0]",
+            ),
+            (
+                base(json!([]), deny(json!([{"networks": ["10.0.0.0/33"]}]))),
+                "spec.egress[0].to[0].networks[0]",
+            ),
+            (
+                base(
+                    json!([]),
+                    json!([{"action": "Deny", "to": [{"domainNames": ["a.example"]}]}]),
+                ),
+                "spec.egress[0]",
+            ),
+            (
+                base(
+                    json!([]),
+                    json!([{"action": "Drop", "to": [{"namespaces": {}}]}]),
+                ),
+                "spec.egress[0].action",
+            ),
+            (
+                base(
+                    json!([]),
+                    json!([{"action": "Deny", "to": [{"namespaces": {}}],
+                    "protocols": [{"tcp": {"destinationPort": {"range": {"start": 90, "end": 80}}}}]}]),
+                ),
+                "spec.egress[0].protocols[0].tcp.destinationPort.range",
+            ),
+            (
+                base(
+                    json!([]),
+                    json!([{"action": "Deny", "to": [{"namespaces": {}}],
+                    "protocols": [{"tcp": {"destinationPort": {"number": 0}}}]}]),
+                ),
+                "spec.egress[0].protocols[0].tcp.destinationPort.number",
+            ),
+            (
+                base(
+                    json!([]),
+                    json!([{"action": "Deny", "to": [{"namespaces": {}}],
+                    "protocols": [{"tcp": {}}]}]),
+                ),
+                "spec.egress[0].protocols[0].tcp.destinationPort",
+            ),
+            (
+                base(
+                    json!([]),
+                    json!([{"action": "Deny", "to": [{"namespaces": {}}],
+                    "protocols": [{"tcp": {"destinationPort": {"number": 80}}, "udp": {"destinationPort": {"number": 80}}}]}]),
+                ),
+                "spec.egress[0].protocols[0]",
+            ),
+            (
+                base(
+                    json!([]),
+                    json!([{"action": "Deny", "to": [{"networks": ["10.0.0.0/8"]}],
+                    "protocols": [{"destinationNamedPort": "web"}]}]),
+                ),
+                "spec.egress[0].protocols",
+            ),
+            (
+                base(
+                    json!([]),
+                    json!([{"action": "Deny", "to": [{"namespaces": {}}], "protocols": []}]),
+                ),
+                "spec.egress[0].protocols",
+            ),
+            (
+                base(
+                    json!([]),
+                    json!([{"action": "Deny", "to": [{"namespaces": {"matchLabels": {"bad key!": "x"}}}]}]),
+                ),
+                "spec.egress[0].to[0].namespaces.matchLabels",
+            ),
+            (
+                cnp(json!({"tier": "Admin", "priority": "high", "subject": {"namespaces": {}}})),
+                "spec.priority",
+            ),
+        ];
+        for (v, field) in cases {
+            let err = cluster_policy(&v).expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+        }
+        let many: Vec<Value> = (0..26)
+            .map(|_| json!({"action": "Deny", "to": [{"namespaces": {}}]}))
+            .collect();
+        assert_eq!(field_of(&base(json!([]), json!(many))), "spec.egress");
+        let peers: Vec<Value> = (0..26).map(|_| json!({"namespaces": {}})).collect();
+        assert_eq!(
+            field_of(&base(json!([]), deny(json!(peers)))),
+            "spec.egress[0].to"
+        );
+    }
+
+    #[test]
+    fn what_nftpol_does_not_know_fails_closed_with_a_warning() {
+        let v = base(
+            json!([{"action": "Accept", "from": [{"networks": ["10.0.0.0/8"]}]},
+                   {"action": "Deny", "from": [{"futurePeer": {}}]}]),
+            json!([{"action": "Accept", "to": [{"domainNames": ["*.example.com"]}]},
+                   {"action": "Pass", "to": [{"namespaces": {}}], "protocols": [{"icmp": {}}]},
+                   {"action": "Accept", "to": [{"namespaces": {}}], "protocols": [{"icmp": {}}]}]),
+        );
+        let (p, warnings) = cluster_policy_with_warnings(&v).expect("valid");
+        // `networks` does not exist on ingress peers: read as an unknown field.
+        assert_eq!(
+            p.ingress[0].peers,
+            vec![ClusterPeer::Unknown(vec!["networks".into()])]
+        );
+        assert_eq!(
+            p.ingress[1].peers,
+            vec![ClusterPeer::Unknown(vec!["futurePeer".into()])]
+        );
+        assert!(p.egress[0].domain_names_only());
+        assert_eq!(p.egress[1].protocols, None, "Pass: every protocol");
+        assert_eq!(p.egress[2].protocols, Some(vec![]), "Accept: nothing");
+        assert_eq!(warnings.len(), 5, "{warnings:?}");
+    }
+
+    #[test]
+    fn nodes_keep_their_ip_addresses() {
+        let n: core::Node = serde_json::from_value(json!({
+            "metadata": {"name": "n1", "labels": {"role": "worker"}},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": "192.168.1.10"},
+                {"type": "Hostname", "address": "n1"},
+                {"type": "ExternalIP", "address": "2001:db8::1"},
+                {"type": "InternalIP", "address": "192.168.1.10"}
+            ]}
+        }))
+        .unwrap();
+        let node = node(&n);
+        assert_eq!(node.name, "n1");
+        assert_eq!(
+            node.addresses,
+            vec![
+                "192.168.1.10".parse::<IpAddr>().unwrap(),
+                "2001:db8::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(node.labels.get("role").map(String::as_str), Some("worker"));
+    }
+}
