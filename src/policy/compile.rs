@@ -78,6 +78,9 @@ impl Isolation {
 /// dataplane programs it as one set per rule, shared by all of them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ClusterRuleMatch {
+    /// The rule has no `protocols`: it matches every protocol and port (the dataplane looks
+    /// its peers up in an address set; otherwise in an `address . protocol . port` set).
+    pub all_ports: bool,
     /// The addresses of its peers (for `destinationNamedPort` on ingress, which resolves on
     /// each subject pod).
     pub peers: AddrSet,
@@ -501,6 +504,7 @@ fn resolve_cluster_rule(
     named_ingress.sort();
     named_ingress.dedup();
     ClusterRuleMatch {
+        all_ports: rule.protocols.is_none(),
         peers,
         shared: b.finish(),
         named_ingress,
