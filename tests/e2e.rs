@@ -964,8 +964,11 @@ fn ingress(name: &str, action: &str, peers: Value) -> Value {
 impl Cluster {
     /// Deletes a cluster-scoped object.
     fn delete_cluster(&self, kind: &str, name: &str) -> anyhow::Result<()> {
-        self.kubectl(&["delete", kind, name, "--wait=false"], None)
-            .map(|_| ())
+        self.kubectl(
+            &["delete", kind, name, "--wait=false", "--ignore-not-found"],
+            None,
+        )
+        .map(|_| ())
     }
 }
 
@@ -1347,6 +1350,20 @@ fn e2e() {
             let log = std::fs::read_to_string(&n.log).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             eprintln!("{}", lines[lines.len().saturating_sub(30)..].join("\n"));
+            // What went wrong may be far from the end: the warnings and errors, minus the
+            // API client's note on the test cluster's self-signed certificate.
+            let problems: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| {
+                    (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains("cert bypassed")
+                })
+                .collect();
+            eprintln!("--- {} daemon warnings and errors (last 40)", n.name);
+            eprintln!(
+                "{}",
+                problems[problems.len().saturating_sub(40)..].join("\n")
+            );
         }
     }
     assert_eq!(failed, 0, "{failed} e2e scenarios failed");
