@@ -984,9 +984,23 @@ fn not_restarted(w: &mut World) -> Result<(), String> {
 }
 
 fn cluster_policy_crds_picked_up_without_a_restart(w: &mut World) -> Result<(), String> {
-    // The daemons started before the CRDs existed: they said so and run without them.
+    // The daemons started before the CRDs existed: they said so, and enforce (are ready)
+    // without them.
     for n in &w.nodes {
         wait_for_log(n, 0, &["ClusterNetworkPolicy", "CRD not installed"])?;
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let (code, body) =
+                nftpol_testbed::daemon::http_get(&n.topo.node, METRICS_PORT, "/readyz")
+                    .map_err(|e| format!("{}: {e:#}", n.name))?;
+            if code == 200 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{}: not ready without the CRDs: {body}", n.name));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     let from: Vec<u64> = w.nodes.iter().map(log_len).collect();
     // The newest CNP CRD of the module proxy, and the v1alpha1 ones (hack/kube/npa-crds.sh).

@@ -339,11 +339,80 @@ async fn watch_crd<T, K, E>(
     }
 }
 
-/// The running watch of one kind.
-struct Running {
-    version: &'static str,
+/// What the loop must do after a CRD's state changed.
+#[derive(Debug, PartialEq)]
+pub struct Step<T, K> {
+    /// Stop the kind's running watch.
+    pub stop: bool,
+    /// Start a watch of the kind at this version, as this generation.
+    pub start: Option<(&'static str, u64)>,
+    pub report: Option<Change<T, K>>,
+}
+
+/// The state of the merging loop, apart from its tasks: what each CRD says, which watch runs
+/// for each kind, and the [`Merger`].
+#[derive(Debug)]
+pub struct Kinds<T, K> {
+    crds: Vec<Option<Crd>>,
+    /// The version and generation of each kind's running watch.
+    watching: Vec<Option<(&'static str, u64)>>,
     generation: u64,
-    task: tokio::task::JoinHandle<()>,
+    merger: Merger<T, K>,
+}
+
+impl<T: Clone, K: Ord + Clone> Kinds<T, K> {
+    pub fn new(key_of: fn(&T) -> K) -> Self {
+        Self {
+            crds: vec![None; KINDS.len()],
+            watching: vec![None; KINDS.len()],
+            generation: 0,
+            merger: Merger::new(KINDS.len(), key_of),
+        }
+    }
+
+    /// Kind `kind`'s CRD is in state `crd` (after a listing or a change of it).
+    pub fn crd(&mut self, kind: usize, crd: Crd) -> Step<T, K> {
+        let mut step = Step {
+            stop: false,
+            start: None,
+            report: None,
+        };
+        if self.crds[kind].as_ref() == Some(&crd) {
+            return step;
+        }
+        crd.log(&KINDS[kind], self.crds[kind].as_ref());
+        let version = crd.version();
+        self.crds[kind] = Some(crd);
+        let running = self.watching[kind].map(|(v, _)| v);
+        if version.is_some() && running == version {
+            return step;
+        }
+        step.stop = self.watching[kind].take().is_some();
+        match version {
+            Some(version) => {
+                self.generation += 1;
+                self.watching[kind] = Some((version, self.generation));
+                step.start = Some((version, self.generation));
+            }
+            // Not served: no objects, which the first listing must say too.
+            None => step.report = self.merger.absent(kind),
+        }
+        step
+    }
+
+    /// A change from the watch of generation `generation` of kind `kind`; those of a watch
+    /// stopped since are dropped.
+    pub fn change(
+        &mut self,
+        kind: usize,
+        generation: u64,
+        change: Change<T, K>,
+    ) -> Option<Change<T, K>> {
+        if self.watching[kind].map(|(_, g)| g) != Some(generation) {
+            return None;
+        }
+        self.merger.feed(kind, change)
+    }
 }
 
 /// Watches the kinds of [`KINDS`] while their CRDs serve them, until the receiving side hangs
@@ -358,68 +427,44 @@ where
     let crd_watches: Vec<_> = (0..KINDS.len())
         .map(|k| tokio::spawn(watch_crd(client.clone(), k, tx.clone(), sink.clone())))
         .collect();
-    let mut merger = Merger::new(KINDS.len(), spec.key_of);
-    let mut crds: Vec<Option<Crd>> = vec![None; KINDS.len()];
-    let mut running: Vec<Option<Running>> = (0..KINDS.len()).map(|_| None).collect();
-    let mut generation = 0;
+    let mut kinds = Kinds::new(spec.key_of);
+    let mut tasks: Vec<Option<tokio::task::JoinHandle<()>>> =
+        (0..KINDS.len()).map(|_| None).collect();
     while let Some(msg) = rx.recv().await {
-        let change = match msg {
+        let report = match msg {
             Msg::Crd(kind, crd) => {
-                if crds[kind].as_ref() == Some(&crd) {
-                    continue;
+                let step = kinds.crd(kind, crd);
+                if step.stop
+                    && let Some(task) = tasks[kind].take()
+                {
+                    task.abort();
                 }
-                crd.log(&KINDS[kind], crds[kind].as_ref());
-                let version = crd.version();
-                crds[kind] = Some(crd);
-                if running[kind].as_ref().map(|r| r.version) == version {
-                    continue;
+                if let Some((version, generation)) = step.start {
+                    tasks[kind] = Some(tokio::spawn(watch_kind(
+                        client.clone(),
+                        kind,
+                        version,
+                        generation,
+                        &spec,
+                        tx.clone(),
+                        sink.clone(),
+                    )));
                 }
-                if let Some(r) = running[kind].take() {
-                    r.task.abort();
-                }
-                match version {
-                    Some(version) => {
-                        generation += 1;
-                        let task = tokio::spawn(watch_kind(
-                            client.clone(),
-                            kind,
-                            version,
-                            generation,
-                            &spec,
-                            tx.clone(),
-                            sink.clone(),
-                        ));
-                        running[kind] = Some(Running {
-                            version,
-                            generation,
-                            task,
-                        });
-                        None
-                    }
-                    None => merger.absent(kind),
-                }
+                step.report
             }
             Msg::Change {
                 kind,
                 generation,
                 change,
-            } => {
-                if running[kind].as_ref().map(|r| r.generation) != Some(generation) {
-                    continue; // from a watch stopped since
-                }
-                merger.feed(kind, change)
-            }
+            } => kinds.change(kind, generation, change),
         };
-        if let Some(change) = change
+        if let Some(change) = report
             && !sink.send(super::Event::Update((spec.wrap)(change)))
         {
             break;
         }
     }
-    for task in crd_watches
-        .into_iter()
-        .chain(running.into_iter().flatten().map(|r| r.task))
-    {
+    for task in crd_watches.into_iter().chain(tasks.into_iter().flatten()) {
         task.abort();
     }
 }
@@ -598,5 +643,55 @@ mod tests {
             let key = namespace_key(&obj.metadata).map(|n| (SPEC.key)(kind, n));
             assert_eq!(Some((SPEC.key_of)(&policy)), key, "{}", kind.kind);
         }
+    }
+
+    fn step(
+        stop: bool,
+        start: Option<(&'static str, u64)>,
+        report: Option<Change<(u32, u32), u32>>,
+    ) -> Step<(u32, u32), u32> {
+        Step {
+            stop,
+            start,
+            report,
+        }
+    }
+
+    /// Without any CRD the first listings report an empty union (the daemon is ready without
+    /// them); a CRD that appears starts its kind's watch, whose changes count only while it is
+    /// the current one; a version change moves the watch; a removal reports the kind empty.
+    #[test]
+    fn crds_start_move_and_stop_the_watches() {
+        let mut k = Kinds::<(u32, u32), u32>::new(|o| o.0);
+        assert_eq!(k.crd(0, Crd::Absent), step(false, None, None));
+        assert_eq!(k.crd(1, Crd::Pending), step(false, None, None));
+        assert_eq!(
+            k.crd(2, Crd::Absent),
+            step(false, None, Some(relisted(vec![], vec![])))
+        );
+        // Unchanged: nothing.
+        assert_eq!(k.crd(2, Crd::Absent), step(false, None, None));
+        assert_eq!(
+            k.crd(0, Crd::Served("v1alpha2")),
+            step(false, Some(("v1alpha2", 1)), None)
+        );
+        assert_eq!(
+            k.change(0, 1, relisted(vec![(1, 1)], vec![])),
+            Some(relisted(vec![(1, 1)], vec![]))
+        );
+        assert_eq!(
+            k.crd(0, Crd::Served("v1beta1")),
+            step(true, Some(("v1beta1", 2)), None)
+        );
+        assert_eq!(k.change(0, 1, Change::Applied((2, 1))), None, "stale watch");
+        assert_eq!(
+            k.change(0, 2, Change::Applied((2, 1))),
+            Some(Change::Applied((2, 1)))
+        );
+        assert_eq!(
+            k.crd(0, Crd::Absent),
+            step(true, None, Some(relisted(vec![], vec![])))
+        );
+        assert_eq!(k.change(0, 2, Change::Deleted(1)), None, "stopped watch");
     }
 }
