@@ -211,7 +211,7 @@ impl Drop for Node {
 struct World {
     cluster: Cluster,
     nodes: Vec<Node>,
-    _responder: Responder,
+    responder: Responder,
 }
 
 impl World {
@@ -346,7 +346,7 @@ fn build_world(state: &Path) -> anyhow::Result<World> {
     Ok(World {
         cluster,
         nodes,
-        _responder: responder,
+        responder,
     })
 }
 
@@ -1225,6 +1225,78 @@ fn relabel_moves_a_pod_into_a_subject(w: &mut World) -> Result<(), String> {
     r
 }
 
+fn egress_to_nodes_peers_follows_node_labels(w: &mut World) -> Result<(), String> {
+    // node-b's underlay address, as a kubelet would report it in status.addresses.
+    const NODE_PORT: u16 = 9400;
+    let node_b = SocketAddr::new(IpAddr::from([192, 168, 200, 2]), NODE_PORT);
+    e(w.responder.listen(
+        &w.nodes[1].topo.node,
+        &[node_b.ip()],
+        NODE_PORT,
+        Protocol::Tcp,
+    ))?;
+    let status = json!({"status": {"addresses": [
+        {"type": "InternalIP", "address": node_b.ip().to_string()},
+        {"type": "Hostname", "address": "node-b"}]}});
+    e(w.cluster
+        .kubectl(
+            &[
+                "patch",
+                "node",
+                "node-b",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ],
+            None,
+        )
+        .map(|_| ()))?;
+    let label = |value: &str| {
+        e(w.cluster
+            .kubectl(&["label", "node", "node-b", value, "--overwrite"], None)
+            .map(|_| ()))
+    };
+    let reaches = |w: &World, pod: &str| w.ns(pod).tcp_connects(node_b, PROBE);
+    let until = |w: &World, want: [(&str, bool); 2]| {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let wrong: Vec<String> = want
+                .iter()
+                .filter(|(pod, ok)| reaches(w, pod) != *ok)
+                .map(|(pod, ok)| format!("{pod} -> node-b {node_b} expected {ok}"))
+                .collect();
+            if wrong.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(wrong.join(", "));
+            }
+        }
+    };
+    until(w, [("a1", true), ("a2", true)])?;
+    e(w.cluster.apply(&cnp(
+        "e2e-nodes",
+        "Admin",
+        10,
+        pods_labelled(json!({"app": "a1"})),
+        json!({"egress": [{"name": "no-target-node", "action": "Deny",
+                           "to": [{"nodes": {"matchLabels": {"e2e-role": "target"}}}]}]}),
+    )))?;
+    let r = (|| {
+        // No Node has the label yet: nothing matches.
+        until(w, [("a1", true), ("a2", true)])?;
+        label("e2e-role=target")?;
+        until(w, [("a1", false), ("a2", true)])?;
+        label("e2e-role-")?;
+        until(w, [("a1", true), ("a2", true)])
+    })();
+    label("e2e-role-")?;
+    e(w.cluster
+        .delete_cluster("clusternetworkpolicy", "e2e-nodes"))?;
+    r
+}
+
 fn removed_crds_stop_their_policies_without_a_restart(w: &mut World) -> Result<(), String> {
     e(w.cluster.apply(&cnp(
         "e2e-last",
@@ -1287,6 +1359,10 @@ fn e2e() {
         (
             "a pod relabel moves it into and out of a ClusterNetworkPolicy subject",
             relabel_moves_a_pod_into_a_subject,
+        ),
+        (
+            "egress to a nodes peer follows the Nodes' labels and addresses",
+            egress_to_nodes_peers_follows_node_labels,
         ),
         (
             "CRDs removed: their policies stop applying, no restart",
