@@ -31,7 +31,7 @@ use ipnet::IpNet;
 use crate::policy::compile::{Endpoint, Isolation, NodePlan, TierRule};
 use crate::policy::intervals::{AddrSet, Allowed};
 use crate::policy::model::{
-    Action, ClusterPolicyKey, ClusterPolicyKind, Direction, ObjectKey, Pod, Protocol,
+    Action, ClusterPolicyKey, ClusterPolicyKind, Direction, ObjectKey, Pod, Protocol, Tier,
 };
 
 /// The table nftpol owns. Nothing else in the ruleset is touched.
@@ -541,14 +541,50 @@ pub fn cluster_set_name(base: &str, family: Family, kind: ClusterSetKind) -> Str
     format!("c{}{k}/{base}", family.digit())
 }
 
-/// The chain a Deny rule's matches go to: `cdrop/<base>`, or `caudit/<base>` for pods in
-/// audit mode.
-pub fn cluster_drop_chain_name(base: &str, audit: bool) -> String {
-    if audit {
-        format!("caudit/{base}")
-    } else {
-        format!("cdrop/{base}")
+/// The chain a Deny rule's matches go to: `c<tier><direction>drop/<base>` (`caidrop/...` for
+/// an Admin ingress rule), or `c<tier><direction>aud/<base>` for pods in audit mode. The
+/// prefix is what the drop counters are summed by (tier and direction).
+pub fn cluster_drop_chain_name(
+    base: &str,
+    tier: Tier,
+    direction: Direction,
+    audit: bool,
+) -> String {
+    let t = match tier {
+        Tier::Admin => 'a',
+        Tier::Baseline => 'b',
+    };
+    let d = match direction {
+        Direction::Ingress => 'i',
+        Direction::Egress => 'e',
+    };
+    let what = if audit { "aud" } else { "drop" };
+    format!("c{t}{d}{what}/{base}")
+}
+
+/// The inverse of [`cluster_drop_chain_name`]: (tier, direction, audit).
+pub fn parse_cluster_drop_chain(chain: &str) -> Option<(Tier, Direction, bool)> {
+    let (prefix, _) = chain.split_once('/')?;
+    let b = prefix.as_bytes();
+    if b.len() < 4 || b[0] != b'c' {
+        return None;
     }
+    let tier = match b[1] {
+        b'a' => Tier::Admin,
+        b'b' => Tier::Baseline,
+        _ => return None,
+    };
+    let direction = match b[2] {
+        b'i' => Direction::Ingress,
+        b'e' => Direction::Egress,
+        _ => return None,
+    };
+    let audit = match &prefix[3..] {
+        "drop" => false,
+        "aud" => true,
+        _ => return None,
+    };
+    Some((tier, direction, audit))
 }
 
 /// The NFLOG prefix word that names the ClusterNetworkPolicy rule that dropped a packet:
@@ -665,10 +701,10 @@ impl ClusterObjects<'_> {
         let verdict = match r.action {
             Action::Accept => Jump::Return,
             // A Baseline Pass leaves the decision to the default, which allows.
-            Action::Pass if r.tier == crate::policy::model::Tier::Baseline => Jump::Return,
+            Action::Pass if r.tier == Tier::Baseline => Jump::Return,
             Action::Pass => Jump::Goto(pass_to.to_string()),
             Action::Deny => {
-                let name = cluster_drop_chain_name(&base, audit);
+                let name = cluster_drop_chain_name(&base, r.tier, direction, audit);
                 let options = self.options;
                 let tag = cluster_log_tag(r, &base);
                 self.chains.entry(name.clone()).or_insert_with(|| {
@@ -1127,6 +1163,25 @@ mod tests {
         ] {
             assert_eq!(LogTo::parse_prefix(foreign), None, "{foreign:?}");
         }
+        let cnp = "nftpol drop egress Admin:c/deny-dns/e0";
+        assert_eq!(
+            LogTo::parse_prefix(cnp),
+            Some((LogAction::Drop, Direction::Egress))
+        );
+        assert_eq!(LogTo::cluster_tag(cnp), Some("Admin:c/deny-dns/e0"));
+        assert_eq!(LogTo::cluster_tag("nftpol drop egress"), None);
+        for (tier, direction, audit) in [
+            (Tier::Admin, Direction::Ingress, false),
+            (Tier::Baseline, Direction::Egress, true),
+        ] {
+            let name = cluster_drop_chain_name("c/p/i0", tier, direction, audit);
+            assert!(name.len() <= MAX_NAME_LEN);
+            assert_eq!(
+                parse_cluster_drop_chain(&name),
+                Some((tier, direction, audit))
+            );
+        }
+        assert_eq!(parse_cluster_drop_chain("ing/ns/pod"), None);
     }
 
     #[test]

@@ -228,6 +228,9 @@ pub struct PlanStats {
     pub isolated_ingress: usize,
     pub isolated_egress: usize,
     pub policies: usize,
+    /// Cluster policies of each tier that select an endpoint in scope.
+    pub admin_cluster_policies: usize,
+    pub baseline_cluster_policies: usize,
 }
 
 impl NodePlan {
@@ -248,6 +251,27 @@ impl NodePlan {
             }
         }
         stats.policies = policies.len();
+        let mut tiers: BTreeSet<(Tier, &ClusterPolicyKey)> = BTreeSet::new();
+        for e in self.endpoints.values() {
+            for r in e
+                .cluster_ingress
+                .admin
+                .iter()
+                .chain(&e.cluster_egress.admin)
+            {
+                tiers.insert((Tier::Admin, &r.policy));
+            }
+            for r in e
+                .cluster_ingress
+                .baseline
+                .iter()
+                .chain(&e.cluster_egress.baseline)
+            {
+                tiers.insert((Tier::Baseline, &r.policy));
+            }
+        }
+        stats.admin_cluster_policies = tiers.iter().filter(|(t, _)| *t == Tier::Admin).count();
+        stats.baseline_cluster_policies = tiers.len() - stats.admin_cluster_policies;
         stats
     }
 }
