@@ -70,6 +70,8 @@ fn synthetic_500x10() -> Ruleset {
                 }),
                 egress: None,
                 audit: false,
+                cluster_ingress: Default::default(),
+                cluster_egress: Default::default(),
             },
         );
     }

@@ -3,7 +3,9 @@
 # proxy by hack/cluster/build.sh and cached outside the repo, see hack/kube/README.md): two nodes
 # of network namespaces (one bridged, one routed), one `nftpol daemon` per node with the
 # ServiceAccount and RBAC of manifests/, real packets. kubectl is the one built with the API
-# server. Prints `N passed, M failed`; exits non-zero on a failure. Needs root.
+# server. The ClusterNetworkPolicy scenarios install the CRDs of sigs.k8s.io/network-policy-api,
+# fetched with Go through the module proxy (hack/kube/npa-crds.sh, cached after the first run).
+# Prints `N passed, M failed`; exits non-zero on a failure. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

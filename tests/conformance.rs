@@ -60,6 +60,26 @@ fn replay(compiler: &mut Compiler, old: &ClusterIndex, new: &ClusterIndex) {
         work.remove_policy(&key);
         compiler.policy_changed(&work, &key);
     }
+    let cluster_changed = new
+        .cluster_policies()
+        .any(|p| old.cluster_policy(&p.key) != Some(p))
+        || old
+            .cluster_policies()
+            .any(|p| new.cluster_policy(&p.key).is_none());
+    if cluster_changed {
+        for p in new.cluster_policies() {
+            work.upsert_cluster_policy(p.clone());
+        }
+        let gone: Vec<_> = old
+            .cluster_policies()
+            .filter(|p| new.cluster_policy(&p.key).is_none())
+            .map(|p| p.key.clone())
+            .collect();
+        for key in gone {
+            work.remove_cluster_policy(&key);
+        }
+        compiler.cluster_policies_changed(&work);
+    }
 }
 
 /// Judges every step's probes of `cases`: the number of probe matrices, and one line per

@@ -6,6 +6,8 @@
 
 mod support;
 
+use serde_json::json;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -52,6 +54,8 @@ fn endpoint(
         ingress: ingress.map(iso),
         egress: egress.map(iso),
         audit: false,
+        cluster_ingress: Default::default(),
+        cluster_egress: Default::default(),
     }
 }
 
@@ -310,6 +314,7 @@ fn plan_compiled(node: &str) -> NodePlan {
                 log_allowed: false,
             },
         ],
+        ..Default::default()
     };
     compile(
         &ClusterIndex::from_state(&state),
@@ -328,6 +333,73 @@ fn log_allowed(mut plan: NodePlan) -> NodePlan {
         }
     }
     plan
+}
+
+/// A node with ClusterNetworkPolicies of both tiers (Accept, Deny, Pass, protocols, an
+/// ingress named port) beside a NetworkPolicy, compiled from manifests; `extra` pods are added
+/// (peers of the rules).
+fn plan_cluster(extra: &[(&str, &str)]) -> NodePlan {
+    let ns = |n: &str| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}});
+    let pod = |n: &str, name: &str, ips: &[&str], node: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": n, "labels": {"app": name}},
+               "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i",
+                        "ports": [{"containerPort": 8080, "name": "web"}]}]},
+               "status": {"phase": "Running", "podIP": ips[0],
+                          "podIPs": ips.iter().map(|i| json!({"ip": i})).collect::<Vec<_>>()}})
+    };
+    let sel = |n: &str| json!({"matchLabels": {"kubernetes.io/metadata.name": n}});
+    let mut docs = vec![
+        ns("shop"),
+        ns("ops"),
+        pod("shop", "web", &["10.1.0.5", "fd00::5"], "n1"),
+        pod("shop", "db", &["10.1.0.6"], "n1"),
+        pod("ops", "mon", &["10.2.0.7"], "n2"),
+        json!({"apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
+               "metadata": {"name": "admin"},
+               "spec": {"tier": "Admin", "priority": 10, "subject": {"namespaces": sel("shop")},
+                        "ingress": [
+                            {"name": "pass-ops", "action": "Pass", "from": [{"namespaces": sel("ops")}]},
+                            {"action": "Deny", "from": [{"namespaces": {}}],
+                             "protocols": [{"destinationNamedPort": "web"},
+                                           {"tcp": {"destinationPort": {"range": {"start": 9000, "end": 9100}}}}]},
+                            {"action": "Accept", "from": [{"pods": {"namespaceSelector": sel("shop"), "podSelector": {}}}]}],
+                        "egress": [
+                            {"name": "deny-net", "action": "Deny", "to": [{"networks": ["192.168.0.0/16", "fd00:1::/64"]}],
+                             "protocols": [{"udp": {"destinationPort": {"number": 53}}}]}]}}),
+        json!({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "BaselineAdminNetworkPolicy",
+               "metadata": {"name": "default"},
+               "spec": {"subject": {"namespaces": {}},
+                        "ingress": [{"name": "deny-all", "action": "Deny", "from": [{"namespaces": {}}]}]}}),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+               "metadata": {"name": "db", "namespace": "shop"},
+               "spec": {"podSelector": {"matchLabels": {"app": "db"}},
+                        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]}}),
+    ];
+    for (n, ip) in extra {
+        docs.push(pod("ops", n, &[ip], "n2"));
+    }
+    let loaded = nftpol::source::manifest::load_values("cluster", docs).expect("loads");
+    assert!(loaded.invalid.is_empty(), "{:?}", loaded.invalid);
+    compile(
+        &ClusterIndex::from_state(&loaded.state),
+        &Scope::Node("n1".into()),
+    )
+}
+
+#[test]
+fn cluster_policy_sets_follow_pods_incrementally() {
+    let options = Options {
+        nflog_group: Some(9),
+        ..Options::default()
+    };
+    let steps = [
+        Ruleset::build(&plan_cluster(&[]), options),
+        Ruleset::build(&plan_cluster(&[("mon2", "10.2.0.8")]), options),
+        Ruleset::build(&plan_cluster(&[("mon3", "10.2.0.9")]), options),
+    ];
+    let listing = assert_diffs_converge(&steps);
+    assert!(listing.contains("c4any/c/admin/i0"), "{listing}");
 }
 
 fn rulesets() -> Vec<(&'static str, Ruleset)> {
@@ -373,6 +445,21 @@ fn rulesets() -> Vec<(&'static str, Ruleset)> {
         (
             "unknown-everything",
             guarded(&NodePlan::default(), false, &[]),
+        ),
+        (
+            "cluster",
+            Ruleset::build(&plan_cluster(&[]), Options::default()),
+        ),
+        (
+            "cluster-audit-logs",
+            Ruleset::build(
+                &plan_cluster(&[]),
+                Options {
+                    audit: true,
+                    nflog_group: Some(5),
+                    ..Options::default()
+                },
+            ),
         ),
     ]
 }

@@ -211,7 +211,7 @@ impl Drop for Node {
 struct World {
     cluster: Cluster,
     nodes: Vec<Node>,
-    _responder: Responder,
+    responder: Responder,
 }
 
 impl World {
@@ -346,7 +346,7 @@ fn build_world(state: &Path) -> anyhow::Result<World> {
     Ok(World {
         cluster,
         nodes,
-        _responder: responder,
+        responder,
     })
 }
 
@@ -930,6 +930,404 @@ fn flow_logs_and_namespace_audit(w: &mut World) -> Result<(), String> {
     w.eventually(&[("a1", "b2", PORT, false)])
 }
 
+// --- ClusterNetworkPolicy (policy.networking.k8s.io) ------------------------------------------
+
+const CRD_NAMES: [&str; 3] = [
+    "clusternetworkpolicies.policy.networking.k8s.io",
+    "adminnetworkpolicies.policy.networking.k8s.io",
+    "baselineadminnetworkpolicies.policy.networking.k8s.io",
+];
+
+/// The pods of namespace e2e with these labels, as a subject or a peer.
+fn pods_labelled(labels: Value) -> Value {
+    json!({"pods": {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}},
+        "podSelector": {"matchLabels": labels}
+    }})
+}
+
+fn this_namespace() -> Value {
+    json!({"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": NS}}})
+}
+
+/// A ClusterNetworkPolicy (v1beta1, the version the newest CRD stores).
+fn cnp(name: &str, tier: &str, priority: u32, subject: Value, rules: Value) -> Value {
+    let mut spec = json!({"tier": tier, "priority": priority, "subject": subject});
+    if let (Some(spec), Some(rules)) = (spec.as_object_mut(), rules.as_object()) {
+        spec.extend(rules.clone());
+    }
+    json!({"apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
+           "metadata": {"name": name}, "spec": spec})
+}
+
+/// One ingress rule from `peers`.
+fn ingress(name: &str, action: &str, peers: Value) -> Value {
+    json!({"ingress": [{"name": name, "action": action, "from": peers}]})
+}
+
+impl Cluster {
+    /// Deletes a cluster-scoped object.
+    fn delete_cluster(&self, kind: &str, name: &str) -> anyhow::Result<()> {
+        self.kubectl(
+            &["delete", kind, name, "--wait=false", "--ignore-not-found"],
+            None,
+        )
+        .map(|_| ())
+    }
+}
+
+/// Both daemons still run the process they started with: no restart happened.
+fn not_restarted(w: &mut World) -> Result<(), String> {
+    for n in &mut w.nodes {
+        match n.daemon.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => {}
+            other => return Err(format!("{}: the daemon is not running: {other:?}", n.name)),
+        }
+    }
+    Ok(())
+}
+
+fn cluster_policy_crds_picked_up_without_a_restart(w: &mut World) -> Result<(), String> {
+    // The daemons started before the CRDs existed: they said so, and enforce (are ready)
+    // without them.
+    for n in &w.nodes {
+        wait_for_log(n, 0, &["ClusterNetworkPolicy", "CRD not installed"])?;
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let (code, body) =
+                nftpol_testbed::daemon::http_get(&n.topo.node, METRICS_PORT, "/readyz")
+                    .map_err(|e| format!("{}: {e:#}", n.name))?;
+            if code == 200 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{}: not ready without the CRDs: {body}", n.name));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let from: Vec<u64> = w.nodes.iter().map(log_len).collect();
+    // The newest CNP CRD of the module proxy, and the v1alpha1 ones (hack/kube/npa-crds.sh).
+    let crds = sh("npa-crds.sh", &[]).map_err(|e| format!("{e:#}"))?;
+    for crd in crds.lines().filter(|l| !l.is_empty()) {
+        e(w.cluster
+            .kubectl(&["apply", "--server-side", "-f", crd], None)
+            .map(|_| ()))?;
+    }
+    for name in CRD_NAMES {
+        e(w.cluster
+            .kubectl(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    &format!("crd/{name}"),
+                ],
+                None,
+            )
+            .map(|_| ()))?;
+    }
+    for (n, from) in w.nodes.iter().zip(from) {
+        wait_for_log(
+            n,
+            from,
+            &["ClusterNetworkPolicy", "policy.networking.k8s.io/v1beta1"],
+        )?;
+        wait_for_log(
+            n,
+            from,
+            &[
+                "BaselineAdminNetworkPolicy",
+                "policy.networking.k8s.io/v1alpha1",
+            ],
+        )?;
+    }
+    e(w.cluster.apply(&cnp(
+        "e2e-first",
+        "Admin",
+        10,
+        pods_labelled(json!({"app": "b2"})),
+        ingress(
+            "no-a1",
+            "Deny",
+            json!([pods_labelled(json!({"app": "a1"}))]),
+        ),
+    )))?;
+    w.eventually(&[
+        ("a1", "b2", PORT, false),
+        ("a2", "b2", PORT, true),
+        ("a1", "b1", PORT, true),
+    ])?;
+    not_restarted(w)?;
+    e(w.cluster
+        .delete_cluster("clusternetworkpolicy", "e2e-first"))?;
+    w.eventually(&[("a1", "b2", PORT, true)])
+}
+
+fn admin_deny_overrides_an_allowing_network_policy(w: &mut World) -> Result<(), String> {
+    e(w.cluster.apply(&policy(
+        "b1-allows",
+        json!({
+            "podSelector": {"matchLabels": {"app": "b1"}},
+            "ingress": [{"from": [{"podSelector": {"matchExpressions": [
+                {"key": "app", "operator": "In", "values": ["a1", "a2"]}]}}]}]
+        }),
+    )))?;
+    w.eventually(&[("a2", "b1", PORT, true), ("b2", "b1", PORT, false)])?;
+    // Ingress at b1 (checked on node-b), egress at a1 (checked on node-a).
+    e(w.cluster.apply(&cnp(
+        "e2e-deny",
+        "Admin",
+        20,
+        pods_labelled(json!({"app": "b1"})),
+        ingress(
+            "no-a2",
+            "Deny",
+            json!([pods_labelled(json!({"app": "a2"}))]),
+        ),
+    )))?;
+    e(w.cluster.apply(&cnp(
+        "e2e-deny-egress",
+        "Admin",
+        20,
+        pods_labelled(json!({"app": "a1"})),
+        json!({"egress": [{"name": "not-b3", "action": "Deny",
+                           "to": [pods_labelled(json!({"app": "b3"}))]}]}),
+    )))?;
+    let r = w.eventually(&[
+        ("a1", "b1", PORT, true),
+        ("a2", "b1", PORT, false),
+        ("b2", "b1", PORT, false),
+        ("a1", "b3", PORT, false),
+        ("a2", "b3", PORT, true),
+    ]);
+    e(w.cluster
+        .delete_cluster("clusternetworkpolicy", "e2e-deny-egress"))?;
+    r?;
+    w.eventually(&[("a1", "b3", PORT, true)])
+}
+
+fn admin_pass_falls_to_network_policy(w: &mut World) -> Result<(), String> {
+    // Before e2e-deny (priority 20): Accept from b2 (NetworkPolicy is not consulted), then
+    // Pass from the whole namespace (NetworkPolicy b1-allows decides).
+    e(w.cluster.apply(&cnp(
+        "e2e-pass",
+        "Admin",
+        10,
+        pods_labelled(json!({"app": "b1"})),
+        json!({"ingress": [
+            {"name": "b2-in", "action": "Accept", "from": [pods_labelled(json!({"app": "b2"}))]},
+            {"name": "to-np", "action": "Pass", "from": [this_namespace()]},
+        ]}),
+    )))?;
+    let r = w.eventually(&[
+        ("a2", "b1", PORT, true),
+        ("a1", "b1", PORT, true),
+        ("b2", "b1", PORT, true),
+        ("b3", "b1", PORT, false),
+    ]);
+    e(w.cluster.delete_cluster("clusternetworkpolicy", "e2e-pass"))?;
+    e(w.cluster.delete_cluster("clusternetworkpolicy", "e2e-deny"))?;
+    r?;
+    w.eventually(&[("a2", "b1", PORT, true), ("b2", "b1", PORT, false)])
+}
+
+fn baseline_deny_where_no_network_policy_isolates(w: &mut World) -> Result<(), String> {
+    // b1 is isolated by b1-allows (a1, a2): NetworkPolicy decides there. b3 gets an
+    // egress-only NetworkPolicy, which does not isolate its ingress: the Baseline applies.
+    e(w.cluster.apply(&policy(
+        "b3-egress",
+        json!({"podSelector": {"matchLabels": {"app": "b3"}}, "policyTypes": ["Egress"],
+               "egress": [{}]}),
+    )))?;
+    e(w.cluster.apply(&cnp(
+        "e2e-baseline",
+        "Baseline",
+        10,
+        this_namespace(),
+        ingress("closed", "Deny", json!([{"namespaces": {}}])),
+    )))?;
+    let r = w.eventually(&[
+        ("a1", "b1", PORT, true),
+        ("b2", "b1", PORT, false),
+        ("a1", "b3", PORT, false),
+        ("b1", "a2", PORT, false),
+        ("a1", "a2", PORT, false),
+    ]);
+    e(w.cluster
+        .delete_cluster("clusternetworkpolicy", "e2e-baseline"))?;
+    e(w.cluster.delete("networkpolicy", "b3-egress"))?;
+    e(w.cluster.delete("networkpolicy", "b1-allows"))?;
+    r?;
+    w.eventually(&[
+        ("a1", "b3", PORT, true),
+        ("b1", "a2", PORT, true),
+        ("b2", "b1", PORT, true),
+    ])
+}
+
+fn v1alpha1_admin_and_baseline_admin_network_policies(w: &mut World) -> Result<(), String> {
+    let v1alpha1 = |kind: &str, name: &str, spec: Value| {
+        json!({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": kind,
+               "metadata": {"name": name}, "spec": spec})
+    };
+    e(w.cluster.apply(&v1alpha1(
+        "BaselineAdminNetworkPolicy",
+        "default",
+        json!({"subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": NS}}},
+               "ingress": [{"name": "closed", "action": "Deny", "from": [{"namespaces": {}}]}]}),
+    )))?;
+    let r = (|| {
+        w.eventually(&[("a1", "b3", PORT, false), ("a2", "b3", PORT, false)])?;
+        e(w.cluster.apply(&v1alpha1(
+            "AdminNetworkPolicy",
+            "e2e-a1-to-b3",
+            json!({"priority": 5, "subject": pods_labelled(json!({"app": "b3"})),
+                   "ingress": [{"name": "a1", "action": "Allow",
+                                "from": [pods_labelled(json!({"app": "a1"}))],
+                                "ports": [{"portNumber": {"protocol": "TCP", "port": PORT}}]}]}),
+        )))?;
+        w.eventually(&[
+            ("a1", "b3", PORT, true),
+            ("a1", "b3", DENIED_PORT, false),
+            ("a2", "b3", PORT, false),
+        ])
+    })();
+    e(w.cluster
+        .delete_cluster("adminnetworkpolicy", "e2e-a1-to-b3"))?;
+    e(w.cluster
+        .delete_cluster("baselineadminnetworkpolicy", "default"))?;
+    r?;
+    w.eventually(&[("a2", "b3", PORT, true)])
+}
+
+fn relabel_moves_a_pod_into_a_subject(w: &mut World) -> Result<(), String> {
+    e(w.cluster.apply(&cnp(
+        "e2e-locked",
+        "Admin",
+        30,
+        pods_labelled(json!({"role": "locked"})),
+        ingress("nobody", "Deny", json!([{"namespaces": {}}])),
+    )))?;
+    let label = |value: &str| {
+        e(w.cluster
+            .kubectl(
+                &["-n", NS, "label", "pod", "b3", value, "--overwrite"],
+                None,
+            )
+            .map(|_| ()))
+    };
+    let r = (|| {
+        w.eventually(&[("a1", "b3", PORT, true), ("b1", "b3", PORT, true)])?;
+        label("role=locked")?;
+        w.eventually(&[("a1", "b3", PORT, false), ("b1", "b3", PORT, false)])?;
+        label("role-")?;
+        w.eventually(&[("a1", "b3", PORT, true), ("b1", "b3", PORT, true)])
+    })();
+    label("role-")?;
+    e(w.cluster
+        .delete_cluster("clusternetworkpolicy", "e2e-locked"))?;
+    r
+}
+
+fn egress_to_nodes_peers_follows_node_labels(w: &mut World) -> Result<(), String> {
+    // node-b's underlay address, as a kubelet would report it in status.addresses.
+    const NODE_PORT: u16 = 9400;
+    let node_b = SocketAddr::new(IpAddr::from([192, 168, 200, 2]), NODE_PORT);
+    e(w.responder.listen(
+        &w.nodes[1].topo.node,
+        &[node_b.ip()],
+        NODE_PORT,
+        Protocol::Tcp,
+    ))?;
+    let status = json!({"status": {"addresses": [
+        {"type": "InternalIP", "address": node_b.ip().to_string()},
+        {"type": "Hostname", "address": "node-b"}]}});
+    e(w.cluster
+        .kubectl(
+            &[
+                "patch",
+                "node",
+                "node-b",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ],
+            None,
+        )
+        .map(|_| ()))?;
+    let label = |value: &str| {
+        e(w.cluster
+            .kubectl(&["label", "node", "node-b", value, "--overwrite"], None)
+            .map(|_| ()))
+    };
+    let reaches = |w: &World, pod: &str| w.ns(pod).tcp_connects(node_b, PROBE);
+    let until = |w: &World, want: [(&str, bool); 2]| {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let wrong: Vec<String> = want
+                .iter()
+                .filter(|(pod, ok)| reaches(w, pod) != *ok)
+                .map(|(pod, ok)| format!("{pod} -> node-b {node_b} expected {ok}"))
+                .collect();
+            if wrong.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(wrong.join(", "));
+            }
+        }
+    };
+    until(w, [("a1", true), ("a2", true)])?;
+    e(w.cluster.apply(&cnp(
+        "e2e-nodes",
+        "Admin",
+        10,
+        pods_labelled(json!({"app": "a1"})),
+        json!({"egress": [{"name": "no-target-node", "action": "Deny",
+                           "to": [{"nodes": {"matchLabels": {"e2e-role": "target"}}}]}]}),
+    )))?;
+    let r = (|| {
+        // No Node has the label yet: nothing matches.
+        until(w, [("a1", true), ("a2", true)])?;
+        label("e2e-role=target")?;
+        until(w, [("a1", false), ("a2", true)])?;
+        label("e2e-role-")?;
+        until(w, [("a1", true), ("a2", true)])
+    })();
+    label("e2e-role-")?;
+    e(w.cluster
+        .delete_cluster("clusternetworkpolicy", "e2e-nodes"))?;
+    r
+}
+
+fn removed_crds_stop_their_policies_without_a_restart(w: &mut World) -> Result<(), String> {
+    e(w.cluster.apply(&cnp(
+        "e2e-last",
+        "Admin",
+        10,
+        pods_labelled(json!({"app": "b2"})),
+        ingress(
+            "no-a1",
+            "Deny",
+            json!([pods_labelled(json!({"app": "a1"}))]),
+        ),
+    )))?;
+    w.eventually(&[("a1", "b2", PORT, false)])?;
+    let from: Vec<u64> = w.nodes.iter().map(log_len).collect();
+    for name in CRD_NAMES {
+        e(w.cluster
+            .kubectl(&["delete", "crd", name, "--wait=true"], None)
+            .map(|_| ()))?;
+    }
+    // Deleting a CRD deletes its objects: the Deny goes with it.
+    w.eventually(&[("a1", "b2", PORT, true)])?;
+    for (n, from) in w.nodes.iter().zip(from) {
+        wait_for_log(n, from, &["ClusterNetworkPolicy", "CRD removed"])?;
+    }
+    not_restarted(w)
+}
+
 #[test]
 #[ignore = "needs the control plane hack/e2e.sh starts: run hack/e2e.sh"]
 fn e2e() {
@@ -941,6 +1339,38 @@ fn e2e() {
         (
             "baseline: every pod reaches every pod across nodes",
             baseline,
+        ),
+        (
+            "ClusterNetworkPolicy CRDs installed while the daemons run: picked up, no restart",
+            cluster_policy_crds_picked_up_without_a_restart,
+        ),
+        (
+            "an Admin Deny overrides an allowing NetworkPolicy (ingress and egress)",
+            admin_deny_overrides_an_allowing_network_policy,
+        ),
+        (
+            "an Admin Pass falls to the NetworkPolicy, an Admin Accept skips it",
+            admin_pass_falls_to_network_policy,
+        ),
+        (
+            "a Baseline Deny applies where no NetworkPolicy isolates (per direction)",
+            baseline_deny_where_no_network_policy_isolates,
+        ),
+        (
+            "v1alpha1 AdminNetworkPolicy over BaselineAdminNetworkPolicy",
+            v1alpha1_admin_and_baseline_admin_network_policies,
+        ),
+        (
+            "a pod relabel moves it into and out of a ClusterNetworkPolicy subject",
+            relabel_moves_a_pod_into_a_subject,
+        ),
+        (
+            "egress to a nodes peer follows the Nodes' labels and addresses",
+            egress_to_nodes_peers_follows_node_labels,
+        ),
+        (
+            "CRDs removed: their policies stop applying, no restart",
+            removed_crds_stop_their_policies_without_a_restart,
         ),
         (
             "ingress is checked at the destination node",
@@ -1014,6 +1444,20 @@ fn e2e() {
             let log = std::fs::read_to_string(&n.log).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             eprintln!("{}", lines[lines.len().saturating_sub(30)..].join("\n"));
+            // What went wrong may be far from the end: the warnings and errors, minus the
+            // API client's note on the test cluster's self-signed certificate.
+            let problems: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| {
+                    (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains("cert bypassed")
+                })
+                .collect();
+            eprintln!("--- {} daemon warnings and errors (last 40)", n.name);
+            eprintln!(
+                "{}",
+                problems[problems.len().saturating_sub(40)..].join("\n")
+            );
         }
     }
     assert_eq!(failed, 0, "{failed} e2e scenarios failed");

@@ -43,6 +43,7 @@ fn state() -> ClusterState {
             pod("z", "v4only", &["10.244.3.10"]),
         ],
         policies: vec![],
+        ..Default::default()
     }
 }
 

@@ -18,7 +18,7 @@ use nftnl::{
 use super::netlink::Labels;
 use super::render::{element_text, rule_text};
 use super::ruleset::{
-    AddrField, Chain, Element, Family, Hook, LOG_BURST, LOG_RATE_PER_SECOND, LogTo, NamedSet,
+    AddrField, Chain, Element, Family, Hook, Jump, LOG_BURST, LOG_RATE_PER_SECOND, LogTo, NamedSet,
     PodDirection, Rule, Ruleset, SetKind, TABLE, VerdictMap,
 };
 use super::sys::{
@@ -534,7 +534,82 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             addr_lookup(r, *family, *field, set, None)?;
             r.add_expr(&Verdict::Drop);
         }
+        Rule::AddrVerdict {
+            family,
+            field,
+            set,
+            verdict,
+        } => {
+            addr_lookup(r, *family, *field, set, None)?;
+            r.add_expr(&jump(verdict)?);
+        }
+        Rule::TupleVerdict {
+            family,
+            field,
+            set,
+            verdict,
+        } => {
+            tuple_lookup(r, *family, *field, set)?;
+            r.add_expr(&jump(verdict)?);
+        }
+        Rule::PortVerdict {
+            family,
+            field,
+            set,
+            protocol,
+            port,
+            verdict,
+        } => {
+            addr_lookup(r, *family, *field, set, None)?;
+            r.add_expr(&Meta::L4Proto);
+            r.add_expr(&Cmp::new(CmpOp::Eq, protocol.number()));
+            r.add_expr(&PayloadLoad::th_dport(sys::REG1));
+            // The port is compared as it is on the wire: big-endian.
+            r.add_expr(&Cmp::new(CmpOp::Eq, port.to_be()));
+            r.add_expr(&jump(verdict)?);
+        }
+        Rule::Goto(chain) => {
+            r.add_expr(&Verdict::Goto {
+                chain: cname(chain)?,
+            });
+        }
     }
+    Ok(())
+}
+
+fn jump(j: &Jump) -> Result<Verdict, BadName> {
+    Ok(match j {
+        Jump::Return => Verdict::Return,
+        Jump::Goto(chain) => Verdict::Goto {
+            chain: cname(chain)?,
+        },
+    })
+}
+
+/// `ip saddr . meta l4proto . th dport @set`: fields in consecutive 32-bit registers.
+fn tuple_lookup(
+    r: &mut NftRule,
+    family: Family,
+    field: AddrField,
+    set: &str,
+) -> Result<(), BadName> {
+    nfproto(r, family);
+    let addr_regs = match family {
+        Family::V4 => 1,
+        Family::V6 => 4,
+    };
+    r.add_expr(&PayloadLoad::addr(
+        family == Family::V6,
+        field == AddrField::Daddr,
+        sys::REG1,
+    ));
+    r.add_expr(&MetaLoad::l4proto(sys::reg32(addr_regs)));
+    r.add_expr(&PayloadLoad::th_dport(sys::reg32(addr_regs + 1)));
+    r.add_expr(&LookupExt {
+        set: cname(set)?,
+        set_id: 0,
+        dreg: None,
+    });
     Ok(())
 }
 
@@ -550,13 +625,22 @@ fn add_contents(tx: &mut Tx, ruleset: &Ruleset) -> Result<(), BadName> {
     for set in &ruleset.unknown {
         tx.add_set(set)?;
     }
+    for set in ruleset.cluster_sets.values() {
+        tx.add_set(set)?;
+    }
     for pod in ruleset.pods.values() {
         tx.add_pod_objects(pod)?;
     }
     for map in &ruleset.maps {
         tx.add_map(map)?;
     }
+    for chain in ruleset.cluster_chains.values() {
+        tx.add_chain(chain)?;
+    }
     for pod in ruleset.pods.values() {
+        if let Some(rest) = &pod.rest {
+            tx.add_chain(rest)?;
+        }
         tx.add_chain(&pod.chain)?;
     }
     for map in &ruleset.maps {
@@ -605,6 +689,15 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             .iter()
             .zip(&new.unknown)
             .any(|(a, b)| a.name != b.name || a.family != b.family)
+        // A cluster policy rule added, removed or changed in shape: they are rare, and a
+        // replace keeps the ordering of shared sets and chains simple (still one transaction).
+        || old.cluster_chains != new.cluster_chains
+        || !old.cluster_sets.keys().eq(new.cluster_sets.keys())
+        || old
+            .cluster_sets
+            .values()
+            .zip(new.cluster_sets.values())
+            .any(|(a, b)| a.family != b.family || a.kind != b.kind)
     {
         return Ok(None);
     }
@@ -630,7 +723,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             // whole: its rules have no stable handles to replace them by.
             old.pods
                 .get(*name)
-                .is_some_and(|o| o.chain != n.chain || cheaper_to_rebuild(o, n))
+                .is_some_and(|o| o.chain != n.chain || o.rest != n.rest || cheaper_to_rebuild(o, n))
         })
         .map(|(name, _)| name)
         .collect();
@@ -655,6 +748,9 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
     for (name, o) in &old.pods {
         if !new.pods.contains_key(name) || rebuilt.contains(name) {
             tx.delete_chain(&o.chain)?;
+            if let Some(rest) = &o.rest {
+                tx.delete_chain(rest)?;
+            }
             for set in &o.sets {
                 tx.delete_set(set)?;
             }
@@ -662,7 +758,12 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
     }
     // 3. Changed pods and unknown-address sets: element deletes before adds, so a replaced
     // interval never overlaps.
-    for (os, ns) in old.unknown.iter().zip(&new.unknown) {
+    for (os, ns) in old
+        .unknown
+        .iter()
+        .zip(&new.unknown)
+        .chain(old.cluster_sets.values().zip(new.cluster_sets.values()))
+    {
         if os.elements != ns.elements {
             let (del, add) = element_diff(os, ns);
             tx.set_elements(os, &del, ElemOp::Del)?;
@@ -686,6 +787,9 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
     for (name, n) in &new.pods {
         if !old.pods.contains_key(name) || rebuilt.contains(name) {
             tx.add_pod_objects(n)?;
+            if let Some(rest) = &n.rest {
+                tx.add_chain(rest)?;
+            }
             tx.add_chain(&n.chain)?;
         }
     }
@@ -718,12 +822,7 @@ fn element_diff<'a>(old: &'a NamedSet, new: &'a NamedSet) -> (Vec<&'a Element>, 
 pub fn expected_rule_texts(ruleset: &Ruleset) -> Result<BTreeMap<String, Vec<String>>, BadName> {
     let table = Table::new(c"nftpol", FAMILY);
     let mut out = BTreeMap::new();
-    let chains = ruleset
-        .pods
-        .values()
-        .map(|p| &p.chain)
-        .chain(&ruleset.base_chains);
-    for chain in chains {
+    for chain in ruleset.chains() {
         let n = cname(&chain.name)?;
         let c = NftChain::new(&n, &table);
         let mut texts = Vec::new();
@@ -953,6 +1052,8 @@ mod tests {
             ingress: ingress.map(iso),
             egress: egress.map(iso),
             audit: false,
+            cluster_ingress: Default::default(),
+            cluster_egress: Default::default(),
         }
     }
 

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use super::ruleset::{
-    AddrRange, Chain, Element, Family, LOG_BURST, LOG_RATE_PER_SECOND, LogTo, NamedSet, Rule,
+    AddrRange, Chain, Element, Family, Jump, LOG_BURST, LOG_RATE_PER_SECOND, LogTo, NamedSet, Rule,
     Ruleset, SetKind, TABLE, VerdictMap,
 };
 
@@ -23,10 +23,7 @@ pub fn render(ruleset: &Ruleset) -> String {
     for map in &ruleset.maps {
         blocks.push(map_block(map));
     }
-    for pod in ruleset.pods.values() {
-        blocks.push(chain_block(&pod.chain));
-    }
-    for chain in &ruleset.base_chains {
+    for chain in ruleset.chains() {
         blocks.push(chain_block(chain));
     }
     format!("table inet {TABLE} {{\n{}}}\n", blocks.join("\n"))
@@ -161,6 +158,51 @@ pub fn rule_text(rule: &Rule) -> String {
         Rule::AddrDrop { family, field, set } => {
             format!("{} {} @{set} drop", family.keyword(), field.keyword())
         }
+        Rule::AddrVerdict {
+            family,
+            field,
+            set,
+            verdict,
+        } => format!(
+            "{} {} @{set} {}",
+            family.keyword(),
+            field.keyword(),
+            jump_text(verdict)
+        ),
+        Rule::TupleVerdict {
+            family,
+            field,
+            set,
+            verdict,
+        } => format!(
+            "{} {} . meta l4proto . th dport @{set} {}",
+            family.keyword(),
+            field.keyword(),
+            jump_text(verdict)
+        ),
+        // nft folds `meta l4proto tcp th dport 80` into `tcp dport 80` when listing.
+        Rule::PortVerdict {
+            family,
+            field,
+            set,
+            protocol,
+            port,
+            verdict,
+        } => format!(
+            "{} {} @{set} {} dport {port} {}",
+            family.keyword(),
+            field.keyword(),
+            protocol.as_str().to_lowercase(),
+            jump_text(verdict)
+        ),
+        Rule::Goto(chain) => format!("goto {chain}"),
+    }
+}
+
+fn jump_text(j: &Jump) -> String {
+    match j {
+        Jump::Return => "return".into(),
+        Jump::Goto(chain) => format!("goto {chain}"),
     }
 }
 

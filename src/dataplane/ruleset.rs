@@ -28,9 +28,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::policy::compile::{Endpoint, Isolation, NodePlan};
+use crate::policy::compile::{Endpoint, Isolation, NodePlan, TierRule};
 use crate::policy::intervals::{AddrSet, Allowed};
-use crate::policy::model::{Direction, ObjectKey, Pod, Protocol};
+use crate::policy::model::{
+    Action, ClusterPolicyKey, ClusterPolicyKind, Direction, ObjectKey, Pod, Protocol, Tier,
+};
 
 /// The table nftpol owns. Nothing else in the ruleset is touched.
 pub const TABLE: &str = "nftpol";
@@ -115,7 +117,27 @@ impl LogTo {
             "egress" => Direction::Egress,
             _ => return None,
         };
-        words.next().is_none().then_some((action, direction))
+        // A ClusterNetworkPolicy drop names its rule in a fourth word (`Admin:c/name/i0`).
+        match words.next() {
+            None => Some((action, direction)),
+            Some(tag) if LogTo::is_cluster_tag(tag) && words.next().is_none() => {
+                Some((action, direction))
+            }
+            Some(_) => None,
+        }
+    }
+
+    fn is_cluster_tag(tag: &str) -> bool {
+        tag.starts_with("Admin:") || tag.starts_with("Baseline:")
+    }
+
+    /// The ClusterNetworkPolicy rule a drop or audit prefix names (`Admin:c/name/i0`), if any.
+    pub fn cluster_tag(prefix: &str) -> Option<&str> {
+        prefix
+            .strip_prefix("nftpol ")?
+            .split(' ')
+            .nth(2)
+            .filter(|t| LogTo::is_cluster_tag(t))
     }
 }
 
@@ -273,6 +295,42 @@ pub enum Rule {
         field: AddrField,
         set: String,
     },
+    /// A ClusterNetworkPolicy rule's shared any-port set: `ip saddr @set return` (Accept),
+    /// `goto <drop chain>` (Deny) or `goto <rest of the pod's chain>` (Admin Pass).
+    AddrVerdict {
+        family: Family,
+        field: AddrField,
+        set: String,
+        verdict: Jump,
+    },
+    /// `ip saddr . meta l4proto . th dport @set <verdict>`: a rule's shared port set.
+    TupleVerdict {
+        family: Family,
+        field: AddrField,
+        set: String,
+        verdict: Jump,
+    },
+    /// `ip saddr @set tcp dport 80 <verdict>`: an ingress `destinationNamedPort` resolved on
+    /// this pod, with the rule's shared peer set.
+    PortVerdict {
+        family: Family,
+        field: AddrField,
+        set: String,
+        protocol: Protocol,
+        port: u16,
+        verdict: Jump,
+    },
+    /// `goto <chain>`: the end of the Admin part of a pod's chain.
+    Goto(String),
+}
+
+/// Where a ClusterNetworkPolicy rule sends a matching packet.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Jump {
+    /// Accept (and Baseline Pass): this direction allows; the other end's chain still runs.
+    Return,
+    /// `goto <chain>`: Deny (a rule's drop chain) or Admin Pass (the rest of the pod's chain).
+    Goto(String),
 }
 
 /// The ICMPv6 neighbour discovery messages every base chain lets through.
@@ -328,7 +386,11 @@ pub struct Chain {
 pub struct PodDirection {
     pub pod: ObjectKey,
     pub direction: Direction,
+    /// The chain the verdict map jumps to.
     pub chain: Chain,
+    /// With an Admin `Pass` rule: the NetworkPolicy and Baseline part, which `chain` ends by
+    /// going to (`ingn/<ns>/<pod>`). Created before `chain`, deleted after it.
+    pub rest: Option<Chain>,
     pub sets: Vec<NamedSet>,
     /// The pod's addresses, each dispatched to `chain` from the family's map.
     pub ips: Vec<IpAddr>,
@@ -346,6 +408,12 @@ pub struct Ruleset {
     pub base_chains: Vec<Chain>,
     /// With `default_deny_unknown`: `unknown_v4` and `unknown_v6`, else empty.
     pub unknown: Vec<NamedSet>,
+    /// ClusterNetworkPolicy rules used on this node: one set per rule and family, shared by
+    /// every subject pod, by name.
+    pub cluster_sets: BTreeMap<String, NamedSet>,
+    /// The drop (or audit) chain of each Deny rule used on this node, by name: it logs with a
+    /// prefix naming the rule, and counts.
+    pub cluster_chains: BTreeMap<String, Chain>,
 }
 
 /// Name of the set of unknown pod-CIDR addresses of a family.
@@ -421,6 +489,117 @@ pub fn set_name(pod: &ObjectKey, direction: Direction, family: Family, kind: Set
     )
 }
 
+/// The rest chain of a pod direction: `ingn/<ns>/<pod>`.
+pub fn rest_chain_name(pod: &ObjectKey, direction: Direction) -> String {
+    let n = match direction {
+        Direction::Ingress => "ingn",
+        Direction::Egress => "egrn",
+    };
+    format!("{n}/{}", pod_base_name(pod))
+}
+
+/// `<k>/<name>/<i|e><index>` for a ClusterNetworkPolicy rule (k: c, a or b for the kind),
+/// shortened with a hash like pod names.
+pub fn cluster_rule_base(key: &ClusterPolicyKey, direction: Direction, index: usize) -> String {
+    let k = match key.kind {
+        ClusterPolicyKind::ClusterNetworkPolicy => 'c',
+        ClusterPolicyKind::AdminNetworkPolicy => 'a',
+        ClusterPolicyKind::BaselineAdminNetworkPolicy => 'b',
+    };
+    let d = match direction {
+        Direction::Ingress => 'i',
+        Direction::Egress => 'e',
+    };
+    let full = format!("{k}/{}/{d}{index}", key.name);
+    let budget = MAX_NAME_LEN - LONGEST_PREFIX;
+    if full.len() <= budget {
+        return full;
+    }
+    let hash = format!("_{:016x}", fnv1a64(full.as_bytes()));
+    let mut cut = budget - hash.len();
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{hash}", &full[..cut])
+}
+
+/// What a cluster rule set holds: its any-port matches, its port matches, or its peers (for
+/// ingress named ports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterSetKind {
+    Any,
+    Ports,
+    Peers,
+}
+
+pub fn cluster_set_name(base: &str, family: Family, kind: ClusterSetKind) -> String {
+    let k = match kind {
+        ClusterSetKind::Any => "any",
+        ClusterSetKind::Ports => "",
+        ClusterSetKind::Peers => "peer",
+    };
+    format!("c{}{k}/{base}", family.digit())
+}
+
+/// The chain a Deny rule's matches go to: `c<tier><direction>drop/<base>` (`caidrop/...` for
+/// an Admin ingress rule), or `c<tier><direction>aud/<base>` for pods in audit mode. The
+/// prefix is what the drop counters are summed by (tier and direction).
+pub fn cluster_drop_chain_name(
+    base: &str,
+    tier: Tier,
+    direction: Direction,
+    audit: bool,
+) -> String {
+    let t = match tier {
+        Tier::Admin => 'a',
+        Tier::Baseline => 'b',
+    };
+    let d = match direction {
+        Direction::Ingress => 'i',
+        Direction::Egress => 'e',
+    };
+    let what = if audit { "aud" } else { "drop" };
+    format!("c{t}{d}{what}/{base}")
+}
+
+/// The inverse of [`cluster_drop_chain_name`]: (tier, direction, audit).
+pub fn parse_cluster_drop_chain(chain: &str) -> Option<(Tier, Direction, bool)> {
+    let (prefix, _) = chain.split_once('/')?;
+    let b = prefix.as_bytes();
+    if b.len() < 4 || b[0] != b'c' {
+        return None;
+    }
+    let tier = match b[1] {
+        b'a' => Tier::Admin,
+        b'b' => Tier::Baseline,
+        _ => return None,
+    };
+    let direction = match b[2] {
+        b'i' => Direction::Ingress,
+        b'e' => Direction::Egress,
+        _ => return None,
+    };
+    let audit = match &prefix[3..] {
+        "drop" => false,
+        "aud" => true,
+        _ => return None,
+    };
+    Some((tier, direction, audit))
+}
+
+/// The NFLOG prefix word that names the ClusterNetworkPolicy rule that dropped a packet:
+/// `<tier>:<kind-letter>/<name>/<i|e><index>`, cut to what NFLOG carries.
+pub fn cluster_log_tag(rule: &TierRule, base: &str) -> String {
+    let mut tag = format!("{}:{base}", rule.tier.as_str());
+    // NF_LOG_PREFIXLEN is 128 with the NUL; the prefix before the tag is at most 27 bytes.
+    let mut cut = tag.len().min(100);
+    while !tag.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    tag.truncate(cut);
+    tag
+}
+
 fn addr_elements(addrs: &AddrSet, family: Family) -> Vec<Element> {
     match family {
         Family::V4 => addrs
@@ -483,13 +662,140 @@ fn families(ips: &[IpAddr]) -> Vec<Family> {
     f
 }
 
-fn pod_direction(
+/// The shared objects of the ClusterNetworkPolicy rules used on the node, filled while the
+/// pod chains are built.
+struct ClusterObjects<'a> {
+    sets: &'a mut BTreeMap<String, NamedSet>,
+    chains: &'a mut BTreeMap<String, Chain>,
+    options: Options,
+}
+
+impl ClusterObjects<'_> {
+    fn set(
+        &mut self,
+        name: String,
+        family: Family,
+        kind: SetKind,
+        elements: impl FnOnce() -> Vec<Element>,
+    ) {
+        self.sets.entry(name.clone()).or_insert_with(|| NamedSet {
+            name,
+            family,
+            kind,
+            elements: elements(),
+        });
+    }
+
+    /// The rules of one cluster policy rule in a pod's chain, creating its shared sets (both
+    /// families, so that a rule's shape never depends on which pods use it) and, for a Deny,
+    /// its drop chain.
+    fn rule(
+        &mut self,
+        r: &TierRule,
+        direction: Direction,
+        families: &[Family],
+        pass_to: &str,
+        audit: bool,
+    ) -> Vec<Rule> {
+        let base = cluster_rule_base(&r.policy, direction, r.rule);
+        let verdict = match r.action {
+            Action::Accept => Jump::Return,
+            // A Baseline Pass leaves the decision to the default, which allows.
+            Action::Pass if r.tier == Tier::Baseline => Jump::Return,
+            Action::Pass => Jump::Goto(pass_to.to_string()),
+            Action::Deny => {
+                let name = cluster_drop_chain_name(&base, r.tier, direction, audit);
+                let options = self.options;
+                let tag = cluster_log_tag(r, &base);
+                self.chains.entry(name.clone()).or_insert_with(|| {
+                    let action = if audit {
+                        LogAction::Audit
+                    } else {
+                        LogAction::Drop
+                    };
+                    let mut rules = Vec::new();
+                    if let Some(group) = options.nflog_group {
+                        let mut to = LogTo::new(action, direction, group);
+                        to.prefix = format!("{} {tag}", to.prefix);
+                        rules.push(Rule::LimitedLog(to));
+                    }
+                    rules.push(if audit {
+                        Rule::CounterReturn
+                    } else {
+                        Rule::CounterDrop
+                    });
+                    Chain {
+                        name: name.clone(),
+                        hook: None,
+                        rules,
+                    }
+                });
+                Jump::Goto(name)
+            }
+        };
+        let m = &r.matches;
+        for family in [Family::V4, Family::V6] {
+            if m.all_ports {
+                let name = cluster_set_name(&base, family, ClusterSetKind::Any);
+                self.set(name, family, SetKind::Addr, || {
+                    addr_elements(&m.shared.any_port, family)
+                });
+            } else {
+                let name = cluster_set_name(&base, family, ClusterSetKind::Ports);
+                self.set(name, family, SetKind::AddrProtoPort, || {
+                    tuple_elements(&m.shared, family)
+                });
+                if !m.named_ingress.is_empty() {
+                    let name = cluster_set_name(&base, family, ClusterSetKind::Peers);
+                    self.set(name, family, SetKind::Addr, || {
+                        addr_elements(&m.peers, family)
+                    });
+                }
+            }
+        }
+        let field = AddrField::peer_of(direction);
+        let mut rules = Vec::new();
+        for &family in families {
+            if m.all_ports {
+                rules.push(Rule::AddrVerdict {
+                    family,
+                    field,
+                    set: cluster_set_name(&base, family, ClusterSetKind::Any),
+                    verdict: verdict.clone(),
+                });
+            } else {
+                rules.push(Rule::TupleVerdict {
+                    family,
+                    field,
+                    set: cluster_set_name(&base, family, ClusterSetKind::Ports),
+                    verdict: verdict.clone(),
+                });
+                for (protocol, port) in &r.own_ports {
+                    rules.push(Rule::PortVerdict {
+                        family,
+                        field,
+                        set: cluster_set_name(&base, family, ClusterSetKind::Peers),
+                        protocol: *protocol,
+                        port: *port,
+                        verdict: verdict.clone(),
+                    });
+                }
+            }
+        }
+        rules
+    }
+}
+
+/// The NetworkPolicy part of a pod direction's chain: its sets and rules, ending in the
+/// (logged, counted) drop.
+fn network_policy_part(
     endpoint: &Endpoint,
     direction: Direction,
     iso: &Isolation,
     options: Options,
-) -> PodDirection {
-    let chain = chain_name(&endpoint.pod, direction);
+    sets: &mut Vec<NamedSet>,
+    rules: &mut Vec<Rule>,
+) {
     let field = AddrField::peer_of(direction);
     // `nftpol.io/log`: new connections the policy allows are logged (established ones never
     // reach the per-pod chain). Not rate limited: a `limit` over its rate would skip the
@@ -498,8 +804,6 @@ fn pod_direction(
         .nflog_group
         .filter(|_| iso.log_allowed)
         .map(|group| LogTo::new(LogAction::Allow, direction, group));
-    let mut sets = Vec::new();
-    let mut rules = Vec::new();
     for family in families(&endpoint.ips) {
         let any = set_name(&endpoint.pod, direction, family, SetKind::Addr);
         let tuples = set_name(&endpoint.pod, direction, family, SetKind::AddrProtoPort);
@@ -542,14 +846,58 @@ fn pod_direction(
     } else {
         Rule::CounterDrop
     });
+}
+
+/// A pod direction's chain: its Admin rules in order, then the NetworkPolicy part if a
+/// NetworkPolicy isolates the direction (final), else its Baseline rules; falling off the
+/// end returns (allows). With an Admin Pass rule the part after the Admin rules is a second
+/// chain that Pass (and the end of the Admin rules) go to.
+fn pod_direction(
+    endpoint: &Endpoint,
+    direction: Direction,
+    options: Options,
+    cluster: &mut ClusterObjects<'_>,
+) -> PodDirection {
+    let chain = chain_name(&endpoint.pod, direction);
+    let rest_name = rest_chain_name(&endpoint.pod, direction);
+    let tiers = endpoint.cluster(direction);
+    let fams = families(&endpoint.ips);
+    let audit = options.audit || endpoint.audit;
+    let mut main = Vec::new();
+    for r in &tiers.admin {
+        main.extend(cluster.rule(r, direction, &fams, &rest_name, audit));
+    }
+    let mut sets = Vec::new();
+    let mut rest = Vec::new();
+    match endpoint.isolation(direction) {
+        Some(iso) => network_policy_part(endpoint, direction, iso, options, &mut sets, &mut rest),
+        None => {
+            for r in &tiers.baseline {
+                rest.extend(cluster.rule(r, direction, &fams, &rest_name, audit));
+            }
+        }
+    }
+    let passes = tiers.admin.iter().any(|r| r.action == Action::Pass);
+    let rest = if passes {
+        main.push(Rule::Goto(rest_name.clone()));
+        Some(Chain {
+            name: rest_name,
+            hook: None,
+            rules: rest,
+        })
+    } else {
+        main.extend(rest);
+        None
+    };
     PodDirection {
         pod: endpoint.pod.clone(),
         direction,
         chain: Chain {
             name: chain,
             hook: None,
-            rules,
+            rules: main,
         },
+        rest,
         sets,
         ips: endpoint.ips.clone(),
     }
@@ -652,12 +1000,19 @@ impl Ruleset {
                 );
             }
         }
+        let mut cluster_sets = BTreeMap::new();
+        let mut cluster_chains = BTreeMap::new();
+        let mut cluster = ClusterObjects {
+            sets: &mut cluster_sets,
+            chains: &mut cluster_chains,
+            options,
+        };
         for endpoint in plan.endpoints.values() {
             for direction in [Direction::Ingress, Direction::Egress] {
-                let Some(iso) = endpoint.isolation(direction) else {
+                if !endpoint.has_chain(direction) {
                     continue;
-                };
-                let pd = pod_direction(endpoint, direction, iso, options);
+                }
+                let pd = pod_direction(endpoint, direction, options, &mut cluster);
                 for ip in &endpoint.ips {
                     if let Some(map) = maps.get_mut(&(direction, Family::of(ip))) {
                         // Two endpoints never share an IP in a consistent plan; if the API
@@ -689,6 +1044,8 @@ impl Ruleset {
             maps: maps.into_values().collect(),
             base_chains: base_chains(options),
             unknown,
+            cluster_sets,
+            cluster_chains,
         }
     }
 
@@ -705,12 +1062,26 @@ impl Ruleset {
         }
     }
 
-    /// Every named set in creation order: the unknown-address sets, then pod sets (by chain
-    /// name).
+    /// Every named set in creation order: the unknown-address sets, the cluster rule sets,
+    /// then pod sets (by chain name).
     pub fn sets(&self) -> impl Iterator<Item = &NamedSet> {
         self.unknown
             .iter()
+            .chain(self.cluster_sets.values())
             .chain(self.pods.values().flat_map(|p| p.sets.iter()))
+    }
+
+    /// Every chain in creation order: the cluster rules' drop chains, each pod's chains (the
+    /// rest chain before the one that goes to it), then the base chains.
+    pub fn chains(&self) -> impl Iterator<Item = &Chain> {
+        self.cluster_chains
+            .values()
+            .chain(
+                self.pods
+                    .values()
+                    .flat_map(|p| p.rest.iter().chain(std::iter::once(&p.chain))),
+            )
+            .chain(self.base_chains.iter())
     }
 
     pub fn element_count(&self) -> usize {
@@ -719,19 +1090,11 @@ impl Ruleset {
     }
 
     pub fn rule_count(&self) -> usize {
-        self.pods
-            .values()
-            .map(|p| p.chain.rules.len())
-            .sum::<usize>()
-            + self
-                .base_chains
-                .iter()
-                .map(|c| c.rules.len())
-                .sum::<usize>()
+        self.chains().map(|c| c.rules.len()).sum()
     }
 
     pub fn chain_count(&self) -> usize {
-        self.pods.len() + self.base_chains.len()
+        self.chains().count()
     }
 }
 
@@ -800,6 +1163,25 @@ mod tests {
         ] {
             assert_eq!(LogTo::parse_prefix(foreign), None, "{foreign:?}");
         }
+        let cnp = "nftpol drop egress Admin:c/deny-dns/e0";
+        assert_eq!(
+            LogTo::parse_prefix(cnp),
+            Some((LogAction::Drop, Direction::Egress))
+        );
+        assert_eq!(LogTo::cluster_tag(cnp), Some("Admin:c/deny-dns/e0"));
+        assert_eq!(LogTo::cluster_tag("nftpol drop egress"), None);
+        for (tier, direction, audit) in [
+            (Tier::Admin, Direction::Ingress, false),
+            (Tier::Baseline, Direction::Egress, true),
+        ] {
+            let name = cluster_drop_chain_name("c/p/i0", tier, direction, audit);
+            assert!(name.len() <= MAX_NAME_LEN);
+            assert_eq!(
+                parse_cluster_drop_chain(&name),
+                Some((tier, direction, audit))
+            );
+        }
+        assert_eq!(parse_cluster_drop_chain("ing/ns/pod"), None);
     }
 
     #[test]
@@ -814,6 +1196,8 @@ mod tests {
                 ingress: None,
                 egress: None,
                 audit: false,
+                cluster_ingress: Default::default(),
+                cluster_egress: Default::default(),
             },
         );
         let rs = Ruleset::build(&plan, Options::default());

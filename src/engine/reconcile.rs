@@ -16,7 +16,9 @@ use ipnet::IpNet;
 
 use crate::policy::compile::{Compiler, NodePlan, Scope};
 use crate::policy::index::ClusterIndex;
-use crate::policy::model::{Namespace, ObjectKey, Pod, Policy};
+use crate::policy::model::{
+    ClusterPolicy, ClusterPolicyKey, Namespace, Node, ObjectKey, Pod, Policy,
+};
 use crate::source::{Change, Listing, Update};
 
 /// The kinds that must be listed once before the plan means anything.
@@ -77,6 +79,8 @@ impl Reconciler {
             Update::Namespace(change) => self.namespaces(change),
             Update::Pod(change) => self.pods(change),
             Update::Policy(change) => self.policies(change),
+            Update::ClusterPolicy(change) => self.cluster_policies(change),
+            Update::Node(change) => self.nodes(change),
             Update::NodePodCidrs(cidrs) => {
                 if cidrs != self.pod_cidrs {
                     self.pod_cidrs = cidrs;
@@ -258,6 +262,102 @@ impl Reconciler {
                 }
                 self.listed(Kind::Policy);
             }
+        }
+    }
+
+    /// Cluster policies select pods across namespaces and their peers reach anywhere: a
+    /// change recompiles the scope. They are few and change rarely; pod and namespace
+    /// changes still go through the incremental paths.
+    fn cluster_changed(&mut self) {
+        if self.ready() {
+            let before = self.compiler.plan().clone();
+            self.compiler.full(&self.index);
+            self.dirty |= &before != self.compiler.plan();
+        }
+    }
+
+    fn cluster_policy_upsert(&mut self, policy: ClusterPolicy) -> bool {
+        if self.index.cluster_policy(&policy.key) == Some(&policy) {
+            return false;
+        }
+        self.index.upsert_cluster_policy(policy);
+        true
+    }
+
+    fn cluster_policies(&mut self, change: Change<ClusterPolicy, ClusterPolicyKey>) {
+        let changed = match change {
+            Change::Applied(p) => self.cluster_policy_upsert(p),
+            Change::Deleted(key) => self.index.remove_cluster_policy(&key).is_some(),
+            Change::Relisted(Listing { objects, invalid }) => {
+                let keep: BTreeSet<ClusterPolicyKey> = objects
+                    .iter()
+                    .map(|p| p.key.clone())
+                    .chain(invalid)
+                    .collect();
+                let gone: Vec<ClusterPolicyKey> = self
+                    .index
+                    .cluster_policies()
+                    .map(|p| p.key.clone())
+                    .filter(|k| !keep.contains(k))
+                    .collect();
+                let mut changed = false;
+                for key in gone {
+                    changed |= self.index.remove_cluster_policy(&key).is_some();
+                }
+                for p in objects {
+                    changed |= self.cluster_policy_upsert(p);
+                }
+                changed
+            }
+        };
+        if changed {
+            self.cluster_changed();
+        }
+    }
+
+    fn node_upsert(&mut self, node: Node) -> bool {
+        if self.index.node(&node.name) == Some(&node) {
+            return false;
+        }
+        self.index.upsert_node(node);
+        true
+    }
+
+    fn nodes(&mut self, change: Change<Node, String>) {
+        let changed = match change {
+            Change::Applied(n) => self.node_upsert(n),
+            Change::Deleted(name) => self.index.remove_node(&name).is_some(),
+            Change::Relisted(Listing { objects, invalid }) => {
+                let keep: BTreeSet<String> = objects
+                    .iter()
+                    .map(|n| n.name.clone())
+                    .chain(invalid)
+                    .collect();
+                let gone: Vec<String> = self
+                    .index
+                    .nodes()
+                    .map(|n| n.name.clone())
+                    .filter(|n| !keep.contains(n))
+                    .collect();
+                let mut changed = false;
+                for name in gone {
+                    changed |= self.index.remove_node(&name).is_some();
+                }
+                for n in objects {
+                    changed |= self.node_upsert(n);
+                }
+                changed
+            }
+        };
+        // Only `nodes` peers read Nodes.
+        let used = self.index.cluster_policies().any(|p| {
+            p.egress
+                .iter()
+                .flat_map(|r| &r.peers)
+                .any(|peer| matches!(peer, crate::policy::model::ClusterPeer::Nodes(_)))
+        });
+        if changed && used {
+            self.cluster_changed();
         }
     }
 }

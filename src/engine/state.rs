@@ -129,6 +129,11 @@ pub struct ApiState {
     last_guard: Guard,
     /// Whether the burst held a relist.
     relisted: bool,
+    /// Cluster policies and Nodes have been listed once. The reconciler is ready without
+    /// them; the daemon is not: enforcing before an Admin tier Deny is known would open, for a
+    /// moment, what it closes (the source lists them as empty while their CRDs are absent).
+    listed_cluster_policies: bool,
+    listed_nodes: bool,
     after_relist: fn(),
 }
 
@@ -141,6 +146,8 @@ impl ApiState {
             metrics,
             last_guard: None,
             relisted: false,
+            listed_cluster_policies: false,
+            listed_nodes: false,
             after_relist: || {},
         }
     }
@@ -197,17 +204,20 @@ impl StateSource for ApiState {
             Update::Namespace(Change::Relisted(_))
                 | Update::Pod(Change::Relisted(_))
                 | Update::Policy(Change::Relisted(_))
+                | Update::Node(Change::Relisted(_))
         );
+        self.listed_cluster_policies |= matches!(&u, Update::ClusterPolicy(Change::Relisted(_)));
+        self.listed_nodes |= matches!(&u, Update::Node(Change::Relisted(_)));
         self.reconciler.apply(u);
     }
 
     fn ready(&self) -> bool {
-        self.reconciler.ready()
+        self.reconciler.ready() && self.listed_cluster_policies && self.listed_nodes
     }
 
     fn settle(&mut self, nothing_applied: bool) -> Option<State> {
         let mut out = None;
-        if self.reconciler.ready() {
+        if self.ready() {
             let guard = self.guard();
             let dirty = self.reconciler.take_dirty() || guard != self.last_guard;
             if dirty || nothing_applied {
@@ -277,6 +287,12 @@ mod tests {
         s.apply(Event::Update(Update::Policy(Change::Relisted(
             c.policies.clone().into(),
         ))));
+        s.apply(Event::Update(Update::ClusterPolicy(Change::Relisted(
+            c.cluster_policies.clone().into(),
+        ))));
+        s.apply(Event::Update(Update::Node(Change::Relisted(
+            c.nodes.clone().into(),
+        ))));
     }
 
     static RELISTS: AtomicUsize = AtomicUsize::new(0);
@@ -314,6 +330,33 @@ mod tests {
         assert_eq!(next.fingerprint, "api:2pods/1policies:2endpoints/2isolated");
         assert_eq!(s.view().0.endpoints.len(), 2);
         assert!(s.resync().is_none(), "the incremental plan is right");
+    }
+
+    /// A restart must not open, even for a moment, what an Admin tier Deny closes: nothing is
+    /// enforced before the cluster policies (listed as empty while their CRDs are absent) and
+    /// the Nodes of `nodes` peers are listed too.
+    #[test]
+    fn the_api_state_waits_for_cluster_policies_and_nodes() {
+        let mut s = ApiState::new("node-1", Options::default(), vec![], Metrics::new());
+        let c = cluster(vec![pod("a", "10.0.0.1")]);
+        s.apply(Event::Update(Update::Namespace(Change::Relisted(
+            c.namespaces.clone().into(),
+        ))));
+        s.apply(Event::Update(Update::Pod(Change::Relisted(
+            c.pods.clone().into(),
+        ))));
+        s.apply(Event::Update(Update::Policy(Change::Relisted(
+            vec![].into(),
+        ))));
+        assert!(!s.ready());
+        assert!(s.settle(true).is_none());
+        s.apply(Event::Update(Update::ClusterPolicy(Change::Relisted(
+            vec![].into(),
+        ))));
+        assert!(!s.ready(), "Nodes not listed yet");
+        s.apply(Event::Update(Update::Node(Change::Relisted(vec![].into()))));
+        assert!(s.ready());
+        assert!(s.settle(true).is_some());
     }
 
     /// A folder under the temporary directory, removed on drop.

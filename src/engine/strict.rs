@@ -154,6 +154,8 @@ mod tests {
             ingress: ingress.map(iso),
             egress: None,
             audit,
+            cluster_ingress: Default::default(),
+            cluster_egress: Default::default(),
         };
         let endpoints = [
             endpoint("client", "10.0.0.1", None, false),

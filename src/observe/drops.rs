@@ -1,6 +1,8 @@
 //! The drop counters behind each scrape: the counters ending the per-pod chains, read from the
 //! kernel through a [`CounterReader`] when Prometheus asks, summed per direction and namespace
-//! into `nftpol_dropped_packets` and `nftpol_audit_would_drop_packets`.
+//! into `nftpol_dropped_packets` and `nftpol_audit_would_drop_packets`; and the counters of
+//! the ClusterNetworkPolicy Deny rules' drop chains, summed per tier and direction into
+//! `nftpol_cluster_policy_dropped_packets` (and its audit twin).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -12,6 +14,7 @@ use prometheus_client::metrics::MetricType;
 
 use super::lock;
 use crate::dataplane::CounterReader;
+use crate::dataplane::ruleset::parse_cluster_drop_chain;
 use crate::dataplane::sys::{CountedVerdict, RuleCounter};
 
 /// Per-namespace totals of the counters ending the per-pod chains: drops, and in audit mode
@@ -24,6 +27,8 @@ struct DropTotals {
     last: HashMap<(String, CountedVerdict), u64>,
     /// (audit, direction, namespace) -> packets.
     totals: BTreeMap<(bool, &'static str, String), u64>,
+    /// ClusterNetworkPolicy Deny rules' drop chains: (audit, tier, direction) -> packets.
+    cluster: BTreeMap<(bool, &'static str, &'static str), u64>,
 }
 
 /// `ing/<namespace>/<pod>` or `egr/...`: the direction and namespace of a per-pod chain.
@@ -48,9 +53,6 @@ impl DropTotals {
                 CountedVerdict::Return => true,
                 CountedVerdict::Other => continue,
             };
-            let Some((direction, namespace)) = parse_chain(&c.chain) else {
-                continue;
-            };
             let key = (c.chain.clone(), c.verdict);
             let before = self.last.get(&key).copied().unwrap_or(0);
             let delta = if c.packets >= before {
@@ -58,10 +60,19 @@ impl DropTotals {
             } else {
                 c.packets
             };
-            *self
-                .totals
-                .entry((audit, direction, namespace.to_string()))
-                .or_default() += delta;
+            if let Some((direction, namespace)) = parse_chain(&c.chain) {
+                *self
+                    .totals
+                    .entry((audit, direction, namespace.to_string()))
+                    .or_default() += delta;
+            } else if let Some((tier, direction, _)) = parse_cluster_drop_chain(&c.chain) {
+                *self
+                    .cluster
+                    .entry((audit, tier.as_str(), direction.as_str()))
+                    .or_default() += delta;
+            } else {
+                continue;
+            }
             seen.insert(key, c.packets);
         }
         self.last = seen;
@@ -118,6 +129,26 @@ impl Collector for DropCollector {
                 }
             }
         }
+        for (audit, name, help) in [
+            (
+                false,
+                "nftpol_cluster_policy_dropped_packets",
+                "Packets dropped by ClusterNetworkPolicy Deny rules, by tier and direction (only goes up; NetworkPolicy drops are nftpol_dropped_packets)",
+            ),
+            (
+                true,
+                "nftpol_cluster_policy_audit_would_drop_packets",
+                "Packets ClusterNetworkPolicy Deny rules would have dropped, let through in audit mode, by tier and direction (only goes up)",
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for ((a, tier, direction), n) in &totals.cluster {
+                if *a == audit {
+                    let labels: Vec<(&str, &str)> = vec![("tier", tier), ("direction", direction)];
+                    family.encode_family(&labels)?.encode_gauge(n)?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -158,5 +189,25 @@ mod tests {
         assert_eq!(t.totals[&key(false, "egress", "c")], 1);
         assert_eq!(t.totals[&key(true, "egress", "c")], 6);
         assert_eq!(t.totals.len(), 4);
+    }
+
+    #[test]
+    fn cluster_policy_drops_are_summed_by_tier_and_direction() {
+        let c = |chain: &str, packets: u64, verdict: CountedVerdict| RuleCounter {
+            chain: chain.into(),
+            packets,
+            verdict,
+        };
+        let mut t = DropTotals::default();
+        t.update(&[
+            c("caidrop/c/deny-y/i0", 3, CountedVerdict::Drop),
+            c("caidrop/a/anp/i2", 4, CountedVerdict::Drop),
+            c("cbedrop/b/default/e0", 1, CountedVerdict::Drop),
+            c("cbiaud/c/base/i1", 2, CountedVerdict::Return),
+        ]);
+        assert_eq!(t.cluster[&(false, "Admin", "ingress")], 7);
+        assert_eq!(t.cluster[&(false, "Baseline", "egress")], 1);
+        assert_eq!(t.cluster[&(true, "Baseline", "ingress")], 2);
+        assert!(t.totals.is_empty(), "no namespace for shared chains");
     }
 }

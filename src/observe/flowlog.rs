@@ -123,7 +123,39 @@ pub fn describe(flow: &Flow, plan: &NodePlan, index: &ClusterIndex) -> Option<Fl
     let isolation = endpoint.and_then(|e| e.isolation(flow.direction));
     let pod = endpoint.map(|e| e.pod.to_string());
     let dir = flow.direction;
+    // A ClusterNetworkPolicy Deny rule decides before (Admin) or instead of (Baseline)
+    // NetworkPolicy: the line names that rule, as the evaluator finds it for this packet (the
+    // kernel's drop chain prefix names the same rule).
+    let cluster_deny = match (flow.action, endpoint, protocol_of(p.protocol), p.dst_port) {
+        (LogAction::Drop | LogAction::Audit, Some(e), Some(protocol), Some(port))
+            if !e.cluster(dir).is_empty() =>
+        {
+            match crate::policy::verdict::judge_direction(e, dir, peer_ip, protocol, port).0 {
+                crate::policy::verdict::SideVerdict::Cluster {
+                    action: crate::policy::model::Action::Deny,
+                    by,
+                } => Some(by),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
     let (policies, message) = match (flow.action, isolation) {
+        (action, _) if cluster_deny.is_some() => {
+            let by = cluster_deny.expect("checked");
+            let what = if action == LogAction::Audit {
+                "would be dropped (audit mode: let through)"
+            } else {
+                "dropped"
+            };
+            (
+                vec![by.policy.to_string()],
+                format!(
+                    "{what} by {} {} ({} tier) {dir} rule {}: Deny",
+                    by.policy.kind, by.policy.name, by.tier, by.rule
+                ),
+            )
+        }
         (LogAction::Allow, iso) => {
             let protocol = protocol_of(p.protocol)?;
             let port = p.dst_port?;

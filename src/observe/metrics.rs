@@ -50,6 +50,7 @@ struct Inner {
     implementation_delay: Histogram,
     active_endpoints: Gauge,
     active_policies: Gauge,
+    cluster_policies: Family<Labels, Gauge>,
     isolated: Family<Labels, Gauge>,
     nft_chains: Gauge,
     nft_rules: Gauge,
@@ -127,6 +128,12 @@ impl Metrics {
             "nftpol_active_local_policies",
             "Number of NetworkPolicies that select at least one pod on this node",
             active_policies.clone(),
+        );
+        let cluster_policies = Family::<Labels, Gauge>::default();
+        registry.register(
+            "nftpol_cluster_policies",
+            "Number of ClusterNetworkPolicies (and v1alpha1 AdminNetworkPolicies and BaselineAdminNetworkPolicies) that select at least one pod on this node, by tier",
+            cluster_policies.clone(),
         );
         let isolated = Family::<Labels, Gauge>::default();
         registry.register(
@@ -230,6 +237,7 @@ impl Metrics {
                 implementation_delay,
                 active_endpoints,
                 active_policies,
+                cluster_policies,
                 isolated,
                 nft_chains,
                 nft_rules,
@@ -320,6 +328,14 @@ impl Metrics {
         let stats = plan.stats();
         i.active_endpoints.set(stats.endpoints as i64);
         i.active_policies.set(stats.policies as i64);
+        for (tier, n) in [
+            ("Admin", stats.admin_cluster_policies),
+            ("Baseline", stats.baseline_cluster_policies),
+        ] {
+            i.cluster_policies
+                .get_or_create(&vec![("tier", tier)])
+                .set(n as i64);
+        }
         for (direction, n) in [
             ("ingress", stats.isolated_ingress),
             ("egress", stats.isolated_egress),

@@ -18,7 +18,8 @@ use serde::Serialize;
 use crate::policy::index::ClusterIndex;
 use crate::policy::intervals::{AddrSet, Allowed, AllowedBuilder};
 use crate::policy::model::{
-    Direction, Namespace, ObjectKey, Peer, Pod, Policy, PortMatch, Rule, SkipReason,
+    Action, ClusterPeer, ClusterPolicy, ClusterPolicyKey, ClusterPort, ClusterRule, Direction,
+    Namespace, ObjectKey, Peer, Pod, Policy, PortMatch, Protocol, Rule, SkipReason, Tier,
 };
 
 /// Which pods are endpoints: those of one node, or all of them (for `simulate` and `explain`).
@@ -73,6 +74,77 @@ impl Isolation {
     }
 }
 
+/// What one ClusterNetworkPolicy rule matches, resolved once for every subject pod: the
+/// dataplane programs it as one set per rule, shared by all of them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClusterRuleMatch {
+    /// The rule has no `protocols`: it matches every protocol and port (the dataplane looks
+    /// its peers up in an address set; otherwise in an `address . protocol . port` set).
+    pub all_ports: bool,
+    /// The addresses of its peers (for `destinationNamedPort` on ingress, which resolves on
+    /// each subject pod).
+    pub peers: AddrSet,
+    /// Everything it matches that does not depend on the subject pod: peers x protocols, and
+    /// on egress named ports resolved on each destination pod.
+    pub shared: Allowed,
+    /// Ingress `destinationNamedPort` names: resolved on the subject pod itself.
+    pub named_ingress: Vec<String>,
+}
+
+/// One ClusterNetworkPolicy rule as it applies to one endpoint and direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierRule {
+    pub policy: ClusterPolicyKey,
+    pub tier: Tier,
+    pub priority: Option<u32>,
+    /// Index in the policy's rules for the direction.
+    pub rule: usize,
+    pub name: Option<String>,
+    pub action: Action,
+    /// Shared by every subject pod of the rule.
+    pub matches: Arc<ClusterRuleMatch>,
+    /// Ingress named ports resolved on this endpoint: (protocol, port) matched with `peers`.
+    pub own_ports: Vec<(Protocol, u16)>,
+}
+
+impl TierRule {
+    pub fn matches(&self, peer: IpAddr, protocol: Protocol, port: u16) -> bool {
+        self.matches.shared.allows(peer, protocol, port)
+            || (self.matches.peers.contains(peer) && self.own_ports.contains(&(protocol, port)))
+    }
+
+    /// The rule's name, else `#index`.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => format!("#{}", self.rule),
+        }
+    }
+}
+
+/// The ClusterNetworkPolicy rules that apply to one endpoint in one direction, in evaluation
+/// order: Admin before NetworkPolicy, Baseline after it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TierRules {
+    pub admin: Vec<TierRule>,
+    pub baseline: Vec<TierRule>,
+    /// The policies whose subject selects the pod (with or without rules for the direction).
+    pub policies: Vec<ClusterPolicyKey>,
+}
+
+impl TierRules {
+    pub fn is_empty(&self) -> bool {
+        self.admin.is_empty() && self.baseline.is_empty()
+    }
+
+    pub fn tier(&self, tier: Tier) -> &[TierRule] {
+        match tier {
+            Tier::Admin => &self.admin,
+            Tier::Baseline => &self.baseline,
+        }
+    }
+}
+
 /// The desired state of one pod endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -85,6 +157,9 @@ pub struct Endpoint {
     /// The pod's namespace is in audit mode (`nftpol.io/enforcement: audit`): what its
     /// policies deny is logged and counted, and let through.
     pub audit: bool,
+    /// ClusterNetworkPolicy rules for ingress and egress (empty: none selects the pod).
+    pub cluster_ingress: TierRules,
+    pub cluster_egress: TierRules,
 }
 
 impl Endpoint {
@@ -97,6 +172,19 @@ impl Endpoint {
 
     pub fn is_isolated(&self) -> bool {
         self.ingress.is_some() || self.egress.is_some()
+    }
+
+    pub fn cluster(&self, direction: Direction) -> &TierRules {
+        match direction {
+            Direction::Ingress => &self.cluster_ingress,
+            Direction::Egress => &self.cluster_egress,
+        }
+    }
+
+    /// Whether the direction needs a per-pod chain: a NetworkPolicy isolates it, or a
+    /// ClusterNetworkPolicy rule applies to it.
+    pub fn has_chain(&self, direction: Direction) -> bool {
+        self.isolation(direction).is_some() || !self.cluster(direction).is_empty()
     }
 }
 
@@ -140,6 +228,9 @@ pub struct PlanStats {
     pub isolated_ingress: usize,
     pub isolated_egress: usize,
     pub policies: usize,
+    /// Cluster policies of each tier that select an endpoint in scope.
+    pub admin_cluster_policies: usize,
+    pub baseline_cluster_policies: usize,
 }
 
 impl NodePlan {
@@ -160,6 +251,27 @@ impl NodePlan {
             }
         }
         stats.policies = policies.len();
+        let mut tiers: BTreeSet<(Tier, &ClusterPolicyKey)> = BTreeSet::new();
+        for e in self.endpoints.values() {
+            for r in e
+                .cluster_ingress
+                .admin
+                .iter()
+                .chain(&e.cluster_egress.admin)
+            {
+                tiers.insert((Tier::Admin, &r.policy));
+            }
+            for r in e
+                .cluster_ingress
+                .baseline
+                .iter()
+                .chain(&e.cluster_egress.baseline)
+            {
+                tiers.insert((Tier::Baseline, &r.policy));
+            }
+        }
+        stats.admin_cluster_policies = tiers.iter().filter(|(t, _)| *t == Tier::Admin).count();
+        stats.baseline_cluster_policies = tiers.len() - stats.admin_cluster_policies;
         stats
     }
 }
@@ -196,7 +308,13 @@ pub struct Compiler {
     resolved: HashMap<ObjectKey, Arc<ResolvedPolicy>>,
     /// policy -> endpoints it selects, to know what a policy change touches.
     selected_by: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Cluster policy rules resolved against the index: (ingress, egress), one entry per rule.
+    cluster_resolved: HashMap<ClusterPolicyKey, Arc<ClusterResolved>>,
+    /// Endpoints that some cluster policy selects.
+    cluster_users: BTreeSet<ObjectKey>,
 }
+
+type ClusterResolved = (Vec<Arc<ClusterRuleMatch>>, Vec<Arc<ClusterRuleMatch>>);
 
 fn has_named_ports(rule: &Rule) -> bool {
     rule.ports
@@ -307,6 +425,116 @@ fn rule_allowed(
     b.finish()
 }
 
+/// The addresses of a cluster policy peer. hostNetwork pods are never peers (their addresses
+/// are the node's, reached through `nodes` or `networks`).
+fn cluster_peer_addrs(index: &ClusterIndex, peer: &ClusterPeer, action: Action) -> AddrSet {
+    match peer {
+        ClusterPeer::Namespaces(ns) => AddrSet::from_addrs(
+            index
+                .select_pods_in(ns, &crate::policy::model::Selector::everything())
+                .into_iter()
+                .filter(|p| eligible(p))
+                .flat_map(|p| p.ips.iter().copied()),
+        ),
+        ClusterPeer::Pods { namespaces, pods } => AddrSet::from_addrs(
+            index
+                .select_pods_in(namespaces, pods)
+                .into_iter()
+                .filter(|p| eligible(p))
+                .flat_map(|p| p.ips.iter().copied()),
+        ),
+        ClusterPeer::Networks(nets) => AddrSet::from_nets(nets),
+        ClusterPeer::Nodes(sel) => AddrSet::from_addrs(
+            index
+                .nodes()
+                .filter(|n| sel.matches(&n.labels))
+                .flat_map(|n| n.addresses.iter().copied()),
+        ),
+        // Not resolved yet: matches nothing (only Accept rules may have them).
+        ClusterPeer::DomainNames(_) => AddrSet::new(),
+        // Fail closed: an Accept matches nothing, a Deny or Pass everything.
+        ClusterPeer::Unknown(_) => match action {
+            Action::Accept => AddrSet::new(),
+            Action::Deny | Action::Pass => AddrSet::all(),
+        },
+    }
+}
+
+/// Pods a peer selects (for egress named ports, resolved on each destination pod).
+fn cluster_peer_pods<'a>(
+    index: &'a ClusterIndex,
+    peer: &ClusterPeer,
+    action: Action,
+) -> Vec<&'a Pod> {
+    let everything = crate::policy::model::Selector::everything();
+    let pods = match peer {
+        ClusterPeer::Namespaces(ns) => index.select_pods_in(ns, &everything),
+        ClusterPeer::Pods { namespaces, pods } => index.select_pods_in(namespaces, pods),
+        ClusterPeer::Unknown(_) if action != Action::Accept => index.pods().collect(),
+        _ => Vec::new(),
+    };
+    pods.into_iter().filter(|p| eligible(p)).collect()
+}
+
+fn resolve_cluster_rule(
+    index: &ClusterIndex,
+    rule: &ClusterRule,
+    direction: Direction,
+) -> ClusterRuleMatch {
+    let peers = AddrSet::union_all(
+        &rule
+            .peers
+            .iter()
+            .map(|p| cluster_peer_addrs(index, p, rule.action))
+            .collect::<Vec<_>>(),
+    );
+    let mut b = AllowedBuilder::default();
+    let mut named_ingress = Vec::new();
+    match &rule.protocols {
+        None => b.add_any_port(peers.clone()),
+        Some(list) => {
+            for p in list {
+                match p {
+                    ClusterPort::Ports {
+                        protocol,
+                        start,
+                        end,
+                    } => b.add_ports(*protocol, *start, *end, peers.clone()),
+                    ClusterPort::Named(name) => match direction {
+                        Direction::Ingress => named_ingress.push(name.clone()),
+                        Direction::Egress => {
+                            for peer in &rule.peers {
+                                for pod in cluster_peer_pods(index, peer, rule.action) {
+                                    for cp in pod
+                                        .ports
+                                        .iter()
+                                        .filter(|cp| cp.name.as_deref() == Some(name.as_str()))
+                                    {
+                                        b.add_ports(
+                                            cp.protocol,
+                                            cp.port,
+                                            cp.port,
+                                            AddrSet::from_addrs(pod.ips.iter().copied()),
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    },
+                }
+            }
+        }
+    }
+    named_ingress.sort();
+    named_ingress.dedup();
+    ClusterRuleMatch {
+        all_ports: rule.protocols.is_none(),
+        peers,
+        shared: b.finish(),
+        named_ingress,
+    }
+}
+
 impl Compiler {
     pub fn new(scope: Scope) -> Self {
         Self {
@@ -314,6 +542,8 @@ impl Compiler {
             plan: NodePlan::default(),
             resolved: HashMap::new(),
             selected_by: HashMap::new(),
+            cluster_resolved: HashMap::new(),
+            cluster_users: BTreeSet::new(),
         }
     }
 
@@ -333,6 +563,8 @@ impl Compiler {
     pub fn full(&mut self, index: &ClusterIndex) -> &NodePlan {
         self.resolved.clear();
         self.selected_by.clear();
+        self.cluster_resolved.clear();
+        self.cluster_users.clear();
         self.plan = NodePlan::default();
         let pods: Vec<&Pod> = match &self.scope {
             Scope::Node(node) => index.pods_on_node(node).collect(),
@@ -374,6 +606,7 @@ impl Compiler {
             set.remove(&key);
         }
         if let Some(reason) = pod.skip_reason() {
+            self.cluster_users.remove(&key);
             let changed = self.plan.endpoints.remove(&key).is_some()
                 | (self.plan.skipped.insert(key, reason) != Some(reason));
             return changed;
@@ -424,19 +657,129 @@ impl Compiler {
                 allowed,
             })
         };
+        let ingress = side(Direction::Ingress);
+        let egress = side(Direction::Egress);
+        let (cluster_ingress, cluster_egress) = self.cluster_rules(index, pod);
+        if cluster_ingress.policies.is_empty() {
+            self.cluster_users.remove(&key);
+        } else {
+            self.cluster_users.insert(key.clone());
+        }
         let endpoint = Endpoint {
             pod: key.clone(),
             ips: pod.ips.clone(),
-            ingress: side(Direction::Ingress),
-            egress: side(Direction::Egress),
+            ingress,
+            egress,
             audit: index.namespace(&pod.key.namespace).is_some_and(|n| n.audit),
+            cluster_ingress,
+            cluster_egress,
         };
         let changed = self.plan.endpoints.get(&key) != Some(&endpoint);
         self.plan.endpoints.insert(key, endpoint);
         changed
     }
 
+    fn cluster_resolved(
+        &mut self,
+        index: &ClusterIndex,
+        policy: &ClusterPolicy,
+    ) -> Arc<ClusterResolved> {
+        self.cluster_resolved
+            .entry(policy.key.clone())
+            .or_insert_with(|| {
+                let side = |d: Direction| {
+                    policy
+                        .rules(d)
+                        .iter()
+                        .map(|r| Arc::new(resolve_cluster_rule(index, r, d)))
+                        .collect()
+                };
+                Arc::new((side(Direction::Ingress), side(Direction::Egress)))
+            })
+            .clone()
+    }
+
+    /// The cluster policy rules of a pod, per direction, in evaluation order.
+    fn cluster_rules(&mut self, index: &ClusterIndex, pod: &Pod) -> (TierRules, TierRules) {
+        let mut ingress = TierRules::default();
+        let mut egress = TierRules::default();
+        for policy in index.cluster_policies_selecting(pod) {
+            let resolved = self.cluster_resolved(index, policy);
+            ingress.policies.push(policy.key.clone());
+            egress.policies.push(policy.key.clone());
+            for (direction, out, matches) in [
+                (Direction::Ingress, &mut ingress, &resolved.0),
+                (Direction::Egress, &mut egress, &resolved.1),
+            ] {
+                for (rule, m) in policy.rules(direction).iter().zip(matches) {
+                    let own_ports = m
+                        .named_ingress
+                        .iter()
+                        .flat_map(|name| {
+                            pod.ports
+                                .iter()
+                                .filter(move |p| p.name.as_deref() == Some(name.as_str()))
+                                .map(|p| (p.protocol, p.port))
+                        })
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    let tr = TierRule {
+                        policy: policy.key.clone(),
+                        tier: policy.tier,
+                        priority: policy.priority,
+                        rule: rule.index,
+                        name: rule.name.clone(),
+                        action: rule.action,
+                        matches: m.clone(),
+                        own_ports,
+                    };
+                    match policy.tier {
+                        Tier::Admin => out.admin.push(tr),
+                        Tier::Baseline => out.baseline.push(tr),
+                    }
+                }
+            }
+        }
+        (ingress, egress)
+    }
+
+    /// Cluster policies select and match pods across namespaces: after any pod or namespace
+    /// change their resolutions are dropped and every endpoint they apply to is recompiled.
+    fn recompile_cluster_users(&mut self, index: &ClusterIndex, changed: &mut BTreeSet<ObjectKey>) {
+        if self.cluster_resolved.is_empty() && self.cluster_users.is_empty() {
+            return;
+        }
+        self.cluster_resolved.clear();
+        let users: Vec<ObjectKey> = self.cluster_users.iter().cloned().collect();
+        for key in users {
+            if let Some(pod) = index.pod(&key)
+                && self.scope.includes(pod)
+                && self.compile_pod(index, pod)
+            {
+                changed.insert(key);
+            }
+        }
+    }
+
+    /// The cluster policies (or the Nodes their `nodes` peers read) changed: recompiles
+    /// every endpoint in scope. Returns the endpoints whose state changed.
+    pub fn cluster_policies_changed(&mut self, index: &ClusterIndex) -> BTreeSet<ObjectKey> {
+        let before = std::mem::take(&mut self.plan);
+        self.full(index);
+        let keys: BTreeSet<&ObjectKey> = before
+            .endpoints
+            .keys()
+            .chain(self.plan.endpoints.keys())
+            .collect();
+        keys.into_iter()
+            .filter(|k| before.endpoints.get(*k) != self.plan.endpoints.get(*k))
+            .cloned()
+            .collect()
+    }
+
     fn remove_endpoint(&mut self, key: &ObjectKey) -> bool {
+        self.cluster_users.remove(key);
         for set in self.selected_by.values_mut() {
             set.remove(key);
         }
@@ -542,6 +885,7 @@ impl Compiler {
         let mut changed = BTreeSet::new();
         let affected = self.policies_touching_pod(index, old, new);
         self.recompile_users(index, &affected, &mut changed);
+        self.recompile_cluster_users(index, &mut changed);
         if let Some(old) = old
             && new.is_none_or(|n| !self.scope.includes(n))
             && self.remove_endpoint(&old.key)
@@ -617,6 +961,23 @@ impl Compiler {
             .cloned()
             .collect();
         self.recompile_users(index, &affected, &mut changed);
+        self.recompile_cluster_users(index, &mut changed);
+        // A namespace relabel can make its pods subjects of cluster policies.
+        let relabelled = old.map(|n| &n.labels) != new.map(|n| &n.labels);
+        if relabelled
+            && index.cluster_policy_count() > 0
+            && let Some(name) = old.or(new).map(|n| n.name.clone())
+        {
+            let pods: Vec<&Pod> = index
+                .pods()
+                .filter(|p| p.key.namespace == name && self.scope.includes(p))
+                .collect();
+            for pod in pods {
+                if self.compile_pod(index, pod) {
+                    changed.insert(pod.key.clone());
+                }
+            }
+        }
         // Entering or leaving audit mode changes the endpoints of the namespace's own pods.
         if old.is_some_and(|n| n.audit) != new.is_some_and(|n| n.audit)
             && let Some(name) = old.or(new).map(|n| n.name.clone())

@@ -26,6 +26,12 @@ use crate::policy::model::{
     PortSpec, Protocol, Requirement, Rule, Selector,
 };
 
+mod cluster;
+pub use cluster::{
+    ANP_VERSION, CNP_VERSIONS, MAX_ITEMS, MAX_PRIORITY, cluster_policy,
+    cluster_policy_with_warnings, is_cluster_policy, node, node_checked,
+};
+
 /// Annotation on a NetworkPolicy: also log the new connections its rules allow.
 pub const LOG_ANNOTATION: &str = "nftpol.io/log";
 

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use crate::policy::model::{
-    ClusterState, Labels, Namespace, NamespaceScope, ObjectKey, Pod, Policy, Requirement, Selector,
+    ClusterPolicy, ClusterPolicyKey, ClusterState, Labels, Namespace, NamespaceScope, Node,
+    ObjectKey, Pod, Policy, Requirement, Selector,
 };
 
 /// The label the API server puts on every namespace (Kubernetes 1.21 and later).
@@ -26,6 +27,11 @@ pub struct ClusterIndex {
     pods_by_port_name: HashMap<String, BTreeSet<ObjectKey>>,
     pods_by_ip: HashMap<IpAddr, BTreeSet<ObjectKey>>,
     policies_by_ns: HashMap<String, BTreeSet<ObjectKey>>,
+    /// ClusterNetworkPolicies (and the v1alpha1 kinds), in evaluation order within a tier
+    /// only after sorting by [`ClusterPolicy::order`].
+    cluster_policies: BTreeMap<ClusterPolicyKey, ClusterPolicy>,
+    /// Nodes, for `nodes` peers.
+    nodes: BTreeMap<String, Node>,
 }
 
 fn add<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<ObjectKey>>, k: K, v: &ObjectKey) {
@@ -56,6 +62,12 @@ impl ClusterIndex {
         }
         for policy in &state.policies {
             index.upsert_policy(policy.clone());
+        }
+        for policy in &state.cluster_policies {
+            index.upsert_cluster_policy(policy.clone());
+        }
+        for node in &state.nodes {
+            index.upsert_node(node.clone());
         }
         index
     }
@@ -129,6 +141,22 @@ impl ClusterIndex {
         Some(old)
     }
 
+    pub fn upsert_cluster_policy(&mut self, policy: ClusterPolicy) -> Option<ClusterPolicy> {
+        self.cluster_policies.insert(policy.key.clone(), policy)
+    }
+
+    pub fn remove_cluster_policy(&mut self, key: &ClusterPolicyKey) -> Option<ClusterPolicy> {
+        self.cluster_policies.remove(key)
+    }
+
+    pub fn upsert_node(&mut self, node: Node) -> Option<Node> {
+        self.nodes.insert(node.name.clone(), node)
+    }
+
+    pub fn remove_node(&mut self, name: &str) -> Option<Node> {
+        self.nodes.remove(name)
+    }
+
     // --- reads ------------------------------------------------------------------------------
 
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
@@ -153,6 +181,48 @@ impl ClusterIndex {
 
     pub fn policies(&self) -> impl Iterator<Item = &Policy> {
         self.policies.values()
+    }
+
+    pub fn cluster_policy(&self, key: &ClusterPolicyKey) -> Option<&ClusterPolicy> {
+        self.cluster_policies.get(key)
+    }
+
+    /// Every cluster policy, by key (not in evaluation order).
+    pub fn cluster_policies(&self) -> impl Iterator<Item = &ClusterPolicy> {
+        self.cluster_policies.values()
+    }
+
+    pub fn cluster_policy_count(&self) -> usize {
+        self.cluster_policies.len()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    /// The cluster policies whose subject selects this pod, in evaluation order (tier,
+    /// priority, name, kind). hostNetwork pods are never subjects.
+    pub fn cluster_policies_selecting<'a>(&'a self, pod: &Pod) -> Vec<&'a ClusterPolicy> {
+        if pod.host_network {
+            return Vec::new();
+        }
+        let ns_labels = self.namespace_labels(&pod.key.namespace);
+        let mut out: Vec<&ClusterPolicy> = self
+            .cluster_policies
+            .values()
+            .filter(|p| p.subject.matches(ns_labels, &pod.labels))
+            .collect();
+        out.sort_by(|a, b| a.order().cmp(&b.order()));
+        out
+    }
+
+    /// Pods in namespaces matching `namespaces` whose labels match `pods`.
+    pub fn select_pods_in(&self, namespaces: &Selector, pods: &Selector) -> Vec<&Pod> {
+        self.select_pods(&NamespaceScope::Selected(namespaces.clone()), pods)
     }
 
     pub fn pod_count(&self) -> usize {

@@ -9,6 +9,7 @@
 //! - [`verdict`]: connection verdicts and their explanation.
 #![forbid(unsafe_code)]
 
+pub mod cnp_api;
 pub mod compile;
 pub mod convert;
 pub mod index;

@@ -345,4 +345,244 @@ pub struct ClusterState {
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
     pub policies: Vec<Policy>,
+    pub cluster_policies: Vec<ClusterPolicy>,
+    pub nodes: Vec<Node>,
+}
+
+// --- ClusterNetworkPolicy (policy.networking.k8s.io) -----------------------------------------
+
+/// The tier of a cluster policy: Admin before NetworkPolicy, Baseline after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Tier {
+    Admin,
+    Baseline,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Admin => "Admin",
+            Tier::Baseline => "Baseline",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The API kind a cluster policy was read from. Its order is the order among policies of one
+/// tier, priority and name; `BaselineAdminNetworkPolicy` (which has no priority) is always
+/// ordered after every Baseline ClusterNetworkPolicy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum ClusterPolicyKind {
+    ClusterNetworkPolicy,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
+}
+
+impl ClusterPolicyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterPolicyKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            ClusterPolicyKind::AdminNetworkPolicy => "AdminNetworkPolicy",
+            ClusterPolicyKind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
+        }
+    }
+}
+
+impl fmt::Display for ClusterPolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A cluster-scoped policy's identity: the kind is part of it, so that a
+/// BaselineAdminNetworkPolicy `default` and a ClusterNetworkPolicy `default` differ.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ClusterPolicyKey {
+    pub kind: ClusterPolicyKind,
+    pub name: String,
+}
+
+impl ClusterPolicyKey {
+    pub fn new(kind: ClusterPolicyKind, name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    /// `ClusterNetworkPolicy` is the common case and is written `name` alone.
+    pub fn short(&self) -> String {
+        match self.kind {
+            ClusterPolicyKind::ClusterNetworkPolicy => self.name.clone(),
+            kind => format!("{kind}/{}", self.name),
+        }
+    }
+}
+
+impl fmt::Display for ClusterPolicyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
+}
+
+/// What a matching cluster policy rule does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Action {
+    /// Allows this direction: NetworkPolicy and Baseline are not consulted.
+    Accept,
+    /// Drops silently (never a reject).
+    Deny,
+    /// Leaves the tier: the next one decides.
+    Pass,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Accept => "Accept",
+            Action::Deny => "Deny",
+            Action::Pass => "Pass",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The pods a cluster policy applies to (hostNetwork pods never).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// Every pod of the namespaces matching the selector.
+    Namespaces(Selector),
+    /// Pods matching `pods` in namespaces matching `namespaces`.
+    Pods {
+        namespaces: Selector,
+        pods: Selector,
+    },
+}
+
+impl Subject {
+    pub fn matches(&self, namespace_labels: Option<&Labels>, pod_labels: &Labels) -> bool {
+        match self {
+            Subject::Namespaces(ns) => namespace_labels.is_some_and(|l| ns.matches(l)),
+            Subject::Pods { namespaces, pods } => {
+                namespace_labels.is_some_and(|l| namespaces.matches(l)) && pods.matches(pod_labels)
+            }
+        }
+    }
+}
+
+/// One peer of a cluster policy rule: exactly one field, as the API requires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterPeer {
+    /// Every pod of the matching namespaces.
+    Namespaces(Selector),
+    Pods {
+        namespaces: Selector,
+        pods: Selector,
+    },
+    /// Egress only: addresses, pod addresses included.
+    Networks(Vec<IpNet>),
+    /// Egress only: the addresses of matching Nodes.
+    Nodes(Selector),
+    /// Egress only, Accept only: not enforced yet; matches nothing.
+    DomainNames(Vec<String>),
+    /// A peer with no field nftpol knows (a newer API): the fields it had. Fails closed: matches
+    /// nothing in an Accept rule and everything in a Deny or Pass rule.
+    Unknown(Vec<String>),
+}
+
+/// One entry of a rule's `protocols` (or a v1alpha1 rule's `ports`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterPort {
+    /// `tcp`/`udp`/`sctp` with a `number` (start == end) or an inclusive `range`.
+    Ports {
+        protocol: Protocol,
+        start: u16,
+        end: u16,
+    },
+    /// `destinationNamedPort`: resolved on the destination pod, for any protocol it declares.
+    Named(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterRule {
+    /// The rule's `name`, if it has one.
+    pub name: Option<String>,
+    /// Its index in the direction's list, as written.
+    pub index: usize,
+    pub action: Action,
+    pub peers: Vec<ClusterPeer>,
+    /// `None`: every protocol and port.
+    pub protocols: Option<Vec<ClusterPort>>,
+}
+
+impl ClusterRule {
+    /// How explain and logs name the rule: its name, else `#index`.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => format!("#{}", self.index),
+        }
+    }
+
+    /// Only `domainNames` peers: nftpol does not resolve them yet, so the rule matches nothing.
+    pub fn domain_names_only(&self) -> bool {
+        !self.peers.is_empty()
+            && self
+                .peers
+                .iter()
+                .all(|p| matches!(p, ClusterPeer::DomainNames(_)))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterPolicy {
+    pub key: ClusterPolicyKey,
+    pub tier: Tier,
+    /// 0..=1000, lower first. A BaselineAdminNetworkPolicy has none: it is ordered last.
+    pub priority: Option<u32>,
+    pub subject: Subject,
+    pub ingress: Vec<ClusterRule>,
+    pub egress: Vec<ClusterRule>,
+}
+
+/// The order of cluster policies within a tier: priority ascending (none last), then name,
+/// then kind.
+pub type ClusterPolicyOrder<'a> = (Tier, u32, &'a str, ClusterPolicyKind);
+
+impl ClusterPolicy {
+    pub fn rules(&self, direction: Direction) -> &[ClusterRule] {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    /// The evaluation order: tier, priority (a BANP after every priority), name, kind.
+    pub fn order(&self) -> ClusterPolicyOrder<'_> {
+        (
+            self.tier,
+            self.priority.unwrap_or(u32::MAX),
+            &self.key.name,
+            self.key.kind,
+        )
+    }
+}
+
+/// A Node, for `nodes` peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub labels: Labels,
+    /// The addresses of status.addresses that are IPs, deduplicated.
+    pub addresses: Vec<IpAddr>,
 }

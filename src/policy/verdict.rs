@@ -9,15 +9,53 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::policy::compile::{Endpoint, Isolation, NodePlan};
+use crate::policy::compile::{Endpoint, Isolation, NodePlan, TierRule};
 use crate::policy::index::ClusterIndex;
-use crate::policy::model::{Direction, NamespaceScope, ObjectKey, Peer, PortMatch, Protocol, Rule};
+use crate::policy::model::{
+    Action, ClusterPeer, ClusterPolicyKey, ClusterPort, ClusterRule, Direction, NamespaceScope,
+    ObjectKey, Peer, PortMatch, Protocol, Rule, Selector, Tier,
+};
+
+/// A ClusterNetworkPolicy rule, as explain and the verdict name it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterRuleRef {
+    pub tier: Tier,
+    pub policy: ClusterPolicyKey,
+    /// The rule's index in its direction's list.
+    pub index: usize,
+    /// Its `name`, else `#index`.
+    pub rule: String,
+}
+
+impl ClusterRuleRef {
+    fn of(r: &TierRule) -> Self {
+        ClusterRuleRef {
+            tier: r.tier,
+            policy: r.policy.clone(),
+            index: r.rule,
+            rule: r.label(),
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterRuleRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} rule {}",
+            self.tier,
+            self.policy.short(),
+            self.rule
+        )
+    }
+}
 
 /// One side's decision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum SideVerdict {
-    /// The pod is not selected by any policy for this direction.
+    /// The pod is not selected by any policy for this direction (or an Admin Pass, or a
+    /// Baseline Pass or no Baseline match, left it to the default: allowed).
     NotIsolated,
     /// The address is not a pod endpoint we know (a remote or external address): this side
     /// is not ours to judge.
@@ -30,11 +68,21 @@ pub enum SideVerdict {
     Denied {
         isolated_by: Vec<ObjectKey>,
     },
+    /// A ClusterNetworkPolicy rule decided: its first matching rule with `Accept` or `Deny`,
+    /// or a Baseline `Pass` (which allows).
+    Cluster {
+        action: Action,
+        by: ClusterRuleRef,
+    },
 }
 
 impl SideVerdict {
     pub fn allows(&self) -> bool {
-        !matches!(self, SideVerdict::Denied { .. })
+        match self {
+            SideVerdict::Denied { .. } => false,
+            SideVerdict::Cluster { action, .. } => *action != Action::Deny,
+            _ => true,
+        }
     }
 
     fn judge(isolation: Option<&Isolation>, peer: IpAddr, protocol: Protocol, port: u16) -> Self {
@@ -63,6 +111,54 @@ impl SideVerdict {
     }
 }
 
+/// One direction at one endpoint: the Admin tier, then NetworkPolicy, then the Baseline tier.
+/// Returns the verdict and the `Pass` rules that were passed over on the way.
+pub fn judge_direction(
+    endpoint: &Endpoint,
+    direction: Direction,
+    peer: IpAddr,
+    protocol: Protocol,
+    port: u16,
+) -> (SideVerdict, Vec<ClusterRuleRef>) {
+    let rules = endpoint.cluster(direction);
+    let mut passed = Vec::new();
+    // A pod reaching its own address is not subject to cluster policies (and its packets
+    // never leave its network namespace, so the dataplane never sees them).
+    let hairpin = endpoint.ips.contains(&peer);
+    if !hairpin && let Some(r) = rules.admin.iter().find(|r| r.matches(peer, protocol, port)) {
+        match r.action {
+            Action::Pass => passed.push(ClusterRuleRef::of(r)),
+            action => {
+                return (
+                    SideVerdict::Cluster {
+                        action,
+                        by: ClusterRuleRef::of(r),
+                    },
+                    passed,
+                );
+            }
+        }
+    }
+    if let Some(iso) = endpoint.isolation(direction) {
+        return (SideVerdict::judge(Some(iso), peer, protocol, port), passed);
+    }
+    if !hairpin
+        && let Some(r) = rules
+            .baseline
+            .iter()
+            .find(|r| r.matches(peer, protocol, port))
+    {
+        return (
+            SideVerdict::Cluster {
+                action: r.action,
+                by: ClusterRuleRef::of(r),
+            },
+            passed,
+        );
+    }
+    (SideVerdict::NotIsolated, passed)
+}
+
 /// The verdict for one new connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Verdict {
@@ -72,6 +168,11 @@ pub struct Verdict {
     pub port: u16,
     pub egress: SideVerdict,
     pub ingress: SideVerdict,
+    /// ClusterNetworkPolicy `Pass` rules each side passed over before its verdict.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub egress_passed: Vec<ClusterRuleRef>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ingress_passed: Vec<ClusterRuleRef>,
 }
 
 impl Verdict {
@@ -82,13 +183,13 @@ impl Verdict {
 
 /// Judges a connection between two addresses, each side by the endpoint owning it (if any).
 pub fn judge(plan: &NodePlan, src: IpAddr, dst: IpAddr, protocol: Protocol, port: u16) -> Verdict {
-    let egress = match plan.endpoint_by_ip(src) {
-        Some(e) => SideVerdict::judge(e.egress.as_ref(), dst, protocol, port),
-        None => SideVerdict::NotAPod,
+    let (egress, egress_passed) = match plan.endpoint_by_ip(src) {
+        Some(e) => judge_direction(e, Direction::Egress, dst, protocol, port),
+        None => (SideVerdict::NotAPod, Vec::new()),
     };
-    let ingress = match plan.endpoint_by_ip(dst) {
-        Some(e) => SideVerdict::judge(e.ingress.as_ref(), src, protocol, port),
-        None => SideVerdict::NotAPod,
+    let (ingress, ingress_passed) = match plan.endpoint_by_ip(dst) {
+        Some(e) => judge_direction(e, Direction::Ingress, src, protocol, port),
+        None => (SideVerdict::NotAPod, Vec::new()),
     };
     Verdict {
         src,
@@ -97,6 +198,8 @@ pub fn judge(plan: &NodePlan, src: IpAddr, dst: IpAddr, protocol: Protocol, port
         port,
         egress,
         ingress,
+        egress_passed,
+        ingress_passed,
     }
 }
 
@@ -119,8 +222,8 @@ pub fn judge_pods(
     port: u16,
 ) -> Option<Verdict> {
     let (src, dst) = addresses(from, to)?;
-    let egress = SideVerdict::judge(from.egress.as_ref(), dst, protocol, port);
-    let ingress = SideVerdict::judge(to.ingress.as_ref(), src, protocol, port);
+    let (egress, egress_passed) = judge_direction(from, Direction::Egress, dst, protocol, port);
+    let (ingress, ingress_passed) = judge_direction(to, Direction::Ingress, src, protocol, port);
     Some(Verdict {
         src,
         dst,
@@ -128,6 +231,8 @@ pub fn judge_pods(
         port,
         egress,
         ingress,
+        egress_passed,
+        ingress_passed,
     })
 }
 
@@ -185,6 +290,97 @@ pub fn describe_rule(rule: &Rule, direction: Direction) -> String {
     format!("{prep} {peers}, on {ports}")
 }
 
+fn selector_words(sel: &Selector, what: &str) -> String {
+    if sel.is_everything() {
+        format!("every {what}")
+    } else {
+        format!("{what}s matching {sel}")
+    }
+}
+
+/// A cluster policy rule in plain words, e.g. "Deny to 10.0.0.0/8, on 80/TCP".
+pub fn describe_cluster_rule(rule: &ClusterRule, direction: Direction) -> String {
+    let prep = match direction {
+        Direction::Ingress => "from",
+        Direction::Egress => "to",
+    };
+    let peers = rule
+        .peers
+        .iter()
+        .map(|p| match p {
+            ClusterPeer::Namespaces(ns) => {
+                format!("every pod in {}", selector_words(ns, "namespace"))
+            }
+            ClusterPeer::Pods { namespaces, pods } => format!(
+                "{} in {}",
+                selector_words(pods, "pod"),
+                selector_words(namespaces, "namespace")
+            ),
+            ClusterPeer::Networks(nets) => nets
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            ClusterPeer::Nodes(sel) => {
+                format!("the addresses of {}", selector_words(sel, "node"))
+            }
+            ClusterPeer::DomainNames(names) => format!(
+                "domain names {} (not enforced yet: match nothing)",
+                names.join(", ")
+            ),
+            ClusterPeer::Unknown(fields) => format!(
+                "a peer with unknown field(s) {} (fails closed: {})",
+                fields.join(", "),
+                if rule.action == Action::Accept {
+                    "matches nothing"
+                } else {
+                    "matches everything"
+                }
+            ),
+        })
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let ports = match &rule.protocols {
+        None => "any port".to_string(),
+        Some(list) if list.is_empty() => "no port nftpol knows".to_string(),
+        Some(list) => list
+            .iter()
+            .map(|p| match p {
+                ClusterPort::Ports {
+                    protocol,
+                    start,
+                    end,
+                } if start == end => format!("{start}/{protocol}"),
+                ClusterPort::Ports {
+                    protocol,
+                    start,
+                    end,
+                } => format!("{start}-{end}/{protocol}"),
+                ClusterPort::Named(n) => format!("named port {n}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    format!("{} {prep} {peers}, on {ports}", rule.action)
+}
+
+fn cluster_rule_words(index: &ClusterIndex, by: &ClusterRuleRef, direction: Direction) -> String {
+    let policy = index.cluster_policy(&by.policy);
+    let priority = match policy.and_then(|p| p.priority) {
+        Some(p) => format!(", priority {p}"),
+        None => String::new(),
+    };
+    let words = policy
+        .and_then(|p| p.rules(direction).get(by.index))
+        .map(|r| describe_cluster_rule(r, direction))
+        .unwrap_or_default();
+    format!(
+        "{} {} ({} tier{priority}) {direction} rule {}: {words}",
+        by.policy.kind, by.policy.name, by.tier, by.rule
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
 fn side_words(
     out: &mut String,
     index: &ClusterIndex,
@@ -192,8 +388,42 @@ fn side_words(
     who: &str,
     side: &SideVerdict,
     isolation: Option<&Isolation>,
+    endpoint: Option<&Endpoint>,
+    passed: &[ClusterRuleRef],
 ) {
+    for p in passed {
+        let _ = writeln!(
+            out,
+            "  {direction} of {who}: passed over {}, which leaves the Admin tier",
+            cluster_rule_words(index, p, direction)
+        );
+    }
+    let cluster = endpoint.map(|e| e.cluster(direction));
     let _ = match side {
+        SideVerdict::Cluster { action, by } => {
+            let what = match (action, by.tier) {
+                (Action::Accept, Tier::Admin) => {
+                    "ALLOWED by the Admin tier (NetworkPolicy and Baseline are not consulted)"
+                }
+                (Action::Accept, Tier::Baseline) => "ALLOWED by the Baseline tier",
+                (Action::Pass, _) => {
+                    "ALLOWED: the Baseline tier passes it to the default, which allows"
+                }
+                (Action::Deny, _) => "DENIED (dropped silently)",
+            };
+            writeln!(
+                out,
+                "  {direction} of {who}: {what}: {}",
+                cluster_rule_words(index, by, direction)
+            )
+        }
+        SideVerdict::NotIsolated if cluster.is_some_and(|c| !c.policies.is_empty()) => {
+            let c = cluster.map(|c| c.policies.len()).unwrap_or(0);
+            writeln!(
+                out,
+                "  {direction} of {who}: ALLOWED: no Admin rule of the {c} ClusterNetworkPolicies selecting it decides, no NetworkPolicy isolates it for {direction}, and no Baseline rule decides: the default allows"
+            )
+        }
         SideVerdict::NotAPod => writeln!(
             out,
             "  {direction} of {who}: not a pod nftpol knows; nothing to check on this side"
@@ -289,6 +519,8 @@ pub fn explain_text(
         from,
         &verdict.egress,
         src.and_then(|e| e.egress.as_ref()),
+        src,
+        &verdict.egress_passed,
     );
     audit_words(&mut out, src, &verdict.egress);
     side_words(
@@ -298,6 +530,8 @@ pub fn explain_text(
         to,
         &verdict.ingress,
         dst.and_then(|e| e.ingress.as_ref()),
+        dst,
+        &verdict.ingress_passed,
     );
     audit_words(&mut out, dst, &verdict.ingress);
     out

@@ -1,5 +1,6 @@
-//! The Kubernetes API source: kube-runtime watchers on Namespaces, Pods and NetworkPolicies
-//! (cluster-wide: peers may live anywhere) plus a slow `get` of the own Node, turned into
+//! The Kubernetes API source: kube-runtime watchers on Namespaces, Pods, NetworkPolicies and
+//! Nodes (cluster-wide: peers may live anywhere), the cluster policy kinds while their CRDs
+//! are installed ([`super::cluster_policy`]), plus a slow `get` of the own Node, turned into
 //! [`Update`]s, reported as [`super::Event::Update`]. [`start`] runs them on a tokio runtime
 //! and reports [`super::Event::Stopped`] if they ever end.
 //!
@@ -141,7 +142,7 @@ impl<T, K: Ord + Clone> Relister<T, K> {
 }
 
 /// A namespace's key: its name.
-fn namespace_key(meta: &ObjectMeta) -> Option<String> {
+pub(super) fn namespace_key(meta: &ObjectMeta) -> Option<String> {
     meta.name.clone().filter(|n| !n.is_empty())
 }
 
@@ -203,6 +204,32 @@ async fn pump<R, T, K, E>(
     R: Resource,
     K: Ord + Clone,
 {
+    let changes = sink.clone();
+    pump_to(
+        kind,
+        stream,
+        key,
+        convert,
+        move |change| changes.send(super::Event::Update(wrap(change))),
+        sink,
+    )
+    .await
+}
+
+/// Like [`pump`], but the changes go to `emit` (false: stop), and only the watch errors to
+/// `sink`, so that a caller can merge several watches into one kind of update
+/// ([`super::cluster_policy`]).
+pub(super) async fn pump_to<R, T, K, E>(
+    kind: &'static str,
+    stream: impl Stream<Item = Result<Event<R>, watcher::Error>>,
+    key: impl Fn(&ObjectMeta) -> Option<K>,
+    convert: impl Fn(&R) -> Result<(T, Vec<InvalidObject>), InvalidObject>,
+    mut emit: impl FnMut(Change<T, K>) -> bool,
+    sink: Sink<E>,
+) where
+    R: Resource,
+    K: Ord + Clone,
+{
     let mut relister = Relister::default();
     let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
@@ -212,7 +239,7 @@ async fn pump<R, T, K, E>(
                     continue;
                 };
                 if let Some(change) = relister.feed(event, |r| log_report(kind, r))
-                    && !sink.send(super::Event::Update(wrap(change)))
+                    && !emit(change)
                 {
                     return; // the reconciler is gone: shutting down
                 }
@@ -238,7 +265,7 @@ fn no_warnings<R, T>(
     move |obj| convert(obj).map(|t| (t, Vec::new()))
 }
 
-fn watch<K>(
+pub(super) fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
 ) -> impl Stream<Item = Result<Event<K>, watcher::Error>>
@@ -304,10 +331,21 @@ async fn run<E: Send + 'static>(client: Client, node: String, sink: Sink<E>) {
         Update::Policy,
         sink.clone(),
     );
-    // The own Node is read with `get` (least privilege: no list/watch on nodes); its pod
-    // CIDRs change rarely, so a slow poll is enough.
+    // Every Node's labels and addresses, for ClusterNetworkPolicy `nodes` peers.
+    let nodes = pump(
+        "Node",
+        watch(Api::<core::Node>::all(client.clone()), config.clone()),
+        namespace_key,
+        no_warnings(convert::node_checked),
+        Update::Node,
+        sink.clone(),
+    );
+    let cluster_policies =
+        super::cluster_policy::run(client.clone(), super::cluster_policy::SPEC, sink.clone());
+    // The own Node's pod CIDRs change rarely: a slow `get` is enough, and keeps them apart
+    // from the Node watch (which converts only what peers need).
     let node_sink = sink.clone();
-    let nodes = async move {
+    let own_node = async move {
         let api = Api::<core::Node>::all(client);
         let mut last = None;
         loop {
@@ -326,7 +364,14 @@ async fn run<E: Send + 'static>(client: Client, node: String, sink: Sink<E>) {
             tokio::time::sleep(NODE_POLL).await;
         }
     };
-    tokio::join!(namespaces, pods, policies, nodes);
+    tokio::join!(
+        namespaces,
+        pods,
+        policies,
+        nodes,
+        cluster_policies,
+        own_node
+    );
 }
 
 /// spec.podCIDRs (or the older spec.podCIDR); unparsable entries are logged and skipped.

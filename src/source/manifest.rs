@@ -1,9 +1,12 @@
-//! The file source: reads Namespaces, Pods and NetworkPolicies from YAML or JSON manifests
-//! (files, multi-document YAML, `kind: List`, or folders of such files) into a `ClusterState`.
+//! The file source: reads Namespaces, Pods, NetworkPolicies, ClusterNetworkPolicies (and the
+//! v1alpha1 AdminNetworkPolicy and BaselineAdminNetworkPolicy) and Nodes from YAML or JSON
+//! manifests (files, multi-document YAML, `kind: List`, or folders of such files) into a
+//! `ClusterState`.
 //!
 //! Unusable input (a file that does not parse, an invalid pod or namespace, the same object
-//! twice) is a [`LoadError`]. An invalid NetworkPolicy is reported in [`Loaded::invalid`] and
-//! skipped, so that the valid policies still apply. Other kinds are ignored with a warning.
+//! twice) is a [`LoadError`]. An invalid NetworkPolicy or cluster policy is reported in
+//! [`Loaded::invalid`] and skipped, so that the valid policies still apply. Other kinds are
+//! ignored with a warning.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -191,7 +194,14 @@ impl Builder {
             error,
         };
         match kind.as_str() {
-            "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" => {
+            "List"
+            | "NamespaceList"
+            | "PodList"
+            | "NetworkPolicyList"
+            | "NodeList"
+            | "ClusterNetworkPolicyList"
+            | "AdminNetworkPolicyList"
+            | "BaselineAdminNetworkPolicyList" => {
                 let items = match v.get("items") {
                     Some(serde_json::Value::Array(items)) => items.clone(),
                     Some(serde_json::Value::Null) | None => Vec::new(),
@@ -252,6 +262,36 @@ impl Builder {
                     }),
                 }
             }
+            "ClusterNetworkPolicy" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" => {
+                let object = v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let once_kind = match kind.as_str() {
+                    "ClusterNetworkPolicy" => "ClusterNetworkPolicy",
+                    "AdminNetworkPolicy" => "AdminNetworkPolicy",
+                    _ => "BaselineAdminNetworkPolicy",
+                };
+                self.once(once_kind, object, path)?;
+                match convert::cluster_policy_with_warnings(&v) {
+                    Ok((p, warnings)) => {
+                        let path = path.display();
+                        let warnings = warnings.iter().map(|w| format!("{path}: {w}"));
+                        self.loaded.warnings.extend(warnings);
+                        self.loaded.state.cluster_policies.push(p);
+                    }
+                    Err(error) => self.loaded.invalid.push(Skipped {
+                        path: path.to_path_buf(),
+                        error,
+                    }),
+                }
+            }
+            "Node" => {
+                let node: core::Node = typed(path, "Node", v)?;
+                let node = convert::node_checked(&node).map_err(invalid)?;
+                self.once("Node", node.name.clone(), path)?;
+                self.loaded.state.nodes.push(node);
+            }
             "" => {
                 return Err(LoadError::Parse {
                     path: path.to_path_buf(),
@@ -285,6 +325,8 @@ impl Builder {
         state.namespaces.sort_by(|a, b| a.name.cmp(&b.name));
         state.pods.sort_by(|a, b| a.key.cmp(&b.key));
         state.policies.sort_by(|a, b| a.key.cmp(&b.key));
+        state.cluster_policies.sort_by(|a, b| a.key.cmp(&b.key));
+        state.nodes.sort_by(|a, b| a.name.cmp(&b.name));
         self.loaded
     }
 }

@@ -4,6 +4,7 @@
 //! folder of `nftpol run` ([`files`] watches it, [`manifest`] reads it) reports that it changed
 //! and is read again whole.
 
+pub mod cluster_policy;
 pub mod files;
 pub mod kube;
 pub mod live;
@@ -13,7 +14,9 @@ use std::sync::mpsc::Sender;
 
 use ipnet::IpNet;
 
-use crate::policy::model::{Namespace, ObjectKey, Pod, Policy};
+use crate::policy::model::{
+    ClusterPolicy, ClusterPolicyKey, Namespace, Node, ObjectKey, Pod, Policy,
+};
 
 /// What a source reports to the engine's event loop.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,6 +66,12 @@ pub enum Update {
     Namespace(Change<Namespace, String>),
     Pod(Change<Pod, ObjectKey>),
     Policy(Change<Policy, ObjectKey>),
+    /// ClusterNetworkPolicies and the v1alpha1 AdminNetworkPolicy and
+    /// BaselineAdminNetworkPolicy, converted to one model. Optional: the reconciler is ready
+    /// without them (their CRDs may not be installed).
+    ClusterPolicy(Change<ClusterPolicy, ClusterPolicyKey>),
+    /// Nodes, for ClusterNetworkPolicy `nodes` peers (keyed by name). Optional like the above.
+    Node(Change<Node, String>),
     /// The own Node's pod CIDRs (spec.podCIDRs), for `--default-deny-unknown`.
     NodePodCidrs(Vec<IpNet>),
     /// A watch failed; the source retries with backoff by itself.

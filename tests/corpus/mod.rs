@@ -105,6 +105,10 @@ pub struct State {
     pub pods: BTreeMap<String, (BTreeMap<String, String>, String)>,
     /// (namespace, name) -> policy object
     pub policies: BTreeMap<(String, String), Value>,
+    /// (kind, name) -> ClusterNetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy
+    pub cluster_policies: BTreeMap<(String, String), Value>,
+    /// Extra container ports per pod ("ns/name" -> [(name, port, protocol)]).
+    pub extra_ports: BTreeMap<String, Vec<(String, u16, String)>>,
     pub ports: Vec<u16>,
     pub protocols: Vec<String>,
 }
@@ -152,6 +156,8 @@ impl State {
                 })
                 .collect(),
             policies: BTreeMap::new(),
+            cluster_policies: BTreeMap::new(),
+            extra_ports: BTreeMap::new(),
             ports: case.model.ports.clone(),
             protocols: case.model.protocols.clone(),
         }
@@ -165,6 +171,29 @@ impl State {
                 let name = item["metadata"]["name"].as_str().unwrap_or_default();
                 self.policies
                     .insert((ns.to_string(), name.to_string()), item.clone());
+            } else if matches!(
+                item.get("kind").and_then(|k| k.as_str()),
+                Some("ClusterNetworkPolicy" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy")
+            ) {
+                let kind = item["kind"].as_str().unwrap_or_default().to_string();
+                let name = item["metadata"]["name"].as_str().unwrap_or_default();
+                self.cluster_policies
+                    .insert((kind, name.to_string()), item.clone());
+            } else if let Some(op) = item.get("delete_cluster_policy") {
+                let kind = op["kind"]
+                    .as_str()
+                    .unwrap_or("ClusterNetworkPolicy")
+                    .to_string();
+                let name = op["name"].as_str().unwrap_or_default().to_string();
+                self.cluster_policies.remove(&(kind, name));
+            } else if let Some(op) = item.get("add_container_port") {
+                // {"pod": "ns/name", "name": "web", "port": 8080, "protocol": "TCP"}
+                let pod = op["pod"].as_str().unwrap_or_default().to_string();
+                self.extra_ports.entry(pod).or_default().push((
+                    op["name"].as_str().unwrap_or_default().to_string(),
+                    op["port"].as_u64().unwrap_or_default() as u16,
+                    op["protocol"].as_str().unwrap_or("TCP").to_string(),
+                ));
             } else if let Some(op) = item.get("relabel_namespace") {
                 let ns = op["namespace"].as_str().unwrap_or_default();
                 relabel(self.namespaces.entry(ns.to_string()).or_default(), op);
@@ -218,6 +247,13 @@ impl State {
                     }));
                 }
             }
+            for (pname, port, proto) in self.extra_ports.get(key).into_iter().flatten() {
+                containers.push(json!({
+                    "name": format!("extra-{pname}"),
+                    "image": "registry.k8s.io/e2e-test-images/agnhost:2.43",
+                    "ports": [{"containerPort": port, "protocol": proto, "name": pname}]
+                }));
+            }
             let mut spec = json!({"containers": containers});
             if let Some(node) = node {
                 spec["nodeName"] = json!(node);
@@ -230,6 +266,7 @@ impl State {
             }));
         }
         out.extend(self.policies.values().cloned());
+        out.extend(self.cluster_policies.values().cloned());
         out
     }
 }
