@@ -55,6 +55,11 @@ pub fn answer(
 ) -> anyhow::Result<String> {
     let index = ClusterIndex::from_state(&loaded.state);
     let plan = compile(&index, &Scope::Cluster);
+    for (a, b) in crate::policy::compile::cluster_policy_ties(&index, &plan) {
+        eprintln!(
+            "warning: {a} and {b} have the same tier and priority and select a common pod: the API leaves their order undefined; nftpol evaluates them by name"
+        );
+    }
     let endpoint = |s: &str| -> anyhow::Result<_> {
         let key =
             ObjectKey::parse(s).ok_or_else(|| InputError(format!("{s:?} is not NAMESPACE/POD")))?;

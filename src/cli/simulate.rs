@@ -224,6 +224,11 @@ pub fn report(
 ) -> anyhow::Result<()> {
     let index = ClusterIndex::from_state(&loaded.state);
     let plan = compile(&index, &Scope::Cluster);
+    for (a, b) in crate::policy::compile::cluster_policy_ties(&index, &plan) {
+        eprintln!(
+            "warning: {a} and {b} have the same tier and priority and select a common pod: the API leaves their order undefined; nftpol evaluates them by name"
+        );
+    }
     for (pod, reason) in &plan.skipped {
         eprintln!("note: {pod} is left out ({})", reason.as_str());
     }

@@ -20,9 +20,31 @@ use super::reconcile::Reconciler;
 use crate::dataplane::ruleset::known_pod_addresses;
 use crate::dataplane::{Options, Ruleset};
 use crate::observe::metrics::Metrics;
-use crate::policy::compile::{NodePlan, Scope, compile};
+use crate::policy::compile::{NodePlan, Scope, cluster_policy_ties, compile};
 use crate::policy::index::ClusterIndex;
+use crate::policy::model::ClusterPolicyKey;
 use crate::source::{Change, Event, Update, manifest};
+
+/// Warns once per pair of cluster policies of one tier and priority that select a common
+/// pod (the API leaves their order undefined; nftpol orders them by name).
+#[derive(Debug, Default)]
+struct TieWarnings(BTreeSet<(ClusterPolicyKey, ClusterPolicyKey)>);
+
+impl TieWarnings {
+    fn check(&mut self, index: &ClusterIndex, plan: &NodePlan) {
+        if index.cluster_policy_count() < 2 {
+            return;
+        }
+        for (a, b) in cluster_policy_ties(index, plan) {
+            if !self.0.contains(&(a.clone(), b.clone())) {
+                tracing::warn!(
+                    "{a} and {b} have the same tier and priority and select a common pod: the API leaves their order undefined; nftpol evaluates them by name"
+                );
+                self.0.insert((a, b));
+            }
+        }
+    }
+}
 
 /// A folder of manifests, enforced for one node.
 pub struct FolderState {
@@ -35,6 +57,7 @@ pub struct FolderState {
     /// What flow log lines are resolved against: the last state read from the folder.
     plan: Arc<NodePlan>,
     index: ClusterIndex,
+    ties: TieWarnings,
 }
 
 impl FolderState {
@@ -53,6 +76,7 @@ impl FolderState {
             metrics,
             plan: Arc::default(),
             index: ClusterIndex::default(),
+            ties: TieWarnings::default(),
         }
     }
 
@@ -73,6 +97,7 @@ impl FolderState {
         }
         let index = ClusterIndex::from_state(&loaded.state);
         let plan = compile(&index, &Scope::Node(self.node.clone()));
+        self.ties.check(&index, &plan);
         for (reason, n) in plan.skipped_counts() {
             tracing::info!(reason = reason.as_str(), pods = n, "pods not enforced");
         }
@@ -135,6 +160,7 @@ pub struct ApiState {
     listed_cluster_policies: bool,
     listed_nodes: bool,
     after_relist: fn(),
+    ties: TieWarnings,
 }
 
 impl ApiState {
@@ -149,6 +175,7 @@ impl ApiState {
             listed_cluster_policies: false,
             listed_nodes: false,
             after_relist: || {},
+            ties: TieWarnings::default(),
         }
     }
 
@@ -222,6 +249,10 @@ impl StateSource for ApiState {
             let dirty = self.reconciler.take_dirty() || guard != self.last_guard;
             if dirty || nothing_applied {
                 self.last_guard = guard;
+                if dirty {
+                    self.ties
+                        .check(self.reconciler.index(), self.reconciler.plan());
+                }
                 out = Some(self.state());
             }
         }

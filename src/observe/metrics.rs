@@ -135,6 +135,10 @@ impl Metrics {
             "Number of ClusterNetworkPolicies (and v1alpha1 AdminNetworkPolicies and BaselineAdminNetworkPolicies) that select at least one pod on this node, by tier",
             cluster_policies.clone(),
         );
+        // Both tiers are exposed from the start, at 0, so that a dashboard sees the series.
+        for tier in ["Admin", "Baseline"] {
+            cluster_policies.get_or_create(&vec![("tier", tier)]).set(0);
+        }
         let isolated = Family::<Labels, Gauge>::default();
         registry.register(
             "nftpol_isolated_local_endpoints",
@@ -473,6 +477,8 @@ mod tests {
         "nftpol_active_local_policies",
         "nftpol_isolated_local_endpoints{direction=\"ingress\"}",
         "nftpol_isolated_local_endpoints{direction=\"egress\"}",
+        "nftpol_cluster_policies{tier=\"Admin\"}",
+        "nftpol_cluster_policies{tier=\"Baseline\"}",
         "nftpol_nft_chains",
         "nftpol_nft_rules",
         "nftpol_nft_set_elements",

@@ -276,6 +276,31 @@ impl NodePlan {
     }
 }
 
+/// Pairs of cluster policies of one tier and priority that select a common pod of the plan:
+/// the API leaves their order undefined, nftpol orders them by name (and says so once).
+pub fn cluster_policy_ties(
+    index: &ClusterIndex,
+    plan: &NodePlan,
+) -> BTreeSet<(ClusterPolicyKey, ClusterPolicyKey)> {
+    let mut out = BTreeSet::new();
+    for e in plan.endpoints.values() {
+        let selecting: Vec<&ClusterPolicy> = e
+            .cluster_ingress
+            .policies
+            .iter()
+            .filter_map(|k| index.cluster_policy(k))
+            .collect();
+        for (i, a) in selecting.iter().enumerate() {
+            for b in &selecting[i + 1..] {
+                if a.tier == b.tier && a.priority == b.priority && a.priority.is_some() {
+                    out.insert((a.key.clone(), b.key.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Compiles the whole scope from scratch.
 pub fn compile(index: &ClusterIndex, scope: &Scope) -> NodePlan {
     let mut compiler = Compiler::new(scope.clone());

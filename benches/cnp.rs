@@ -1,0 +1,162 @@
+//! ClusterNetworkPolicy per-packet cost (`cargo bench --bench cnp`, root): new TCP connections
+//! per second from a client pod to a server pod on a bridged testbed node, when the server is
+//! selected by 0, 10 and 100 Admin ClusterNetworkPolicies of 25 rules each (none of which
+//! matches the client, so every rule is looked at) plus a NetworkPolicy that allows the client,
+//! as a ratio to the same topology without any ruleset.
+//!
+//! Only the first packet of a connection meets the policies, so connection setup rate is where
+//! the per-rule cost shows. Prints medians and ratios; asserts nothing about time.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use nftpol::policy::model::ObjectKey;
+use nftpol_testbed::{Mode, NODE_NAME, Testbed};
+use serde_json::{Value, json};
+
+const CLIENT_IP: &str = "10.244.1.2";
+const SERVER_IP: &str = "10.244.1.3";
+const PORT: u16 = 8080;
+const RUN: Duration = Duration::from_millis(1000);
+const REPEATS: usize = 5;
+const RULES: usize = 25;
+
+fn cluster() -> Vec<Value> {
+    let pod = |name: &str, ip: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "bench", "labels": {"app": name}},
+            "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c", "ports": [{"containerPort": 80}]}]},
+            "status": {"phase": "Running", "podIP": ip}
+        })
+    };
+    vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}),
+        pod("client", CLIENT_IP),
+        pod("server", SERVER_IP),
+    ]
+}
+
+/// A NetworkPolicy allowing the client into the server on PORT, and `n` Admin
+/// ClusterNetworkPolicies selecting the server, each with 25 ingress rules that match nobody
+/// the client is (pods that do not exist), half of them with protocols, actions mixed.
+fn policies(n: usize) -> Vec<Value> {
+    let mut out = vec![json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "allow-client", "namespace": "bench"},
+        "spec": {"podSelector": {"matchLabels": {"app": "server"}},
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                              "ports": [{"port": PORT}]}]}
+    })];
+    for i in 0..n {
+        let rules: Vec<Value> = (0..RULES)
+            .map(|j| {
+                let action = ["Deny", "Accept", "Pass"][j % 3];
+                let peer = json!({"pods": {"namespaceSelector": {},
+                                           "podSelector": {"matchLabels": {"app": format!("nobody-{i}-{j}")}}}});
+                if j % 2 == 0 {
+                    json!({"action": action, "from": [peer],
+                           "protocols": [{"tcp": {"destinationPort": {"number": PORT}}},
+                                         {"udp": {"destinationPort": {"range": {"start": 1000, "end": 2000}}}}]})
+                } else {
+                    json!({"action": action, "from": [peer]})
+                }
+            })
+            .collect();
+        out.push(json!({
+            "apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": format!("cnp-{i:03}")},
+            "spec": {"tier": "Admin", "priority": i % 1000,
+                     "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "server"}}}},
+                     "ingress": rules}
+        }));
+    }
+    out
+}
+
+fn pod_ns<'a>(bed: &'a Testbed, name: &str) -> &'a nftpol_testbed::netns::Netns {
+    &bed.topology()
+        .pods
+        .iter()
+        .find(|p| p.key == ObjectKey::new("bench", name))
+        .expect("pod on the testbed")
+        .ns
+}
+
+/// A server that accepts and closes at once (TIME_WAIT stays on the server side).
+fn serve(bed: &Testbed) -> anyhow::Result<()> {
+    let listener = pod_ns(bed, "server").run(|| TcpListener::bind((SERVER_IP, PORT)))??;
+    std::thread::spawn(move || while listener.accept().is_ok() {});
+    Ok(())
+}
+
+/// New connections per second from the client to the server over `RUN`.
+fn rate(bed: &Testbed) -> f64 {
+    let dst: SocketAddr = format!("{SERVER_IP}:{PORT}").parse().expect("addr");
+    pod_ns(bed, "client")
+        .run(move || {
+            let start = Instant::now();
+            let mut ok = 0u64;
+            let mut buf = [0u8; 1];
+            while start.elapsed() < RUN {
+                if let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                    if matches!(s.read(&mut buf), Ok(0)) {
+                        ok += 1;
+                    }
+                }
+            }
+            ok as f64 / start.elapsed().as_secs_f64()
+        })
+        .expect("run in the client namespace")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn testbed(state: &nftpol::policy::model::ClusterState) -> anyhow::Result<Testbed> {
+    let bed = Testbed::new(Mode::Bridge, state)?;
+    serve(&bed)?;
+    Ok(bed)
+}
+
+fn main() -> anyhow::Result<()> {
+    if !nftpol_testbed::netns::available() {
+        println!("skipping: the ClusterNetworkPolicy benchmark needs root (network namespaces)");
+        return Ok(());
+    }
+    let loaded = nftpol::source::manifest::load_values("bench", cluster())?;
+    // Two identical nodes side by side, measured back to back in each round.
+    let plain = testbed(&loaded.state)?;
+    let mut nft = testbed(&loaded.state)?;
+    println!(
+        "new TCP connections/s, client -> server on one bridged node (server selected by a NetworkPolicy and N Admin ClusterNetworkPolicies of {RULES} rules, none matching); median of {REPEATS} interleaved rounds of {RUN:?}"
+    );
+    println!("CNPs | rules in chain | no ruleset | nftpol (ratio)");
+    let mut last = 0.0;
+    for n in [0usize, 10, 100] {
+        let mut objects = cluster();
+        objects.extend(policies(n));
+        nft.apply_objects(&objects)?;
+        let (mut p, mut a) = (Vec::new(), Vec::new());
+        for _ in 0..REPEATS {
+            p.push(rate(&plain));
+            a.push(rate(&nft));
+        }
+        let ra = median(a.iter().zip(&p).map(|(x, y)| x / y).collect());
+        println!(
+            "{n:>4} | {:>14} | {:>10.0} | {:>8.0} ({ra:.3})",
+            n * RULES,
+            median(p),
+            median(a)
+        );
+        last = ra;
+    }
+    println!(
+        "at 100 ClusterNetworkPolicies: nftpol keeps {last:.3} of the no-ruleset rate (target >= 0.9)"
+    );
+    Ok(())
+}
