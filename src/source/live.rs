@@ -47,6 +47,13 @@ pub const KINDS: &[Kind] = &[
     Kind { kind: "Namespace", group: "", version: "v1", plural: "namespaces", scoping: Scoping::Namespace, optional: false },
     Kind { kind: "Pod", group: "", version: "v1", plural: "pods", scoping: Scoping::Namespaced, optional: false },
     Kind { kind: "NetworkPolicy", group: "networking.k8s.io", version: "v1", plural: "networkpolicies", scoping: Scoping::Namespaced, optional: false },
+    // The cluster tiers, where their CRDs are installed: ClusterNetworkPolicy at the first of
+    // its versions that lists anything (both are served during a migration), then the
+    // v1alpha1 kinds.
+    Kind { kind: "ClusterNetworkPolicy", group: "policy.networking.k8s.io", version: "v1beta1", plural: "clusternetworkpolicies", scoping: Scoping::Cluster, optional: true },
+    Kind { kind: "ClusterNetworkPolicy", group: "policy.networking.k8s.io", version: "v1alpha2", plural: "clusternetworkpolicies", scoping: Scoping::Cluster, optional: true },
+    Kind { kind: "AdminNetworkPolicy", group: "policy.networking.k8s.io", version: "v1alpha1", plural: "adminnetworkpolicies", scoping: Scoping::Cluster, optional: true },
+    Kind { kind: "BaselineAdminNetworkPolicy", group: "policy.networking.k8s.io", version: "v1alpha1", plural: "baselineadminnetworkpolicies", scoping: Scoping::Cluster, optional: true },
 ];
 
 impl Kind {
@@ -249,13 +256,31 @@ async fn read(
 /// The cluster state in `scope`, as the manifest loader makes it of the same objects.
 pub async fn load(client: &Client, scope: &Scope) -> Result<Loaded, LiveError> {
     let mut docs = Vec::new();
+    let mut found = BTreeSet::new();
+    let mut unreadable = Vec::new();
     for kind in KINDS {
-        let objects = read(client, kind, scope).await?;
+        if found.contains(kind.kind) {
+            continue; // already read at an earlier version
+        }
+        let objects = match read(client, kind, scope).await {
+            Ok(objects) => objects,
+            // An optional kind the user may not list: answer without it, and say so.
+            Err(e) if kind.optional && e.is_forbidden() => {
+                unreadable.push(format!("{e}: the answer leaves out every {}", kind.kind));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         tracing::debug!(kind = kind.kind, count = objects.len(), "read");
+        if !objects.is_empty() {
+            found.insert(kind.kind);
+        }
         docs.extend(objects.into_iter().map(|o| document(kind, o)));
     }
     // Messages about an object name its origin as the loader names a file.
-    Ok(manifest::load_values("cluster", docs)?)
+    let mut loaded = manifest::load_values("cluster", docs)?;
+    loaded.warnings.extend(unreadable);
+    Ok(loaded)
 }
 
 /// Pods found by address anywhere in the cluster (a field selector, so only the matches come
