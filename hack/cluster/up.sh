@@ -251,6 +251,18 @@ if [ -x "$BIN/agnhost" ] && ! ctrk images ls -q | grep -qx "$agnhost_ref"; then
   python3 "$HERE/oci-archive.py" "$CACHE/images/agnhost.tar" "$agnhost_ref" /agnhost "$BIN/agnhost:/agnhost:755"
   import_archive "$CACHE/images/agnhost.tar"
 fi
+# network-policy-api's conformance suite asks for an agnhost of its own (2.45 in v0.3.0; build.sh
+# cnp-conformance lists the images of its manifests): the same image under that name too. Its
+# servers run `/bin/bash -c`, which only the agnhost of hack/images/ has.
+if [ -s "$CACHE/cnp-conformance/images" ]; then
+  have=$(ctrk images ls -q)
+  for ref in $(grep '/agnhost:' "$CACHE/cnp-conformance/images"); do
+    grep -qxF "$ref" <<<"$have" && continue
+    grep -qxF "$agnhost_ref" <<<"$have" || break
+    ctrk images tag "$agnhost_ref" "$ref" >>"$LOGS/images.log" 2>&1 || die "could not tag $agnhost_ref as $ref"
+    log "tagged $agnhost_ref as $ref"
+  done
+fi
 
 # --- kubelet ---------------------------------------------------------------------------------
 mkdir -p "$STATE/kubelet" "$STATE/pod-logs"
