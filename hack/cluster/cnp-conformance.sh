@@ -31,6 +31,8 @@
 # Other options:
 #   --run REGEX           only the tests whose name (CNPAdminTierEgressTCP, ...) matches
 #   --with-sctp           also the subtests that probe SCTP
+#   --timeout DURATION    the suite's -test.timeout (default 60m): it then stops, and reports
+#                         what finished
 #   --list-sctp           print the SCTP subtests left out (test/subtest) and exit
 #
 # Prints each failed subtest, and last `N passed, M failed` (subtests, the suite's leaves; the
@@ -78,6 +80,7 @@ image=''
 binary=''
 run_re=''
 with_sctp=0
+timeout=60m
 while [ $# -gt 0 ]; do
   case $1 in
     --nftpol-image) mode=daemonset image=$2; shift 2 ;;
@@ -85,6 +88,7 @@ while [ $# -gt 0 ]; do
     --no-nftpol) mode=none; shift ;;
     --run) run_re=$2; shift 2 ;;
     --with-sctp) with_sctp=1; shift ;;
+    --timeout) timeout=$2; shift 2 ;;
     --list-sctp)
       printf '%s\n' "${SCTP_TESTS[@]/%//*}" "${SCTP_SUBTESTS[@]}"
       exit 0 ;;
@@ -226,7 +230,7 @@ version=$(cat "$CACHE/cnp-conformance.version" 2>/dev/null || echo unknown)
 log "running network-policy-api $version conformance (features $FEATURES); full output in $out"
 t0=$SECONDS
 set +e
-(cd "$LOGS" && "$SUITE_BIN" -test.v -test.timeout 60m -test.run "$run" ${skip:+-test.skip "$skip"} \
+(cd "$LOGS" && "$SUITE_BIN" -test.v -test.timeout "$timeout" -test.run "$run" ${skip:+-test.skip "$skip"} \
   -conformance-profiles=ClusterNetworkPolicy -supported-features="$FEATURES" \
   -organization=nftpol -project=nftpol -url=https://nftpol.invalid -version="$mode" -contact=nftpol \
   -additional-info=hack/cluster/cnp-conformance.sh) >"$out" 2>&1
