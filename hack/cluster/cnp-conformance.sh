@@ -157,7 +157,9 @@ trap "exit 143" TERM INT # so that the EXIT trap runs
 
 log "installing the CRD: $CRD"
 kc apply --server-side -f "$CRD" >/dev/null
-kc wait --for condition=established --timeout=60s crd/clusternetworkpolicies.policy.networking.k8s.io >/dev/null
+# A CRD created a moment ago has no status yet, on which `kubectl wait` fails instead of waiting.
+wait_for "CRD established" 60 kc wait --for condition=established --timeout=5s \
+  crd/clusternetworkpolicies.policy.networking.k8s.io
 
 log "admission policy $MAP_NAME: no SCTP servers; centaur-1 serves through centaur-0"
 kc apply --server-side -f - >/dev/null <<EOF
