@@ -14,7 +14,10 @@
 #   no pod would ever be Ready and the suite's setup would fail after 300 s. A
 #   MutatingAdmissionPolicy (`nftpol-cnp-conformance-no-sctp`, only for pods labelled
 #   `conformance-house`, only containers with a SERVE_SCTP_PORT_* variable) runs `/agnhost pause`
-#   in those containers instead: they could serve nothing here anyway.
+#   in those containers instead: they could serve nothing here anyway. The same policy lets the
+#   single node run the second replica of the host-network `centaur` (same address and ports as
+#   the first, which the scheduler refuses): its servers run `/agnhost pause` without ports, and
+#   centaur-0's servers answer on the address both have.
 # * the subtests that probe SCTP (`agnhost connect --protocol=sctp` answers "OTHER: protocol not
 #   supported", neither connected nor TIMEOUT) are left out with `-test.skip` (listed by
 #   --list-sctp; the suite's feature flags cannot exempt them, SCTP is part of the standard
