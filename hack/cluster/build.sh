@@ -3,13 +3,17 @@
 #   Kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy,
 #   kubectl, e2e.test, agnhost) plus ginkgo and etcd, from one wrapper module whose staging
 #   `replace` lines are generated from Kubernetes' own go.mod; containerd 2.x and runc; the CNI
-#   plugins bridge, host-local and loopback; helm (the chart's lint, template and install checks).
+#   plugins bridge, host-local and loopback; helm (the chart's lint, template and install checks);
+#   the conformance suite of sigs.k8s.io/network-policy-api (`go test -c ./conformance` in that
+#   module, whose go.mod then decides every dependency) and its CRDs, kept beside the binary for
+#   hack/cluster/cnp-conformance.sh.
 #
 # Idempotent: every binary is rebuilt only when missing (or built from another version). Parts
 # build one after another so that a failure names its part; each part's cold time is logged to
 # $CACHE/build-times. Needs root only for apt (gcc, libseccomp-dev for runc).
 #
-# Usage: hack/cluster/build.sh [PART...]   PART: kube e2e containerd runc cni helm (default: all)
+# Usage: hack/cluster/build.sh [PART...]   PART: kube e2e containerd runc cni helm cnp-conformance
+#        (default: all)
 #        prints the folder that holds the binaries on its last line.
 # Env:   NFTPOL_CLUSTER_CACHE  (default /var/cache/nftpol-cluster)
 #        NFTPOL_GOCACHE        Go's build cache (default $NFTPOL_CLUSTER_CACHE/gocache)
@@ -21,6 +25,9 @@ RUNC_VERSION=v1.4.0
 CNI_VERSION=v1.9.1
 HELM_VERSION=v4.3.2
 GINKGO_PKG=github.com/onsi/ginkgo/v2/ginkgo
+# The newest version the module proxy serves (`go list -m -versions sigs.k8s.io/network-policy-api`:
+# v0.1.1 v0.3.0 on 2026-11-29); pinned, so that a cached build stays what was measured.
+NPA_VERSION=${NFTPOL_NPA_VERSION:-v0.3.0}
 
 CACHE=${NFTPOL_CLUSTER_CACHE:-/var/cache/nftpol-cluster}
 BIN=$CACHE/bin
@@ -191,12 +198,36 @@ build_helm() {
   echo "$HELM_VERSION" >"$CACHE/helm.version"
 }
 
+# The network-policy-api conformance suite, built inside a writable copy of its own module (the
+# module cache is read-only), so that `go test -c ./conformance` resolves exactly what upstream's
+# CI resolves. Its manifests are embedded in the binary (conformance/embed.go); beside it, in
+# $CACHE/cnp-conformance/, the CRDs of both channels (hack/cluster/cnp-conformance.sh installs
+# one) and `images`, the images its manifests name (up.sh tags agnhost under those names).
+build_cnp_conformance() {
+  local out=$CACHE/cnp-conformance
+  must_build cnp-conformance "$NPA_VERSION" "$BIN/cnp-conformance.test" || [ ! -s "$out/images" ] || return 0
+  take_lock
+  local src dir=$WORK/network-policy-api
+  src=$(go mod download -json "sigs.k8s.io/network-policy-api@$NPA_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -d "$src/conformance" ] || die "could not download sigs.k8s.io/network-policy-api@$NPA_VERSION"
+  rm -rf "$dir" "$out"
+  cp -r "$src" "$dir"
+  chmod -R u+w "$dir"
+  timed cnp-conformance bash -c "cd '$dir' && CGO_ENABLED=0 go test -c -trimpath -o '$BIN/cnp-conformance.test' ./conformance"
+  mkdir -p "$out"
+  cp -r "$dir/config/crd/standard" "$dir/config/crd/experimental" "$out/"
+  grep -rhoE 'image:[[:space:]]*[^[:space:]]+' "$dir/conformance/base" "$dir/conformance/tests" \
+    | sed 's/image:[[:space:]]*//' | sort -u >"$out/images"
+  rm -rf "$dir"
+  echo "$NPA_VERSION" >"$CACHE/cnp-conformance.version"
+}
+
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(cni runc containerd kube e2e helm)
+[ ${#parts[@]} -gt 0 ] || parts=(cni runc containerd kube e2e helm cnp-conformance)
 for p in "${parts[@]}"; do
   case $p in
     kube) build_kube ;; e2e) build_e2e ;; containerd) build_containerd ;; runc) build_runc ;; cni) build_cni ;;
-    helm) build_helm ;;
+    helm) build_helm ;; cnp-conformance) build_cnp_conformance ;;
     *) die "unknown part $p" ;;
   esac
 done
