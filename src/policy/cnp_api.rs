@@ -53,6 +53,9 @@ pub struct Subject {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NamespacedPod {
+    /// Optional since v0.3.0's CRDs (the upstream conformance suite omits it): absent means
+    /// every namespace, as an empty selector does.
+    #[serde(default)]
     pub namespace_selector: LabelSelector,
     pub pod_selector: LabelSelector,
 }

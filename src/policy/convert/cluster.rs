@@ -891,6 +891,27 @@ mod tests {
     }
 
     #[test]
+    fn a_pods_subject_or_peer_without_namespace_selector_means_every_namespace() {
+        let with = |pods: Value| {
+            cnp(json!({
+                "tier": "Admin", "priority": 10,
+                "subject": {"pods": pods.clone()},
+                "ingress": [{"action": "Deny", "from": [{"pods": pods.clone()}]}],
+                "egress": [{"action": "Deny", "to": [{"pods": pods}]}],
+            }))
+        };
+        let omitted = cluster_policy(&with(json!({"podSelector": {"matchLabels": {"a": "b"}}})))
+            .expect("namespaceSelector is optional");
+        let explicit = cluster_policy(&with(json!({
+            "namespaceSelector": {}, "podSelector": {"matchLabels": {"a": "b"}}
+        })))
+        .expect("valid");
+        assert_eq!(omitted.subject, explicit.subject);
+        assert_eq!(omitted.ingress[0].peers, explicit.ingress[0].peers);
+        assert_eq!(omitted.egress[0].peers, explicit.egress[0].peers);
+    }
+
+    #[test]
     fn invalid_policies_name_the_field() {
         let deny = |peers: Value| json!([{"action": "Deny", "to": peers}]);
         let cases: Vec<(Value, &str)> = vec![
