@@ -145,11 +145,12 @@ pub trait Driver: Send {
     /// Forgets the last applied ruleset, so that the next apply replaces the table.
     fn invalidate(&mut self);
 
-    /// What differs between the kernel and the last applied ruleset, if anything.
-    fn check_drift(&self) -> Result<Option<Drift>, DataplaneError>;
+    /// What differs between the kernel and `ruleset` (the last committed one), if anything.
+    fn check_drift(&self, ruleset: &Ruleset) -> Result<Option<Drift>, DataplaneError>;
 
-    /// Checks drift and, when found, replaces the table with the last applied ruleset.
-    fn repair_drift(&mut self) -> Result<Option<Drift>, DataplaneError>;
+    /// Checks drift from `ruleset` and, when found, replaces the table with it (the next
+    /// apply is then a diff from it).
+    fn repair_drift(&mut self, ruleset: &Ruleset) -> Result<Option<Drift>, DataplaneError>;
 
     fn stats(&self) -> Stats;
 
@@ -166,12 +167,12 @@ impl Driver for Dataplane {
         Dataplane::invalidate(self)
     }
 
-    fn check_drift(&self) -> Result<Option<Drift>, DataplaneError> {
-        Dataplane::check_drift(self)
+    fn check_drift(&self, ruleset: &Ruleset) -> Result<Option<Drift>, DataplaneError> {
+        Dataplane::check_drift_from(self, ruleset)
     }
 
-    fn repair_drift(&mut self) -> Result<Option<Drift>, DataplaneError> {
-        Dataplane::repair_drift(self)
+    fn repair_drift(&mut self, ruleset: &Ruleset) -> Result<Option<Drift>, DataplaneError> {
+        Dataplane::repair_drift_toward(self, ruleset)
     }
 
     fn stats(&self) -> Stats {
@@ -379,9 +380,15 @@ impl Dataplane {
     /// Compares the kernel with the last applied ruleset: chains, rule counts, sets and maps,
     /// and every element. `None` when they agree (or nothing was applied yet).
     pub fn check_drift(&self) -> Result<Option<Drift>, DataplaneError> {
-        let Some(last) = &self.last else {
-            return Ok(None);
-        };
+        match &self.last {
+            Some(last) => self.check_drift_from(last),
+            None => Ok(None),
+        }
+    }
+
+    /// Compares the kernel with `last`, as [`Dataplane::check_drift`] does with the last
+    /// applied ruleset.
+    pub fn check_drift_from(&self, last: &Ruleset) -> Result<Option<Drift>, DataplaneError> {
         let mut problems = Vec::new();
         let table = c"nftpol";
         if !self.sock.table_exists(INET, table)? {
@@ -459,11 +466,22 @@ impl Dataplane {
 
     /// Checks drift and, when found, replaces the table with the last applied ruleset.
     pub fn repair_drift(&mut self) -> Result<Option<Drift>, DataplaneError> {
-        let drift = self.check_drift()?;
-        if drift.is_some()
-            && let Some(last) = self.last.clone()
-        {
-            self.apply_full(&last)?;
+        match self.last.clone() {
+            Some(last) => self.repair_drift_toward(&last),
+            None => Ok(None),
+        }
+    }
+
+    /// Checks drift from `ruleset` and, when found, replaces the table with it. The enforcer
+    /// repairs toward the last ruleset it committed, also while a newer one keeps failing
+    /// (when [`Dataplane::invalidate`] may have dropped the last applied one).
+    pub fn repair_drift_toward(
+        &mut self,
+        ruleset: &Ruleset,
+    ) -> Result<Option<Drift>, DataplaneError> {
+        let drift = self.check_drift_from(ruleset)?;
+        if drift.is_some() {
+            self.apply_full(ruleset)?;
             self.stats.drift_repairs += 1;
         }
         Ok(drift)

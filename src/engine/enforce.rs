@@ -4,8 +4,9 @@
 //! Failure policy: a transaction the kernel rejects leaves the previous ruleset in force (the
 //! kernel applies a batch whole or not at all) and is retried with exponential backoff; after an
 //! I/O error the kernel may hold anything, so the retry replaces the whole table. A periodic
-//! resync compares the kernel with what was applied and repairs drift (someone ran
-//! `nft flush ruleset`) with a full replace. On shutdown the rules stay in place: a restarting
+//! resync compares the kernel with the last committed ruleset and repairs drift (someone ran
+//! `nft flush ruleset`) with a full replace of it, also while a newer ruleset keeps failing:
+//! a failing update must not leave a flushed node open until it succeeds. On shutdown the rules stay in place: a restarting
 //! daemon must not open the node.
 //!
 //! It also records every commit, failure and repair in the metrics (`crate::observe::metrics`),
@@ -79,6 +80,9 @@ pub struct Enforcer {
     generation: u64,
     /// Wanted but not yet committed (a failed apply waits here for its retry).
     pending: Option<Desired>,
+    /// The last ruleset committed: what drift is repaired toward (the driver forgets its own
+    /// copy after an I/O error).
+    committed: Option<Ruleset>,
     backoff: Backoff,
     retry_at: Option<Instant>,
     metrics: Option<Metrics>,
@@ -102,6 +106,7 @@ impl Enforcer {
             status_file,
             generation: 0,
             pending: None,
+            committed: None,
             backoff: Backoff::new(),
             retry_at: None,
             metrics: None,
@@ -206,7 +211,7 @@ impl Enforcer {
                 {
                     tracing::error!("status file: {e:#}");
                 }
-                self.pending = None;
+                self.committed = self.pending.take().map(|d| d.ruleset);
                 self.retry_at = None;
                 self.backoff.reset();
             }
@@ -232,16 +237,21 @@ impl Enforcer {
         }
     }
 
-    /// Checks the kernel against the last applied ruleset and repairs drift.
+    /// Checks the kernel against the last committed ruleset and repairs drift, whether or not
+    /// a newer ruleset is waiting for its retry (that retry then starts from the repaired
+    /// table).
     pub fn resync(&mut self) {
-        if self.pending.is_some() {
-            return; // a retry is scheduled; it replaces the table anyway
-        }
-        match self.dp.check_drift() {
+        let Some(committed) = &self.committed else {
+            return; // nothing committed yet: the pending apply writes the whole table
+        };
+        match self.dp.check_drift(committed) {
             Ok(None) => tracing::debug!("no drift"),
             Ok(Some(drift)) => {
-                tracing::warn!("drift detected, replacing the table: {drift}");
-                match self.dp.repair_drift() {
+                tracing::warn!(
+                    update_pending = self.pending.is_some(),
+                    "drift detected, replacing the table with the last committed ruleset: {drift}"
+                );
+                match self.dp.repair_drift(committed) {
                     Ok(_) => {
                         tracing::info!(repairs = self.dp.stats().drift_repairs, "drift repaired")
                     }
@@ -467,52 +477,75 @@ mod tests {
     }
 
     #[test]
-    fn resync_skips_the_drift_check_while_an_apply_is_failing() {
+    fn resync_checks_the_committed_ruleset_while_an_apply_is_failing() {
         let (mut e, fake) = enforcer();
         e.submit(desired(1));
         fake.fail_next(100, Failure::Io);
         e.submit(desired(2));
         let sent = fake.sent().len();
         e.resync();
-        assert_eq!(fake.state().drift_checks, 0);
-        assert_eq!(fake.sent().len(), sent);
+        assert_eq!(fake.state().drift_checks, 1);
+        assert_eq!(fake.sent().len(), sent, "no drift, no transaction");
     }
 
-    /// Current behaviour, documented rather than endorsed: while an update keeps failing, the
-    /// periodic resync does not look at the kernel, so drift (here the table flushed away,
-    /// which leaves the node open) stays unrepaired until the update finally commits; that
-    /// commit then replaces the whole table (the diff fails against the drifted kernel and
-    /// falls back to a full replace), which repairs the drift with the new ruleset.
     #[test]
-    fn drift_while_updates_keep_failing_waits_for_the_update() {
+    fn resync_before_any_commit_checks_nothing() {
+        let (mut e, fake) = enforcer();
+        fake.fail_next(1, Failure::Reject);
+        e.submit(desired(1));
+        e.resync();
+        assert_eq!(fake.state().drift_checks, 0);
+    }
+
+    /// A rejected update plus `nft flush ruleset`: the resync puts the last committed ruleset
+    /// back at once (the node is not left open while the update fails), and the update's
+    /// retry then commits as a diff from it.
+    #[test]
+    fn drift_while_updates_keep_failing_is_repaired_to_the_last_commit() {
         let (mut e, fake) = enforcer();
         e.submit(desired(1));
         fake.fail_next(2, Failure::Reject);
         e.submit(desired(2));
         fake.flush();
-        for _ in 0..3 {
-            e.resync();
-        }
-        assert_eq!(fake.state().drift_checks, 0);
+        e.resync();
         assert_eq!(
             fake.kernel(),
-            None,
-            "the drift is not repaired while the update fails"
+            Some(ruleset(1)),
+            "repaired while the update fails"
         );
-        assert_eq!(fake.state().stats.drift_repairs, 0);
+        assert_eq!(fake.sent().last(), Some(&(Full, true)));
+        assert_eq!(fake.state().stats.drift_repairs, 1);
+        assert_eq!(e.generation(), 1);
+        assert!(e.retry_at().is_some(), "the update is still to be retried");
+        e.resync();
+        assert_eq!(fake.state().stats.drift_repairs, 1, "no drift left");
 
         retry(&mut e);
-        let sent = fake.sent();
-        assert_eq!(sent[sent.len() - 2..], [(Diff, false), (Full, true)]);
+        assert_eq!(fake.sent().last(), Some(&(Diff, true)));
         assert_eq!(fake.kernel(), Some(ruleset(2)));
-        assert_eq!(
-            fake.state().stats.drift_repairs,
-            0,
-            "repaired by the update"
-        );
+        assert_eq!(e.generation(), 2);
+        // From now on drift is judged against the new commit.
+        fake.flush();
         e.resync();
-        assert_eq!(fake.state().stats.drift_repairs, 0);
-        assert_eq!(fake.sent().len(), sent.len());
+        assert_eq!(fake.kernel(), Some(ruleset(2)));
+        assert_eq!(fake.state().stats.drift_repairs, 2);
+    }
+
+    /// After an I/O error the driver forgets what it applied; the enforcer still knows what it
+    /// committed, and repairs toward it.
+    #[test]
+    fn drift_after_an_io_error_is_repaired_to_the_last_commit() {
+        let (mut e, fake) = enforcer();
+        e.submit(desired(1));
+        fake.fail_next(2, Failure::Io);
+        e.submit(desired(2));
+        retry(&mut e);
+        fake.flush();
+        e.resync();
+        assert_eq!(fake.kernel(), Some(ruleset(1)));
+        assert_eq!(fake.state().stats.drift_repairs, 1);
+        retry(&mut e);
+        assert_eq!(fake.kernel(), Some(ruleset(2)));
     }
 
     #[test]
