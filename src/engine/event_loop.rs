@@ -237,7 +237,7 @@ impl<S: StateSource, E: Enforce> EventLoop<S, E> {
         match input {
             Input::Source(source::Event::Stopped(what)) => {
                 tracing::error!("{what} stopped");
-                self.metrics.observe_watches_stopped();
+                self.metrics.observe_stopped(what);
                 Burst::Other
             }
             Input::Source(change) => {
@@ -491,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn stopped_watches_make_the_node_unready() {
+    fn stopped_watches_make_the_node_unready_and_not_live() {
         let mut l = event_loop(true);
         let applied = state("applied");
         let stats = crate::dataplane::Stats::default();
@@ -504,6 +504,9 @@ mod tests {
         );
         let err = l.metrics.readyz().expect_err("not ready");
         assert!(err.contains("watches stopped"), "{err}");
+        // Nothing restarts the watchers but a new process: liveness fails too.
+        let err = l.metrics.livez().expect_err("not live");
+        assert!(err.contains("the API watches stopped"), "{err}");
         assert!(l.source.applied.is_empty());
     }
 
