@@ -454,7 +454,8 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             ct_state(r, States::INVALID.bits());
             r.add_expr(&Verdict::Drop);
         }
-        Rule::TcpNewNotSynDrop => {
+        Rule::TcpNewNotSynDrop { family, field, set } => {
+            addr_lookup(r, *family, *field, set, None)?;
             r.add_expr(&Meta::L4Proto);
             r.add_expr(&Cmp::new(CmpOp::Eq, IPPROTO_TCP));
             r.add_expr(&PayloadLoad::tcp_flags(sys::REG1));
@@ -547,7 +548,7 @@ pub fn full(ruleset: &Ruleset, per_element: bool) -> Result<Tx, BadName> {
 }
 
 fn add_contents(tx: &mut Tx, ruleset: &Ruleset) -> Result<(), BadName> {
-    for set in &ruleset.unknown {
+    for set in &ruleset.node_sets {
         tx.add_set(set)?;
     }
     for pod in ruleset.pods.values() {
@@ -599,11 +600,11 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             .iter()
             .zip(&new.maps)
             .any(|(a, b)| a.name != b.name || a.family != b.family)
-        || old.unknown.len() != new.unknown.len()
+        || old.node_sets.len() != new.node_sets.len()
         || old
-            .unknown
+            .node_sets
             .iter()
-            .zip(&new.unknown)
+            .zip(&new.node_sets)
             .any(|(a, b)| a.name != b.name || a.family != b.family)
     {
         return Ok(None);
@@ -660,9 +661,9 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             }
         }
     }
-    // 3. Changed pods and unknown-address sets: element deletes before adds, so a replaced
-    // interval never overlaps.
-    for (os, ns) in old.unknown.iter().zip(&new.unknown) {
+    // 3. Changed pods and base chains' address sets: element deletes before adds, so a
+    // replaced interval never overlaps.
+    for (os, ns) in old.node_sets.iter().zip(&new.node_sets) {
         if os.elements != ns.elements {
             let (del, add) = element_diff(os, ns);
             tx.set_elements(os, &del, ElemOp::Del)?;
