@@ -30,7 +30,7 @@ use crate::policy::compile::NodePlan;
 
 pub use super::signals::install_signal_thread;
 use super::status::write_status;
-use super::strict::cut_denied;
+use super::strict::{Cut, SWEEP_BUDGET, cut_denied};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -46,6 +46,12 @@ pub struct Desired {
     /// The plan the ruleset was built from; `--strict` judges open connections with it (and
     /// does nothing without it).
     pub plan: Option<Arc<NodePlan>>,
+}
+
+/// A `--strict` sweep from the start, or going on with what an unfinished one left.
+enum Sweep {
+    Dump,
+    GoOn(Cut),
 }
 
 /// The delays between retries of a failing apply: doubling from [`FIRST_BACKOFF`] up to
@@ -90,6 +96,9 @@ pub struct Enforcer {
     conntrack: Option<Conntrack>,
     /// Connections cut so far.
     cut: u64,
+    /// A `--strict` sweep that ran out of budget: what it left to delete at the next tick,
+    /// with the plan and whether node traffic is policed (to dump again if it overflowed).
+    resweep: Option<(Cut, Arc<NodePlan>, bool)>,
 }
 
 impl Enforcer {
@@ -112,6 +121,7 @@ impl Enforcer {
             metrics: None,
             conntrack: None,
             cut: 0,
+            resweep: None,
         }
     }
 
@@ -147,6 +157,16 @@ impl Enforcer {
         self.retry_at
     }
 
+    /// When [`Enforcer::tick`] has work next: a retry, or at once the rest of a `--strict`
+    /// sweep that ran out of budget.
+    pub fn wake_at(&self, now: Instant) -> Option<Instant> {
+        let sweep = self.resweep.as_ref().map(|_| now);
+        match (self.retry_at, sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Enforces `desired` now (replacing any pending retry with the newer state).
     pub fn submit(&mut self, desired: Desired) {
         self.pending = Some(desired);
@@ -154,11 +174,55 @@ impl Enforcer {
         self.try_apply();
     }
 
-    /// Retries a failed apply if its time has come.
+    /// Retries a failed apply if its time has come, and goes on with an unfinished sweep.
     pub fn tick(&mut self, now: Instant) {
         if self.retry_at.is_some_and(|r| r <= now) {
             self.retry_at = None;
             self.try_apply();
+        }
+        if let Some((cut, plan, police_node)) = self.resweep.take() {
+            if cut.left() == 0 {
+                // It remembered only part of what was denied: judge the table again.
+                self.sweep(Sweep::Dump, plan, police_node);
+            } else {
+                self.sweep(Sweep::GoOn(cut), plan, police_node);
+            }
+        }
+    }
+
+    /// `--strict`: deletes the conntrack entries `plan` denies, for at most [`SWEEP_BUDGET`];
+    /// an unfinished sweep goes on at the next tick.
+    fn sweep(&mut self, how: Sweep, plan: Arc<NodePlan>, police_node: bool) {
+        let Some(ct) = self.conntrack.as_mut() else {
+            return;
+        };
+        let res = match how {
+            Sweep::Dump => cut_denied(ct, &plan, police_node, SWEEP_BUDGET),
+            Sweep::GoOn(mut cut) => cut.go_on(ct, SWEEP_BUDGET).map(|s| (s, cut)),
+        };
+        match res {
+            Ok((s, cut)) => {
+                self.cut += s.cut;
+                if let Some(m) = &self.metrics {
+                    m.observe_sweep(s.cut, s.took);
+                }
+                if s.cut > 0 || !s.complete {
+                    tracing::info!(
+                        cut = s.cut,
+                        total = self.cut,
+                        examined = s.examined,
+                        complete = s.complete,
+                        took_ms = s.took.as_secs_f64() * 1e3,
+                        "cut {} connections no longer allowed",
+                        s.cut
+                    );
+                }
+                if !s.complete {
+                    self.resweep = Some((cut, plan, police_node));
+                }
+            }
+            // The ruleset is in force; only the cut is missing. The next change sweeps again.
+            Err(e) => tracing::error!("strict: cutting connections failed: {e}"),
         }
     }
 
@@ -185,27 +249,10 @@ impl Enforcer {
                     m.observe_apply(desired.since, &desired.ruleset, &self.dp.stats());
                 }
                 // Audit mode drops nothing, so it cuts nothing either.
-                if report.kind != ApplyKind::Unchanged
-                    && !desired.ruleset.options.audit
-                    && let (Some(ct), Some(plan)) = (self.conntrack.as_mut(), &desired.plan)
-                {
-                    let police_node = desired.ruleset.options.police_node_traffic;
-                    match cut_denied(ct, plan, police_node) {
-                        Ok(n) => {
-                            self.cut += n;
-                            if n > 0 {
-                                tracing::info!(
-                                    cut = n,
-                                    total = self.cut,
-                                    "cut {n} connections no longer allowed"
-                                );
-                            }
-                        }
-                        // The ruleset is in force; only the cut is missing. The next change
-                        // sweeps again.
-                        Err(e) => tracing::error!("strict: cutting connections failed: {e}"),
-                    }
-                }
+                let sweep = (report.kind != ApplyKind::Unchanged && !desired.ruleset.options.audit)
+                    .then(|| desired.plan.clone())
+                    .flatten()
+                    .map(|plan| (plan, desired.ruleset.options.police_node_traffic));
                 if let Some(path) = &self.status_file
                     && let Err(e) = write_status(path, self.generation, &desired.fingerprint)
                 {
@@ -214,6 +261,11 @@ impl Enforcer {
                 self.committed = self.pending.take().map(|d| d.ruleset);
                 self.retry_at = None;
                 self.backoff.reset();
+                if let Some((plan, police_node)) = sweep {
+                    // A newer plan supersedes an unfinished sweep of an older one.
+                    self.resweep = None;
+                    self.sweep(Sweep::Dump, plan, police_node);
+                }
             }
             Err(e) => {
                 for r in e.rejected() {

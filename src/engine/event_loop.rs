@@ -92,8 +92,8 @@ pub trait Enforce {
     fn tick(&mut self, now: Instant);
     /// Checks the kernel for drift and repairs it.
     fn resync(&mut self);
-    /// When the next retry is due, if an apply failed.
-    fn retry_at(&self) -> Option<Instant>;
+    /// When `tick` has work next (a retry, an unfinished `--strict` sweep), if anything.
+    fn wake_at(&self, now: Instant) -> Option<Instant>;
     /// Number of successful applies so far.
     fn generation(&self) -> u64;
 }
@@ -108,8 +108,8 @@ impl Enforce for Enforcer {
     fn resync(&mut self) {
         Enforcer::resync(self)
     }
-    fn retry_at(&self) -> Option<Instant> {
-        Enforcer::retry_at(self)
+    fn wake_at(&self, now: Instant) -> Option<Instant> {
+        Enforcer::wake_at(self, now)
     }
     fn generation(&self) -> u64 {
         Enforcer::generation(self)
@@ -286,7 +286,7 @@ impl<S: StateSource, E: Enforce> EventLoop<S, E> {
     /// When the loop must wake up at the latest, if nothing arrives.
     fn wake(&self, now: Instant) -> Instant {
         self.enforcer
-            .retry_at()
+            .wake_at(now)
             .map_or(self.next_resync, |r| r.min(self.next_resync))
             .min(now + metrics::HEARTBEAT_EVERY)
     }
@@ -363,7 +363,7 @@ mod tests {
         fn resync(&mut self) {
             self.resyncs += 1;
         }
-        fn retry_at(&self) -> Option<Instant> {
+        fn wake_at(&self, _now: Instant) -> Option<Instant> {
             self.retry_at
         }
         fn generation(&self) -> u64 {
