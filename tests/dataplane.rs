@@ -611,7 +611,25 @@ fn drift_is_detected_and_repaired() {
         done_rx.recv().unwrap()
     };
     assert_eq!(done_rx.recv().unwrap(), None, "fresh table has no drift");
+    // The pod chain rewritten with the same expressions but one attribute changed: a verdict
+    // (`accept` for `return`), a lookup inverted (`!=`). Only a structural comparison of the
+    // expressions' attributes sees these.
+    let api = &rs.pods["ing/prod/api"].chain;
+    let rewritten = |change: &dyn Fn(String) -> String| {
+        let mut cmd = "flush chain inet nftpol ing/prod/api".to_string();
+        for (i, rule) in api.rules.iter().enumerate() {
+            let text = nftpol::dataplane::render::rule_text(rule);
+            let text = if i == 0 { change(text) } else { text };
+            cmd.push_str(&format!("; add rule inet nftpol ing/prod/api {text}"));
+        }
+        cmd
+    };
+    let other_verdict = rewritten(&|t| t.replace(" return", " accept"));
+    let inverted = rewritten(&|t| t.replace("ip saddr @", "ip saddr != @"));
+    assert!(other_verdict.contains("accept") && inverted.contains("!= @"));
     for damage in [
+        vec!["nft", other_verdict.as_str()],
+        vec!["nft", inverted.as_str()],
         vec!["nft", "delete", "table", "inet", "nftpol"],
         vec!["nft", "flush", "ruleset"],
         vec![

@@ -7,6 +7,8 @@
 //! - [`sys`]: the `unsafe` libnftnl calls the safe nftnl API lacks, and the raw parts of the
 //!   netlink socket: the only `unsafe` code of the dataplane.
 //! - [`netlink`]: the transport (one `sendmsg`, ACKs only on END) and read-back dumps.
+//! - [`shape`]: rules parsed into expressions and attributes, compared by structure for the
+//!   drift check.
 //! - [`conntrack`]: the conntrack table through ctnetlink (`--strict` cuts connections).
 //! - [`br_netfilter`]: the bridge sysctl check without which same-bridge traffic bypasses us.
 //! - [`kernel`]: the minimum kernel (5.7: concatenated interval sets), checked at start.
@@ -28,6 +30,7 @@ pub mod netlink;
 pub mod program;
 pub mod render;
 pub mod ruleset;
+pub mod shape;
 #[allow(unsafe_code)]
 pub mod sys;
 
@@ -377,8 +380,8 @@ impl Dataplane {
         Ok(self.sock.table_exists(INET, c"nftpol")?)
     }
 
-    /// Compares the kernel with the last applied ruleset: chains, rule counts, sets and maps,
-    /// and every element. `None` when they agree (or nothing was applied yet).
+    /// Compares the kernel with the last applied ruleset: chains, every rule's expressions by
+    /// structure ([`shape`]), sets and maps, and every element. `None` when they agree (or nothing was applied yet).
     pub fn check_drift(&self) -> Result<Option<Drift>, DataplaneError> {
         match &self.last {
             Some(last) => self.check_drift_from(last),
@@ -396,16 +399,16 @@ impl Dataplane {
                 problems: vec!["table inet nftpol is missing".into()],
             }));
         }
-        let want_rules = program::expected_rule_texts(last)?;
+        let want_rules = program::expected_rules(last)?;
         let chains: BTreeSet<String> = self
             .sock
             .dump_objects(DumpKind::Chains, INET, table)?
             .into_iter()
             .map(|o| o.name)
             .collect();
-        let mut have_rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (chain, text) in self.sock.dump_rules(INET, table)? {
-            have_rules.entry(chain).or_default().push(text);
+        let mut have_rules: BTreeMap<String, Vec<shape::RuleShape>> = BTreeMap::new();
+        for rule in self.sock.dump_rules(INET, table)? {
+            have_rules.entry(rule.chain.clone()).or_default().push(rule);
         }
         compare_names(
             "chain",
@@ -415,7 +418,7 @@ impl Dataplane {
         );
         for (chain, want) in &want_rules {
             let have = have_rules.get(chain).map(Vec::as_slice).unwrap_or(&[]);
-            if !chains.contains(chain) || have == want.as_slice() {
+            if !chains.contains(chain) {
                 continue;
             }
             if have.len() != want.len() {
@@ -424,8 +427,13 @@ impl Dataplane {
                     have.len(),
                     want.len()
                 ));
-            } else if let Some(i) = have.iter().zip(want).position(|(h, w)| h != w) {
-                problems.push(format!("chain {chain} rule #{i} differs: {}", have[i]));
+            } else if let Some((i, e)) = have
+                .iter()
+                .zip(want)
+                .enumerate()
+                .find_map(|(i, (h, w))| shape::compare(w, h).err().map(|e| (i, e)))
+            {
+                problems.push(format!("chain {chain} rule #{i} differs: {e}"));
             }
         }
         let expected = program::expected_elements(last)?;

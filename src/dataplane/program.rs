@@ -21,6 +21,7 @@ use super::ruleset::{
     AddrField, Chain, Element, Family, Hook, LOG_BURST, LOG_RATE_PER_SECOND, LogTo, NamedSet,
     PodDirection, Rule, Ruleset, SetKind, TABLE, VerdictMap,
 };
+use super::shape::{self, RuleShape};
 use super::sys::{
     self, ELEM_INTERVAL_END, LookupExt, MetaLoad, NFT_SET_CONCAT, NFT_SET_INTERVAL, NFT_SET_MAP,
     PayloadLoad, RawElem, SetSpec, dtype,
@@ -714,10 +715,19 @@ fn element_diff<'a>(old: &'a NamedSet, new: &'a NamedSet) -> (Vec<&'a Element>, 
     (del, add)
 }
 
-/// The expression text of every rule of `ruleset`, by chain, in the format
-/// [`sys::rule_text`] gives dumped rules: the rules are built and parsed back locally.
-pub fn expected_rule_texts(ruleset: &Ruleset) -> Result<BTreeMap<String, Vec<String>>, BadName> {
+/// One rule of chain `chain` as the netlink message that adds it.
+pub fn rule_message(chain: &str, rule: &Rule) -> Result<Vec<u8>, BadName> {
     let table = Table::new(c"nftpol", FAMILY);
+    let n = cname(chain)?;
+    let c = NftChain::new(&n, &table);
+    let mut r = NftRule::new(&c);
+    rule_exprs(&mut r, rule)?;
+    Ok(sys::nlmsg_bytes(&r))
+}
+
+/// Every rule of `ruleset` by chain, as the drift check compares them with the kernel's: the
+/// messages that add them, parsed back ([`shape`]).
+pub fn expected_rules(ruleset: &Ruleset) -> Result<BTreeMap<String, Vec<RuleShape>>, BadName> {
     let mut out = BTreeMap::new();
     let chains = ruleset
         .pods
@@ -725,18 +735,12 @@ pub fn expected_rule_texts(ruleset: &Ruleset) -> Result<BTreeMap<String, Vec<Str
         .map(|p| &p.chain)
         .chain(&ruleset.base_chains);
     for chain in chains {
-        let n = cname(&chain.name)?;
-        let c = NftChain::new(&n, &table);
-        let mut texts = Vec::new();
+        let mut rules = Vec::new();
         for rule in &chain.rules {
-            let mut r = NftRule::new(&c);
-            rule_exprs(&mut r, rule)?;
-            let bytes = sys::nlmsg_bytes(&r);
-            if let Some((_, text)) = sys::rule_text(&bytes) {
-                texts.push(text);
-            }
+            let bytes = rule_message(&chain.name, rule)?;
+            rules.extend(shape::parse_rule(&bytes));
         }
-        out.insert(chain.name.clone(), texts);
+        out.insert(chain.name.clone(), rules);
     }
     Ok(out)
 }
