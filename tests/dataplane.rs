@@ -698,7 +698,25 @@ fn drift_is_detected_and_repaired() {
         done_rx.recv().unwrap()
     };
     assert_eq!(done_rx.recv().unwrap(), None, "fresh table has no drift");
+    // The pod chain rewritten with the same expressions but one attribute changed: a verdict
+    // (`accept` for `return`), a lookup inverted (`!=`). Only a structural comparison of the
+    // expressions' attributes sees these.
+    let api = &rs.pods["ing/prod/api"].chain;
+    let rewritten = |change: &dyn Fn(String) -> String| {
+        let mut cmd = "flush chain inet nftpol ing/prod/api".to_string();
+        for (i, rule) in api.rules.iter().enumerate() {
+            let text = nftpol::dataplane::render::rule_text(rule);
+            let text = if i == 0 { change(text) } else { text };
+            cmd.push_str(&format!("; add rule inet nftpol ing/prod/api {text}"));
+        }
+        cmd
+    };
+    let other_verdict = rewritten(&|t| t.replace(" return", " accept"));
+    let inverted = rewritten(&|t| t.replace("ip saddr @", "ip saddr != @"));
+    assert!(other_verdict.contains("accept") && inverted.contains("!= @"));
     for damage in [
+        vec!["nft", other_verdict.as_str()],
+        vec!["nft", inverted.as_str()],
         vec!["nft", "delete", "table", "inet", "nftpol"],
         vec!["nft", "flush", "ruleset"],
         vec![
@@ -1046,4 +1064,44 @@ fn delete_table_is_idempotent() {
     });
     let (ok, out) = ns.try_exec(&["nft", "list", "tables"]);
     assert!(ok && out.trim().is_empty(), "{out}");
+}
+
+/// Issue 12, defect 4 on the kernel: an update the kernel rejects, then `nft flush ruleset`.
+/// The resync puts the last committed ruleset back while the update keeps failing (before,
+/// it waited for the update and left the node open).
+#[test]
+fn drift_is_repaired_while_an_update_keeps_failing() {
+    use nftpol::dataplane::ruleset::{AddrField, Family, Rule};
+    use nftpol::engine::enforce::{Desired, Enforcer};
+    let ns = Netns::new();
+    let good = Ruleset::build(&plan_v4(), Options::default());
+    // A rule looking up a set that does not exist: the kernel rejects the whole batch.
+    let mut bad = good.clone();
+    bad.base_chains[0].rules.push(Rule::AddrDrop {
+        family: Family::V4,
+        field: AddrField::Saddr,
+        set: "no-such-set".into(),
+    });
+    let desired = |ruleset: &Ruleset| Desired {
+        ruleset: ruleset.clone(),
+        fingerprint: "t".into(),
+        since: Instant::now(),
+        plan: None,
+    };
+    let (first, second) = (desired(&good), desired(&bad));
+    let (generation, retrying) = ns.run(move || {
+        let mut e = Enforcer::new(None).expect("enforcer");
+        e.submit(first);
+        e.submit(second);
+        support::run("nft", &["flush", "ruleset"]);
+        e.resync();
+        (e.generation(), e.retry_at().is_some())
+    });
+    assert_eq!(generation, 1, "the bad update never commits");
+    assert!(retrying, "the bad update is still being retried");
+    assert_eq!(
+        ns.list_table(),
+        render(&good),
+        "repaired to the last commit"
+    );
 }

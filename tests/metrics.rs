@@ -288,12 +288,16 @@ fn drift_repair_is_a_counted_transaction() {
     let mut objects = cluster();
     objects.extend(policies());
     bed.apply_objects(&objects).expect("first apply");
-    let transactions = value(&scrape(&bed), "nftpol_nft_transactions");
+    let text = scrape(&bed);
+    let transactions = value(&text, "nftpol_nft_transactions");
+    assert_eq!(value(&text, "nftpol_drift_repairs"), 0.0);
 
     bed.node()
         .exec("nft", &["delete", "table", "inet", "nftpol"], None)
         .expect("nft delete table");
-    let text = wait_for(&bed, "nftpol_nft_transactions", |v| v > transactions);
+    let text = wait_for(&bed, "nftpol_drift_repairs", |v| v > 0.0);
+    assert_eq!(value(&text, "nftpol_drift_repairs"), 1.0);
+    assert!(value(&text, "nftpol_nft_transactions") > transactions);
     assert_every_commit_observed(&text);
     assert_eq!(value(&text, "nftpol_nft_errors"), 0.0);
     assert_eq!(value(&text, "nftpol_nft_chains"), 4.0);

@@ -151,3 +151,48 @@ fn strict_leaves_connections_the_node_opened_alone() {
     }
     assert!(!bed.daemon_log().contains("connections no longer allowed"));
 }
+
+/// The sweep's netlink side on a real conntrack table: entries created and deleted many per
+/// `sendmsg`, deletes of entries already gone counted as such, nothing else touched.
+#[test]
+fn conntrack_entries_are_created_and_deleted_in_batches() {
+    use nftpol::dataplane::conntrack::{self, Conntrack, Entry, Tuple};
+    nftpol_testbed::netns::require(&[]);
+    let n = 2 * conntrack::BATCH as u32 + 7;
+    let entry = |i: u32, dport: u16| Entry {
+        orig: Tuple {
+            src: std::net::Ipv4Addr::from(0x0a01_0000 + i).into(),
+            dst: "10.0.0.2".parse().expect("ip"),
+            proto: 6,
+            sport: 40000,
+            dport,
+        },
+        reply: None,
+        zone: None,
+    };
+    let doomed: Vec<Entry> = (0..n).map(|i| entry(i, 81)).collect();
+    let kept: Vec<Entry> = (0..5).map(|i| entry(i, 80)).collect();
+    let ns = Netns::new().expect("netns");
+    let (before, cut, again, after) = ns
+        .run(move || {
+            let mut ct = Conntrack::open().expect("ctnetlink");
+            ct.create_many(&doomed, 60).expect("create");
+            ct.create_many(&kept, 60).expect("create");
+            let before = ct.dump().expect("dump").len();
+            let cut = ct.delete_many(&doomed).expect("delete");
+            let again = ct.delete_many(&doomed).expect("delete again");
+            let after: Vec<u16> = ct
+                .dump()
+                .expect("dump")
+                .iter()
+                .map(|e| e.orig.dport)
+                .collect();
+            ct.delete_many(&kept).expect("cleanup");
+            (before, cut, again, after)
+        })
+        .expect("in the namespace");
+    assert_eq!(before, n as usize + 5);
+    assert_eq!(cut, u64::from(n));
+    assert_eq!(again, 0, "already gone");
+    assert_eq!(after, [80; 5]);
+}

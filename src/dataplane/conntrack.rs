@@ -1,6 +1,7 @@
 //! The conntrack table through ctnetlink (NETLINK_NETFILTER, subsystem CTNETLINK): dumping the
-//! entries of the calling thread's network namespace and deleting one by its original tuple.
-//! `--strict` uses it to cut connections a policy change no longer allows.
+//! entries of the calling thread's network namespace and deleting them by their original tuple,
+//! many per `sendmsg`. `--strict` uses it to cut connections a policy change no longer allows.
+//! (Creating entries is here too, for the tests and the benchmark that fill a table.)
 //!
 //! Messages are built and parsed with `netlink-packet-netfilter` (its `conntrack` module models
 //! the tuples; the zone it does not, see [`CTA_ZONE`]) and travel over a `netlink-sys` socket, as
@@ -17,12 +18,13 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    DefaultNla, Emitable, NLM_F_ACK, NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST, NLMSG_DONE,
-    NLMSG_ERROR, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NlaBuffer,
-    Parseable,
+    DefaultNla, Emitable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_MULTIPART,
+    NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload, Nla, NlaBuffer, Parseable,
 };
 use netlink_packet_netfilter::conntrack::{
-    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Tuple as CtTuple,
+    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple,
+    Tuple as CtTuple,
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
@@ -31,7 +33,8 @@ use netlink_sys::Socket;
 use netlink_sys::constants::NETLINK_NETFILTER;
 use nix::errno::Errno;
 use nix::ifaddrs::getifaddrs;
-use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+use nix::sys::socket::setsockopt;
+use nix::sys::socket::sockopt::{RcvBufForce, ReceiveTimeout};
 use nix::sys::time::{TimeVal, TimeValLike};
 
 /// `CTA_ZONE` (a big-endian u16): netlink-packet-netfilter 0.4 does not model it, so it is
@@ -43,6 +46,17 @@ const NLMSG_HDRLEN: usize = 16;
 /// A dump sends skbs of up to 32 KiB; a larger buffer never truncates one.
 const RECV_BUF: usize = 64 * 1024;
 const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Requests per `sendmsg` when deleting or creating: about 80 bytes each, well under a
+/// socket's send buffer. Only failures (an entry already gone) and the last request are
+/// answered, each answer capped to the request's header (`NETLINK_CAP_ACK`); a whole batch of
+/// answers still takes a few hundred KB of receive buffer (the kernel counts each one's
+/// allocation), hence [`RCVBUF`].
+pub const BATCH: usize = 256;
+
+/// The receive buffer asked for (`SO_RCVBUFFORCE`, which `CAP_NET_ADMIN` allows beyond
+/// `net.core.rmem_max`): a batch of failures must fit, or answers are lost (ENOBUFS).
+const RCVBUF: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConntrackError {
@@ -122,10 +136,8 @@ pub fn dump_request(seq: u32) -> Vec<u8> {
     )
 }
 
-/// `IPCTNL_MSG_CT_DELETE` of the entry with this original tuple (and zone), acknowledged.
-pub fn delete_request(entry: &Entry, seq: u32) -> Vec<u8> {
-    let t = &entry.orig;
-    let mut attributes = vec![ConntrackAttribute::CtaTupleOrig(vec![
+fn tuple_nest(t: &Tuple) -> Vec<CtTuple> {
+    vec![
         CtTuple::Ip(vec![
             IPTuple::SourceAddress(t.src),
             IPTuple::DestinationAddress(t.dst),
@@ -135,23 +147,75 @@ pub fn delete_request(entry: &Entry, seq: u32) -> Vec<u8> {
             ProtoTuple::SourcePort(t.sport),
             ProtoTuple::DestinationPort(t.dport),
         ]),
-    ])];
+    ]
+}
+
+/// The kernel parses a tuple's addresses by the message's family.
+fn family_of(t: &Tuple) -> NetfilterProtoFamily {
+    if t.src.is_ipv6() {
+        NetfilterProtoFamily::IPv6
+    } else {
+        NetfilterProtoFamily::IPv4
+    }
+}
+
+/// `IPCTNL_MSG_CT_NEW` creating the entry (its reply tuple is the original one reversed unless
+/// given), established for `timeout` seconds when TCP; acknowledged only when `ack`.
+pub fn create_request(entry: &Entry, timeout: u32, seq: u32, ack: bool) -> Vec<u8> {
+    let t = &entry.orig;
+    let reply = entry.reply.unwrap_or(Tuple {
+        src: t.dst,
+        dst: t.src,
+        proto: t.proto,
+        sport: t.dport,
+        dport: t.sport,
+    });
+    let mut attributes = vec![
+        ConntrackAttribute::CtaTupleOrig(tuple_nest(t)),
+        ConntrackAttribute::CtaTupleReply(tuple_nest(&reply)),
+        ConntrackAttribute::CtaTimeout(timeout),
+    ];
+    if t.proto == 6 {
+        // TCP_CONNTRACK_ESTABLISHED
+        attributes.push(ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(
+            vec![ProtoInfoTCP::State(3)],
+        )]));
+    }
     if let Some(zone) = entry.zone {
         attributes.push(ConntrackAttribute::Other(DefaultNla::new(
             CTA_ZONE,
             zone.to_be_bytes().to_vec(),
         )));
     }
-    // The kernel parses the tuple's addresses by this family.
-    let family = if t.src.is_ipv6() {
-        NetfilterProtoFamily::IPv6
-    } else {
-        NetfilterProtoFamily::IPv4
-    };
+    let ack = if ack { NLM_F_ACK } else { 0 };
+    request(
+        ConntrackMessage::New(attributes),
+        family_of(t),
+        NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | ack,
+        seq,
+    )
+}
+
+/// `IPCTNL_MSG_CT_DELETE` of the entry with this original tuple (and zone), acknowledged.
+pub fn delete_request(entry: &Entry, seq: u32) -> Vec<u8> {
+    delete_request_with(entry, seq, true)
+}
+
+/// [`delete_request`], acknowledged only when `ack` (a failure is always answered).
+fn delete_request_with(entry: &Entry, seq: u32, ack: bool) -> Vec<u8> {
+    let t = &entry.orig;
+    let mut attributes = vec![ConntrackAttribute::CtaTupleOrig(tuple_nest(t))];
+    if let Some(zone) = entry.zone {
+        attributes.push(ConntrackAttribute::Other(DefaultNla::new(
+            CTA_ZONE,
+            zone.to_be_bytes().to_vec(),
+        )));
+    }
+    let ack = if ack { NLM_F_ACK } else { 0 };
     request(
         ConntrackMessage::Delete(attributes),
-        family,
-        NLM_F_REQUEST | NLM_F_ACK,
+        family_of(t),
+        NLM_F_REQUEST | ack,
         seq,
     )
 }
@@ -303,6 +367,11 @@ impl Conntrack {
         // A kernel that never answers must not hang the enforcer.
         let timeout = TimeVal::seconds(RECV_TIMEOUT.as_secs() as i64);
         setsockopt(&sock, ReceiveTimeout, &timeout).map_err(io::Error::from)?;
+        sock.set_cap_ack(true)?;
+        if setsockopt(&sock, RcvBufForce, &RCVBUF).is_err() {
+            // Without CAP_NET_ADMIN: as much as net.core.rmem_max allows.
+            sock.set_rx_buf_sz(RCVBUF)?;
+        }
         Ok(Self {
             sock,
             seq: 0,
@@ -321,9 +390,15 @@ impl Conntrack {
 
     /// Every entry of the table (entries without a parsable original tuple are skipped).
     pub fn dump(&mut self) -> Result<Vec<Entry>, ConntrackError> {
+        let mut out = Vec::new();
+        self.dump_each(&mut |e| out.push(e))?;
+        Ok(out)
+    }
+
+    /// Calls `each` with every entry of the table as the dump arrives (nothing is collected).
+    pub fn dump_each(&mut self, each: &mut dyn FnMut(Entry)) -> Result<(), ConntrackError> {
         let seq = self.next_seq();
         self.sock.send(&dump_request(seq), 0)?;
-        let mut out = Vec::new();
         loop {
             let n = self.recv()?;
             if n == 0 {
@@ -335,22 +410,89 @@ impl Conntrack {
                     continue; // a late answer to an earlier request
                 }
                 match msg.header.message_type {
-                    NLMSG_DONE => return Ok(out),
+                    NLMSG_DONE => return Ok(()),
                     NLMSG_ERROR => {
-                        return acked(&msg)?.map(|()| out).map_err(ConntrackError::Kernel);
+                        return acked(&msg)?.map_err(ConntrackError::Kernel);
                     }
                     _ => {
                         if let Some(ConntrackMessage::New(attributes)) =
                             msg.payload.as_ref().and_then(conntrack_message)
                             && let Some(e) = parse_entry(attributes)
                         {
-                            out.push(e);
+                            each(e);
                         }
                     }
                 }
                 if msg.header.flags & NLM_F_MULTIPART == 0 {
                     // A dump answer is always multipart; anything else ends it.
-                    return Ok(out);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Deletes the entries, [`BATCH`] per `sendmsg`; returns how many were deleted (the others
+    /// were already gone).
+    pub fn delete_many(&mut self, entries: &[Entry]) -> Result<u64, ConntrackError> {
+        let mut deleted = 0;
+        for chunk in entries.chunks(BATCH) {
+            let gone = self.exchange(chunk, delete_request_with)?;
+            deleted += (chunk.len() - gone) as u64;
+        }
+        Ok(deleted)
+    }
+
+    /// Creates the entries (TCP ones established), [`BATCH`] per `sendmsg`, expiring after
+    /// `timeout` seconds; an entry that exists already is an error.
+    pub fn create_many(&mut self, entries: &[Entry], timeout: u32) -> Result<(), ConntrackError> {
+        for chunk in entries.chunks(BATCH) {
+            self.exchange(chunk, |e, seq, last| create_request(e, timeout, seq, last))?;
+        }
+        Ok(())
+    }
+
+    /// Sends one request per entry in a single `sendmsg`, only the last one acknowledged:
+    /// netlink handles them in order, so once the last is answered every failure before it
+    /// has been too. Returns how many failed with ENOENT; any other failure is an error.
+    fn exchange(
+        &mut self,
+        entries: &[Entry],
+        build: impl Fn(&Entry, u32, bool) -> Vec<u8>,
+    ) -> Result<usize, ConntrackError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let first_seq = self.seq.wrapping_add(1);
+        let mut buf = Vec::with_capacity(entries.len() * 96);
+        for (i, e) in entries.iter().enumerate() {
+            let seq = self.next_seq();
+            buf.extend_from_slice(&build(e, seq, i + 1 == entries.len()));
+        }
+        let last_seq = self.seq;
+        let ours = |seq: u32| seq.wrapping_sub(first_seq) <= last_seq.wrapping_sub(first_seq);
+        self.sock.send(&buf, 0)?;
+        let mut not_found = 0;
+        let mut error = None;
+        loop {
+            let n = self.recv()?;
+            for msg in messages(&self.buf[..n]) {
+                let msg = msg?;
+                let seq = msg.header.sequence_number;
+                if msg.header.message_type != NLMSG_ERROR || !ours(seq) {
+                    continue; // a late answer to an earlier request
+                }
+                match acked(&msg)? {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(Errno::ENOENT as i32) => not_found += 1,
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
+                }
+                if seq == last_seq {
+                    return match error {
+                        Some(e) => Err(ConntrackError::Kernel(e)),
+                        None => Ok(not_found),
+                    };
                 }
             }
         }

@@ -161,9 +161,8 @@ impl State {
         }
     }
 
-    fn drift(&mut self) -> Option<Drift> {
+    fn drift(&mut self, last: &Ruleset) -> Option<Drift> {
         self.drift_checks += 1;
-        let last = self.last.as_ref()?;
         match &self.kernel {
             None => Some(Drift {
                 problems: vec!["table inet nftpol is missing".into()],
@@ -210,17 +209,15 @@ impl Driver for FakeDataplane {
         self.state().last = None;
     }
 
-    fn check_drift(&self) -> Result<Option<Drift>, DataplaneError> {
-        Ok(self.state().drift())
+    fn check_drift(&self, ruleset: &Ruleset) -> Result<Option<Drift>, DataplaneError> {
+        Ok(self.state().drift(ruleset))
     }
 
-    fn repair_drift(&mut self) -> Result<Option<Drift>, DataplaneError> {
+    fn repair_drift(&mut self, ruleset: &Ruleset) -> Result<Option<Drift>, DataplaneError> {
         let mut s = self.state();
-        let drift = s.drift();
-        if drift.is_some()
-            && let Some(last) = s.last.clone()
-        {
-            s.apply_full(&last)?;
+        let drift = s.drift(ruleset);
+        if drift.is_some() {
+            s.apply_full(ruleset)?;
             s.stats.drift_repairs += 1;
         }
         Ok(drift)

@@ -7,6 +7,8 @@
 //! - [`sys`]: the `unsafe` libnftnl calls the safe nftnl API lacks, and the raw parts of the
 //!   netlink socket: the only `unsafe` code of the dataplane.
 //! - [`netlink`]: the transport (one `sendmsg`, ACKs only on END) and read-back dumps.
+//! - [`shape`]: rules parsed into expressions and attributes, compared by structure for the
+//!   drift check.
 //! - [`conntrack`]: the conntrack table through ctnetlink (`--strict` cuts connections).
 //! - [`br_netfilter`]: the bridge sysctl check without which same-bridge traffic bypasses us.
 //! - [`kernel`]: the minimum kernel (5.7: concatenated interval sets), checked at start.
@@ -28,6 +30,7 @@ pub mod netlink;
 pub mod program;
 pub mod render;
 pub mod ruleset;
+pub mod shape;
 #[allow(unsafe_code)]
 pub mod sys;
 
@@ -145,11 +148,12 @@ pub trait Driver: Send {
     /// Forgets the last applied ruleset, so that the next apply replaces the table.
     fn invalidate(&mut self);
 
-    /// What differs between the kernel and the last applied ruleset, if anything.
-    fn check_drift(&self) -> Result<Option<Drift>, DataplaneError>;
+    /// What differs between the kernel and `ruleset` (the last committed one), if anything.
+    fn check_drift(&self, ruleset: &Ruleset) -> Result<Option<Drift>, DataplaneError>;
 
-    /// Checks drift and, when found, replaces the table with the last applied ruleset.
-    fn repair_drift(&mut self) -> Result<Option<Drift>, DataplaneError>;
+    /// Checks drift from `ruleset` and, when found, replaces the table with it (the next
+    /// apply is then a diff from it).
+    fn repair_drift(&mut self, ruleset: &Ruleset) -> Result<Option<Drift>, DataplaneError>;
 
     fn stats(&self) -> Stats;
 
@@ -166,12 +170,12 @@ impl Driver for Dataplane {
         Dataplane::invalidate(self)
     }
 
-    fn check_drift(&self) -> Result<Option<Drift>, DataplaneError> {
-        Dataplane::check_drift(self)
+    fn check_drift(&self, ruleset: &Ruleset) -> Result<Option<Drift>, DataplaneError> {
+        Dataplane::check_drift_from(self, ruleset)
     }
 
-    fn repair_drift(&mut self) -> Result<Option<Drift>, DataplaneError> {
-        Dataplane::repair_drift(self)
+    fn repair_drift(&mut self, ruleset: &Ruleset) -> Result<Option<Drift>, DataplaneError> {
+        Dataplane::repair_drift_toward(self, ruleset)
     }
 
     fn stats(&self) -> Stats {
@@ -376,12 +380,18 @@ impl Dataplane {
         Ok(self.sock.table_exists(INET, c"nftpol")?)
     }
 
-    /// Compares the kernel with the last applied ruleset: chains, rule counts, sets and maps,
-    /// and every element. `None` when they agree (or nothing was applied yet).
+    /// Compares the kernel with the last applied ruleset: chains, every rule's expressions by
+    /// structure ([`shape`]), sets and maps, and every element. `None` when they agree (or nothing was applied yet).
     pub fn check_drift(&self) -> Result<Option<Drift>, DataplaneError> {
-        let Some(last) = &self.last else {
-            return Ok(None);
-        };
+        match &self.last {
+            Some(last) => self.check_drift_from(last),
+            None => Ok(None),
+        }
+    }
+
+    /// Compares the kernel with `last`, as [`Dataplane::check_drift`] does with the last
+    /// applied ruleset.
+    pub fn check_drift_from(&self, last: &Ruleset) -> Result<Option<Drift>, DataplaneError> {
         let mut problems = Vec::new();
         let table = c"nftpol";
         if !self.sock.table_exists(INET, table)? {
@@ -389,16 +399,16 @@ impl Dataplane {
                 problems: vec!["table inet nftpol is missing".into()],
             }));
         }
-        let want_rules = program::expected_rule_texts(last)?;
+        let want_rules = program::expected_rules(last)?;
         let chains: BTreeSet<String> = self
             .sock
             .dump_objects(DumpKind::Chains, INET, table)?
             .into_iter()
             .map(|o| o.name)
             .collect();
-        let mut have_rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (chain, text) in self.sock.dump_rules(INET, table)? {
-            have_rules.entry(chain).or_default().push(text);
+        let mut have_rules: BTreeMap<String, Vec<shape::RuleShape>> = BTreeMap::new();
+        for rule in self.sock.dump_rules(INET, table)? {
+            have_rules.entry(rule.chain.clone()).or_default().push(rule);
         }
         compare_names(
             "chain",
@@ -408,7 +418,7 @@ impl Dataplane {
         );
         for (chain, want) in &want_rules {
             let have = have_rules.get(chain).map(Vec::as_slice).unwrap_or(&[]);
-            if !chains.contains(chain) || have == want.as_slice() {
+            if !chains.contains(chain) {
                 continue;
             }
             if have.len() != want.len() {
@@ -417,8 +427,13 @@ impl Dataplane {
                     have.len(),
                     want.len()
                 ));
-            } else if let Some(i) = have.iter().zip(want).position(|(h, w)| h != w) {
-                problems.push(format!("chain {chain} rule #{i} differs: {}", have[i]));
+            } else if let Some((i, e)) = have
+                .iter()
+                .zip(want)
+                .enumerate()
+                .find_map(|(i, (h, w))| shape::compare(w, h).err().map(|e| (i, e)))
+            {
+                problems.push(format!("chain {chain} rule #{i} differs: {e}"));
             }
         }
         let expected = program::expected_elements(last)?;
@@ -459,11 +474,22 @@ impl Dataplane {
 
     /// Checks drift and, when found, replaces the table with the last applied ruleset.
     pub fn repair_drift(&mut self) -> Result<Option<Drift>, DataplaneError> {
-        let drift = self.check_drift()?;
-        if drift.is_some()
-            && let Some(last) = self.last.clone()
-        {
-            self.apply_full(&last)?;
+        match self.last.clone() {
+            Some(last) => self.repair_drift_toward(&last),
+            None => Ok(None),
+        }
+    }
+
+    /// Checks drift from `ruleset` and, when found, replaces the table with it. The enforcer
+    /// repairs toward the last ruleset it committed, also while a newer one keeps failing
+    /// (when [`Dataplane::invalidate`] may have dropped the last applied one).
+    pub fn repair_drift_toward(
+        &mut self,
+        ruleset: &Ruleset,
+    ) -> Result<Option<Drift>, DataplaneError> {
+        let drift = self.check_drift_from(ruleset)?;
+        if drift.is_some() {
+            self.apply_full(ruleset)?;
             self.stats.drift_repairs += 1;
         }
         Ok(drift)

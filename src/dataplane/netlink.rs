@@ -24,6 +24,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{self as socket, MsgFlags, NetlinkAddr, setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
+use super::shape::{self, RuleShape};
 use super::sys::{self, DumpKind, DumpedObject, NetfilterSocket, RawElem};
 
 const NLMSG_HDRLEN: usize = 16;
@@ -322,14 +323,14 @@ impl NlSocket {
         Ok(out)
     }
 
-    /// Every rule of `table` as (chain, expression text), in chain order.
-    pub fn dump_rules(&self, family: u16, table: &CStr) -> io::Result<Vec<(String, String)>> {
+    /// Every rule of `table` parsed into its chain and expressions, in chain order.
+    pub fn dump_rules(&self, family: u16, table: &CStr) -> io::Result<Vec<RuleShape>> {
         let seq = 0x6e66_7200;
         let mut req = vec![0u8; 4096];
         let n = sys::build_dump_request(&mut req, DumpKind::Rules, family, Some(table), seq);
         let mut out = Vec::new();
         self.dump(&req[..n], seq, |m| {
-            if let Some(r) = sys::rule_text(m) {
+            if let Some(r) = shape::parse_rule(m) {
                 out.push(r);
             }
         })?;

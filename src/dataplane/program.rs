@@ -21,6 +21,7 @@ use super::ruleset::{
     AddrField, Chain, Element, Family, Hook, Jump, LOG_BURST, LOG_RATE_PER_SECOND, LogTo, NamedSet,
     PodDirection, Rule, Ruleset, SetKind, TABLE, VerdictMap,
 };
+use super::shape::{self, RuleShape};
 use super::sys::{
     self, ELEM_INTERVAL_END, LookupExt, MetaLoad, NFT_SET_CONCAT, NFT_SET_INTERVAL, NFT_SET_MAP,
     PayloadLoad, RawElem, SetSpec, dtype,
@@ -454,7 +455,8 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             ct_state(r, States::INVALID.bits());
             r.add_expr(&Verdict::Drop);
         }
-        Rule::TcpNewNotSynDrop => {
+        Rule::TcpNewNotSynDrop { family, field, set } => {
+            addr_lookup(r, *family, *field, set, None)?;
             r.add_expr(&Meta::L4Proto);
             r.add_expr(&Cmp::new(CmpOp::Eq, IPPROTO_TCP));
             r.add_expr(&PayloadLoad::tcp_flags(sys::REG1));
@@ -622,7 +624,7 @@ pub fn full(ruleset: &Ruleset, per_element: bool) -> Result<Tx, BadName> {
 }
 
 fn add_contents(tx: &mut Tx, ruleset: &Ruleset) -> Result<(), BadName> {
-    for set in &ruleset.unknown {
+    for set in &ruleset.node_sets {
         tx.add_set(set)?;
     }
     for set in ruleset.cluster_sets.values() {
@@ -683,11 +685,11 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             .iter()
             .zip(&new.maps)
             .any(|(a, b)| a.name != b.name || a.family != b.family)
-        || old.unknown.len() != new.unknown.len()
+        || old.node_sets.len() != new.node_sets.len()
         || old
-            .unknown
+            .node_sets
             .iter()
-            .zip(&new.unknown)
+            .zip(&new.node_sets)
             .any(|(a, b)| a.name != b.name || a.family != b.family)
         // A cluster policy rule added, removed or changed in shape: they are rare, and a
         // replace keeps the ordering of shared sets and chains simple (still one transaction).
@@ -756,12 +758,12 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             }
         }
     }
-    // 3. Changed pods and unknown-address sets: element deletes before adds, so a replaced
-    // interval never overlaps.
+    // 3. Changed pods, base chains' address sets and cluster policy rules' sets: element
+    // deletes before adds, so a replaced interval never overlaps.
     for (os, ns) in old
-        .unknown
+        .node_sets
         .iter()
-        .zip(&new.unknown)
+        .zip(&new.node_sets)
         .chain(old.cluster_sets.values().zip(new.cluster_sets.values()))
     {
         if os.elements != ns.elements {
@@ -817,24 +819,27 @@ fn element_diff<'a>(old: &'a NamedSet, new: &'a NamedSet) -> (Vec<&'a Element>, 
     (del, add)
 }
 
-/// The expression text of every rule of `ruleset`, by chain, in the format
-/// [`sys::rule_text`] gives dumped rules: the rules are built and parsed back locally.
-pub fn expected_rule_texts(ruleset: &Ruleset) -> Result<BTreeMap<String, Vec<String>>, BadName> {
+/// One rule of chain `chain` as the netlink message that adds it.
+pub fn rule_message(chain: &str, rule: &Rule) -> Result<Vec<u8>, BadName> {
     let table = Table::new(c"nftpol", FAMILY);
+    let n = cname(chain)?;
+    let c = NftChain::new(&n, &table);
+    let mut r = NftRule::new(&c);
+    rule_exprs(&mut r, rule)?;
+    Ok(sys::nlmsg_bytes(&r))
+}
+
+/// Every rule of `ruleset` by chain, as the drift check compares them with the kernel's: the
+/// messages that add them, parsed back ([`shape`]).
+pub fn expected_rules(ruleset: &Ruleset) -> Result<BTreeMap<String, Vec<RuleShape>>, BadName> {
     let mut out = BTreeMap::new();
     for chain in ruleset.chains() {
-        let n = cname(&chain.name)?;
-        let c = NftChain::new(&n, &table);
-        let mut texts = Vec::new();
+        let mut rules = Vec::new();
         for rule in &chain.rules {
-            let mut r = NftRule::new(&c);
-            rule_exprs(&mut r, rule)?;
-            let bytes = sys::nlmsg_bytes(&r);
-            if let Some((_, text)) = sys::rule_text(&bytes) {
-                texts.push(text);
-            }
+            let bytes = rule_message(&chain.name, rule)?;
+            rules.extend(shape::parse_rule(&bytes));
         }
-        out.insert(chain.name.clone(), texts);
+        out.insert(chain.name.clone(), rules);
     }
     Ok(out)
 }

@@ -122,7 +122,11 @@ pub fn rule_text(rule: &Rule) -> String {
     match rule {
         Rule::CtEstablishedAccept => "ct state established,related accept".into(),
         Rule::CtInvalidDrop => "ct state invalid drop".into(),
-        Rule::TcpNewNotSynDrop => "tcp flags != syn / syn,ack ct state new drop".into(),
+        Rule::TcpNewNotSynDrop { family, field, set } => format!(
+            "{} {} @{set} tcp flags != syn / syn,ack ct state new drop",
+            family.keyword(),
+            field.keyword()
+        ),
         Rule::NeighborDiscoveryAccept(t) => format!("icmpv6 type {} accept", t.keyword()),
         Rule::Vmap { family, field, map } => {
             format!("{} {} vmap @{map}", family.keyword(), field.keyword())

@@ -49,10 +49,12 @@ pub struct Options {
     /// Drop traffic from or to an address of the node's pod CIDRs that belongs to no known
     /// pod (the `unknown_v4`/`unknown_v6` sets, filled by [`Ruleset::guard_unknown`]).
     pub default_deny_unknown: bool,
-    /// `--strict`: the forward chain drops TCP packets that would start tracking a connection
-    /// mid-stream (conntrack's loose pickup of a non-SYN packet). Without it, a connection
-    /// whose entry `--strict` deleted comes back as soon as the side the policies still let
-    /// open connections sends a packet (an ACK in flight is enough).
+    /// `--strict`: the forward chain drops TCP packets from or to an isolated local pod that
+    /// would start tracking a connection mid-stream (conntrack's loose pickup of a non-SYN
+    /// packet). Without it, a connection whose entry `--strict` deleted comes back as soon as
+    /// the side the policies still let open connections sends a packet (an ACK in flight is
+    /// enough). Only those pods' addresses (the `strict_v4`/`strict_v6` sets): other routed
+    /// traffic (asymmetric paths, after a conntrack flush) is none of nftpol's business.
     pub strict: bool,
     /// `--mode audit`: every isolated pod's chain ends in a counted `return` instead of a
     /// drop, as for a namespace annotated `nftpol.io/enforcement: audit`.
@@ -287,8 +289,13 @@ pub enum Rule {
     /// `counter return`: the end of a per-pod chain in audit mode; the counter counts what
     /// would have been dropped.
     CounterReturn,
-    /// `tcp flags != syn / syn,ack ct state new drop`: no mid-stream pickup.
-    TcpNewNotSynDrop,
+    /// `ip saddr @strict_v4 tcp flags != syn / syn,ack ct state new drop`: no mid-stream
+    /// pickup of a connection of an isolated local pod.
+    TcpNewNotSynDrop {
+        family: Family,
+        field: AddrField,
+        set: String,
+    },
     /// `ip saddr @unknown_v4 drop`: an address of the pod CIDRs no known pod has.
     AddrDrop {
         family: Family,
@@ -406,8 +413,10 @@ pub struct Ruleset {
     /// `ingress_v4`, `ingress_v6`, `egress_v4`, `egress_v6`.
     pub maps: Vec<VerdictMap>,
     pub base_chains: Vec<Chain>,
-    /// With `default_deny_unknown`: `unknown_v4` and `unknown_v6`, else empty.
-    pub unknown: Vec<NamedSet>,
+    /// Address sets of the base chains: with `default_deny_unknown`, `unknown_v4` and
+    /// `unknown_v6`; with `strict`, then `strict_v4` and `strict_v6` (every isolated local
+    /// pod's addresses).
+    pub node_sets: Vec<NamedSet>,
     /// ClusterNetworkPolicy rules used on this node: one set per rule and family, shared by
     /// every subject pod, by name.
     pub cluster_sets: BTreeMap<String, NamedSet>,
@@ -421,6 +430,14 @@ pub fn unknown_set_name(family: Family) -> &'static str {
     match family {
         Family::V4 => "unknown_v4",
         Family::V6 => "unknown_v6",
+    }
+}
+
+/// Name of the set of isolated local pod addresses of a family (`--strict`).
+pub fn strict_set_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "strict_v4",
+        Family::V6 => "strict_v6",
     }
 }
 
@@ -946,7 +963,15 @@ fn base_chains(options: Options) -> Vec<Chain> {
     let mut forward = preamble();
     forward.push(Rule::CtInvalidDrop);
     if options.strict {
-        forward.push(Rule::TcpNewNotSynDrop);
+        for family in [Family::V4, Family::V6] {
+            for field in [AddrField::Saddr, AddrField::Daddr] {
+                forward.push(Rule::TcpNewNotSynDrop {
+                    family,
+                    field,
+                    set: strict_set_name(family).to_string(),
+                });
+            }
+        }
     }
     forward.extend(unknown_drops(
         options,
@@ -1025,25 +1050,31 @@ impl Ruleset {
                 pods.insert(pd.chain.name.clone(), pd);
             }
         }
-        let unknown = if options.default_deny_unknown {
-            [Family::V4, Family::V6]
-                .into_iter()
-                .map(|family| NamedSet {
-                    name: unknown_set_name(family).to_string(),
-                    family,
-                    kind: SetKind::Addr,
-                    elements: Vec::new(),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let mut node_sets = Vec::new();
+        if options.default_deny_unknown {
+            node_sets.extend([Family::V4, Family::V6].map(|family| NamedSet {
+                name: unknown_set_name(family).to_string(),
+                family,
+                kind: SetKind::Addr,
+                elements: Vec::new(),
+            }));
+        }
+        if options.strict {
+            let isolated =
+                AddrSet::from_addrs(maps.values().flat_map(|m| m.entries.keys().copied()));
+            node_sets.extend([Family::V4, Family::V6].map(|family| NamedSet {
+                name: strict_set_name(family).to_string(),
+                family,
+                kind: SetKind::Addr,
+                elements: addr_elements(&isolated, family),
+            }));
+        }
         Ruleset {
             options,
             pods,
             maps: maps.into_values().collect(),
             base_chains: base_chains(options),
-            unknown,
+            node_sets,
             cluster_sets,
             cluster_chains,
         }
@@ -1053,19 +1084,21 @@ impl Ruleset {
     /// `pod_cidrs` that no address of `known` is (every pod of the cluster that has one).
     /// Without the option it does nothing. No pod CIDR: nothing is unknown.
     pub fn guard_unknown(&mut self, pod_cidrs: &[IpNet], known: impl IntoIterator<Item = IpAddr>) {
-        if self.unknown.is_empty() {
+        if !self.options.default_deny_unknown {
             return;
         }
         let unknown = AddrSet::from_nets(pod_cidrs).subtract(&AddrSet::from_addrs(known));
-        for set in &mut self.unknown {
-            set.elements = addr_elements(&unknown, set.family);
+        for set in &mut self.node_sets {
+            if set.name == unknown_set_name(set.family) {
+                set.elements = addr_elements(&unknown, set.family);
+            }
         }
     }
 
-    /// Every named set in creation order: the unknown-address sets, the cluster rule sets,
-    /// then pod sets (by chain name).
+    /// Every named set in creation order: the base chains' sets, the cluster rule sets, then
+    /// pod sets (by chain name).
     pub fn sets(&self) -> impl Iterator<Item = &NamedSet> {
-        self.unknown
+        self.node_sets
             .iter()
             .chain(self.cluster_sets.values())
             .chain(self.pods.values().flat_map(|p| p.sets.iter()))
@@ -1204,5 +1237,74 @@ mod tests {
         assert!(rs.pods.is_empty());
         assert!(rs.maps.iter().all(|m| m.entries.is_empty()));
         assert_eq!(rs.base_chains.len(), 2);
+    }
+
+    /// `--strict`'s mid-stream drop applies to packets from or to an isolated local pod only:
+    /// the set holds exactly those pods' addresses, and no rule of the forward chain drops
+    /// mid-stream TCP of other addresses.
+    #[test]
+    fn strict_midstream_drop_is_scoped_to_isolated_pod_addresses() {
+        use crate::policy::compile::Isolation;
+        let mut plan = NodePlan::default();
+        for (name, ip, isolated) in [
+            ("iso", "10.0.0.1", true),
+            ("iso6", "fd00::1", true),
+            ("open", "10.0.0.2", false),
+        ] {
+            let pod = ObjectKey::new("a", name);
+            let iso = Isolation {
+                policies: vec![ObjectKey::new("a", "p")],
+                rules: Vec::new(),
+                allowed: Allowed::default(),
+                log_allowed: false,
+            };
+            plan.endpoints.insert(
+                pod.clone(),
+                Endpoint {
+                    pod,
+                    ips: vec![ip.parse().unwrap()],
+                    ingress: isolated.then_some(iso),
+                    egress: None,
+                    audit: false,
+                    cluster_ingress: Default::default(),
+                    cluster_egress: Default::default(),
+                },
+            );
+        }
+        let strict = Options {
+            strict: true,
+            ..Options::default()
+        };
+        let rs = Ruleset::build(&plan, strict);
+        let text = crate::dataplane::render(&rs);
+        let forward = &rs.base_chains[0];
+        let midstream: Vec<String> = forward
+            .rules
+            .iter()
+            .map(crate::dataplane::render::rule_text)
+            .filter(|t| t.contains("tcp flags"))
+            .collect();
+        assert_eq!(
+            midstream,
+            [
+                "ip saddr @strict_v4 tcp flags != syn / syn,ack ct state new drop",
+                "ip daddr @strict_v4 tcp flags != syn / syn,ack ct state new drop",
+                "ip6 saddr @strict_v6 tcp flags != syn / syn,ack ct state new drop",
+                "ip6 daddr @strict_v6 tcp flags != syn / syn,ack ct state new drop",
+            ]
+        );
+        let set = |name: &str| {
+            let s = rs.node_sets.iter().find(|s| s.name == name).expect(name);
+            s.elements
+                .iter()
+                .map(crate::dataplane::render::element_text)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(set("strict_v4"), ["10.0.0.1"], "{text}");
+        assert_eq!(set("strict_v6"), ["fd00::1"], "{text}");
+        // Without --strict: neither the sets nor the rules.
+        let rs = Ruleset::build(&plan, Options::default());
+        assert!(rs.node_sets.is_empty());
+        assert!(!crate::dataplane::render(&rs).contains("tcp flags"));
     }
 }

@@ -577,51 +577,6 @@ pub fn nlmsg_bytes<T: nftnl::NlMsg>(msg: &T) -> Vec<u8> {
     buf
 }
 
-/// A rule message as (chain, expression text): libnftnl's per-expression debug format with
-/// counter values blanked, so that traffic does not read as drift.
-///
-/// # Safety
-/// `nlh` must point to a complete netlink message of `nlh.nlmsg_len` bytes.
-unsafe fn rule_text_at(nlh: *const libc::nlmsghdr) -> Option<(String, String)> {
-    // SAFETY: the caller guarantees a complete message; every libnftnl object is freed and
-    // every string copied before returning.
-    unsafe {
-        let r = sys::nftnl_rule_alloc();
-        if sys::nftnl_rule_nlmsg_parse(nlh, r) < 0 {
-            sys::nftnl_rule_free(r);
-            return None;
-        }
-        let chain = cstr_attr(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_CHAIN as u16));
-        let mut parts = Vec::new();
-        let it = sys::nftnl_expr_iter_create(r);
-        if !it.is_null() {
-            let mut buf = vec![0u8; 4096];
-            let mut e = sys::nftnl_expr_iter_next(it);
-            while !e.is_null() {
-                let name = cstr_attr(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16))
-                    .unwrap_or_default();
-                if name == "counter" {
-                    parts.push("counter".to_string());
-                } else {
-                    sys::nftnl_expr_snprintf(buf.as_mut_ptr().cast::<c_char>(), buf.len(), e, 0, 0);
-                    let text = CStr::from_ptr(buf.as_ptr().cast::<c_char>()).to_string_lossy();
-                    // The kernel echoes defaults we never send (lookup flags 0, log level 4).
-                    let text = match name.as_str() {
-                        "lookup" => text.trim().trim_end_matches(" 0x0").to_string(),
-                        "log" => text.replace(" level 4", "").trim().to_string(),
-                        _ => text.trim().to_string(),
-                    };
-                    parts.push(format!("{name} {text}"));
-                }
-                e = sys::nftnl_expr_iter_next(it);
-            }
-            sys::nftnl_expr_iter_destroy(it);
-        }
-        sys::nftnl_rule_free(r);
-        chain.map(|c| (c, parts.join("; ")))
-    }
-}
-
 /// What a rule with a counter does after counting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CountedVerdict {
@@ -731,12 +686,6 @@ pub fn parse_dumped(msg: &[u8], kind: DumpKind) -> Option<DumpedObject> {
 pub fn parse_elems(msg: &[u8]) -> Vec<RawElem> {
     // SAFETY: `with_nlmsg` passes a pointer to a whole, aligned message of `nlmsg_len` bytes.
     with_nlmsg(msg, |nlh| unsafe { parse_elems_at(nlh) }).unwrap_or_default()
-}
-
-/// A rule message as (chain, expression text); see `rule_text_at`.
-pub fn rule_text(msg: &[u8]) -> Option<(String, String)> {
-    // SAFETY: `with_nlmsg` passes a pointer to a whole, aligned message of `nlmsg_len` bytes.
-    with_nlmsg(msg, |nlh| unsafe { rule_text_at(nlh) }).flatten()
 }
 
 /// The first counter of a rule message with the rule's verdict; see `rule_counter_at`.
@@ -880,11 +829,9 @@ mod tests {
         let mut rule = Rule::new(&chain);
         rule.add_expr(&nftnl::expr::Verdict::Accept);
         let msg = nlmsg_bytes(&rule);
-        let (chain, text) = rule_text(&msg).expect("a whole message parses");
-        assert_eq!(chain, "c");
-        assert!(text.contains("accept"), "{text}");
+        let parsed = parse_dumped(&msg, DumpKind::Rules).expect("a whole message parses");
+        assert_eq!(parsed.table, "nftpol");
         for cut in [0, 3, 15, msg.len() - 1] {
-            assert_eq!(rule_text(&msg[..cut]), None, "cut at {cut}");
             assert_eq!(parse_dumped(&msg[..cut], DumpKind::Rules), None);
             assert!(parse_elems(&msg[..cut]).is_empty());
             assert_eq!(rule_counter(&msg[..cut]), None);
@@ -901,7 +848,10 @@ mod tests {
         let msg = nlmsg_bytes(&rule);
         let mut shifted = vec![0u8; msg.len() + 1];
         shifted[1..].copy_from_slice(&msg);
-        assert_eq!(rule_text(&shifted[1..]), rule_text(&msg));
+        assert_eq!(
+            parse_dumped(&shifted[1..], DumpKind::Rules),
+            parse_dumped(&msg, DumpKind::Rules)
+        );
         let c = rule_counter(&shifted[1..]).expect("a counter");
         assert_eq!((c.chain.as_str(), c.verdict), ("c", CountedVerdict::Drop));
     }

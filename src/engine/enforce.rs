@@ -4,8 +4,9 @@
 //! Failure policy: a transaction the kernel rejects leaves the previous ruleset in force (the
 //! kernel applies a batch whole or not at all) and is retried with exponential backoff; after an
 //! I/O error the kernel may hold anything, so the retry replaces the whole table. A periodic
-//! resync compares the kernel with what was applied and repairs drift (someone ran
-//! `nft flush ruleset`) with a full replace. On shutdown the rules stay in place: a restarting
+//! resync compares the kernel with the last committed ruleset and repairs drift (someone ran
+//! `nft flush ruleset`) with a full replace of it, also while a newer ruleset keeps failing:
+//! a failing update must not leave a flushed node open until it succeeds. On shutdown the rules stay in place: a restarting
 //! daemon must not open the node.
 //!
 //! It also records every commit, failure and repair in the metrics (`crate::observe::metrics`),
@@ -29,7 +30,7 @@ use crate::policy::compile::NodePlan;
 
 pub use super::signals::install_signal_thread;
 use super::status::write_status;
-use super::strict::cut_denied;
+use super::strict::{Cut, SWEEP_BUDGET, cut_denied};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -45,6 +46,12 @@ pub struct Desired {
     /// The plan the ruleset was built from; `--strict` judges open connections with it (and
     /// does nothing without it).
     pub plan: Option<Arc<NodePlan>>,
+}
+
+/// A `--strict` sweep from the start, or going on with what an unfinished one left.
+enum Sweep {
+    Dump,
+    GoOn(Cut),
 }
 
 /// The delays between retries of a failing apply: doubling from [`FIRST_BACKOFF`] up to
@@ -79,6 +86,9 @@ pub struct Enforcer {
     generation: u64,
     /// Wanted but not yet committed (a failed apply waits here for its retry).
     pending: Option<Desired>,
+    /// The last ruleset committed: what drift is repaired toward (the driver forgets its own
+    /// copy after an I/O error).
+    committed: Option<Ruleset>,
     backoff: Backoff,
     retry_at: Option<Instant>,
     metrics: Option<Metrics>,
@@ -86,6 +96,9 @@ pub struct Enforcer {
     conntrack: Option<Conntrack>,
     /// Connections cut so far.
     cut: u64,
+    /// A `--strict` sweep that ran out of budget: what it left to delete at the next tick,
+    /// with the plan and whether node traffic is policed (to dump again if it overflowed).
+    resweep: Option<(Cut, Arc<NodePlan>, bool)>,
 }
 
 impl Enforcer {
@@ -102,11 +115,13 @@ impl Enforcer {
             status_file,
             generation: 0,
             pending: None,
+            committed: None,
             backoff: Backoff::new(),
             retry_at: None,
             metrics: None,
             conntrack: None,
             cut: 0,
+            resweep: None,
         }
     }
 
@@ -142,6 +157,16 @@ impl Enforcer {
         self.retry_at
     }
 
+    /// When [`Enforcer::tick`] has work next: a retry, or at once the rest of a `--strict`
+    /// sweep that ran out of budget.
+    pub fn wake_at(&self, now: Instant) -> Option<Instant> {
+        let sweep = self.resweep.as_ref().map(|_| now);
+        match (self.retry_at, sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Enforces `desired` now (replacing any pending retry with the newer state).
     pub fn submit(&mut self, desired: Desired) {
         self.pending = Some(desired);
@@ -149,11 +174,55 @@ impl Enforcer {
         self.try_apply();
     }
 
-    /// Retries a failed apply if its time has come.
+    /// Retries a failed apply if its time has come, and goes on with an unfinished sweep.
     pub fn tick(&mut self, now: Instant) {
         if self.retry_at.is_some_and(|r| r <= now) {
             self.retry_at = None;
             self.try_apply();
+        }
+        if let Some((cut, plan, police_node)) = self.resweep.take() {
+            if cut.left() == 0 {
+                // It remembered only part of what was denied: judge the table again.
+                self.sweep(Sweep::Dump, plan, police_node);
+            } else {
+                self.sweep(Sweep::GoOn(cut), plan, police_node);
+            }
+        }
+    }
+
+    /// `--strict`: deletes the conntrack entries `plan` denies, for at most [`SWEEP_BUDGET`];
+    /// an unfinished sweep goes on at the next tick.
+    fn sweep(&mut self, how: Sweep, plan: Arc<NodePlan>, police_node: bool) {
+        let Some(ct) = self.conntrack.as_mut() else {
+            return;
+        };
+        let res = match how {
+            Sweep::Dump => cut_denied(ct, &plan, police_node, SWEEP_BUDGET),
+            Sweep::GoOn(mut cut) => cut.go_on(ct, SWEEP_BUDGET).map(|s| (s, cut)),
+        };
+        match res {
+            Ok((s, cut)) => {
+                self.cut += s.cut;
+                if let Some(m) = &self.metrics {
+                    m.observe_sweep(s.cut, s.took);
+                }
+                if s.cut > 0 || !s.complete {
+                    tracing::info!(
+                        cut = s.cut,
+                        total = self.cut,
+                        examined = s.examined,
+                        complete = s.complete,
+                        took_ms = s.took.as_secs_f64() * 1e3,
+                        "cut {} connections no longer allowed",
+                        s.cut
+                    );
+                }
+                if !s.complete {
+                    self.resweep = Some((cut, plan, police_node));
+                }
+            }
+            // The ruleset is in force; only the cut is missing. The next change sweeps again.
+            Err(e) => tracing::error!("strict: cutting connections failed: {e}"),
         }
     }
 
@@ -180,35 +249,23 @@ impl Enforcer {
                     m.observe_apply(desired.since, &desired.ruleset, &self.dp.stats());
                 }
                 // Audit mode drops nothing, so it cuts nothing either.
-                if report.kind != ApplyKind::Unchanged
-                    && !desired.ruleset.options.audit
-                    && let (Some(ct), Some(plan)) = (self.conntrack.as_mut(), &desired.plan)
-                {
-                    let police_node = desired.ruleset.options.police_node_traffic;
-                    match cut_denied(ct, plan, police_node) {
-                        Ok(n) => {
-                            self.cut += n;
-                            if n > 0 {
-                                tracing::info!(
-                                    cut = n,
-                                    total = self.cut,
-                                    "cut {n} connections no longer allowed"
-                                );
-                            }
-                        }
-                        // The ruleset is in force; only the cut is missing. The next change
-                        // sweeps again.
-                        Err(e) => tracing::error!("strict: cutting connections failed: {e}"),
-                    }
-                }
+                let sweep = (report.kind != ApplyKind::Unchanged && !desired.ruleset.options.audit)
+                    .then(|| desired.plan.clone())
+                    .flatten()
+                    .map(|plan| (plan, desired.ruleset.options.police_node_traffic));
                 if let Some(path) = &self.status_file
                     && let Err(e) = write_status(path, self.generation, &desired.fingerprint)
                 {
                     tracing::error!("status file: {e:#}");
                 }
-                self.pending = None;
+                self.committed = self.pending.take().map(|d| d.ruleset);
                 self.retry_at = None;
                 self.backoff.reset();
+                if let Some((plan, police_node)) = sweep {
+                    // A newer plan supersedes an unfinished sweep of an older one.
+                    self.resweep = None;
+                    self.sweep(Sweep::Dump, plan, police_node);
+                }
             }
             Err(e) => {
                 for r in e.rejected() {
@@ -232,16 +289,21 @@ impl Enforcer {
         }
     }
 
-    /// Checks the kernel against the last applied ruleset and repairs drift.
+    /// Checks the kernel against the last committed ruleset and repairs drift, whether or not
+    /// a newer ruleset is waiting for its retry (that retry then starts from the repaired
+    /// table).
     pub fn resync(&mut self) {
-        if self.pending.is_some() {
-            return; // a retry is scheduled; it replaces the table anyway
-        }
-        match self.dp.check_drift() {
+        let Some(committed) = &self.committed else {
+            return; // nothing committed yet: the pending apply writes the whole table
+        };
+        match self.dp.check_drift(committed) {
             Ok(None) => tracing::debug!("no drift"),
             Ok(Some(drift)) => {
-                tracing::warn!("drift detected, replacing the table: {drift}");
-                match self.dp.repair_drift() {
+                tracing::warn!(
+                    update_pending = self.pending.is_some(),
+                    "drift detected, replacing the table with the last committed ruleset: {drift}"
+                );
+                match self.dp.repair_drift(committed) {
                     Ok(_) => {
                         tracing::info!(repairs = self.dp.stats().drift_repairs, "drift repaired")
                     }
@@ -467,52 +529,75 @@ mod tests {
     }
 
     #[test]
-    fn resync_skips_the_drift_check_while_an_apply_is_failing() {
+    fn resync_checks_the_committed_ruleset_while_an_apply_is_failing() {
         let (mut e, fake) = enforcer();
         e.submit(desired(1));
         fake.fail_next(100, Failure::Io);
         e.submit(desired(2));
         let sent = fake.sent().len();
         e.resync();
-        assert_eq!(fake.state().drift_checks, 0);
-        assert_eq!(fake.sent().len(), sent);
+        assert_eq!(fake.state().drift_checks, 1);
+        assert_eq!(fake.sent().len(), sent, "no drift, no transaction");
     }
 
-    /// Current behaviour, documented rather than endorsed: while an update keeps failing, the
-    /// periodic resync does not look at the kernel, so drift (here the table flushed away,
-    /// which leaves the node open) stays unrepaired until the update finally commits; that
-    /// commit then replaces the whole table (the diff fails against the drifted kernel and
-    /// falls back to a full replace), which repairs the drift with the new ruleset.
     #[test]
-    fn drift_while_updates_keep_failing_waits_for_the_update() {
+    fn resync_before_any_commit_checks_nothing() {
+        let (mut e, fake) = enforcer();
+        fake.fail_next(1, Failure::Reject);
+        e.submit(desired(1));
+        e.resync();
+        assert_eq!(fake.state().drift_checks, 0);
+    }
+
+    /// A rejected update plus `nft flush ruleset`: the resync puts the last committed ruleset
+    /// back at once (the node is not left open while the update fails), and the update's
+    /// retry then commits as a diff from it.
+    #[test]
+    fn drift_while_updates_keep_failing_is_repaired_to_the_last_commit() {
         let (mut e, fake) = enforcer();
         e.submit(desired(1));
         fake.fail_next(2, Failure::Reject);
         e.submit(desired(2));
         fake.flush();
-        for _ in 0..3 {
-            e.resync();
-        }
-        assert_eq!(fake.state().drift_checks, 0);
+        e.resync();
         assert_eq!(
             fake.kernel(),
-            None,
-            "the drift is not repaired while the update fails"
+            Some(ruleset(1)),
+            "repaired while the update fails"
         );
-        assert_eq!(fake.state().stats.drift_repairs, 0);
+        assert_eq!(fake.sent().last(), Some(&(Full, true)));
+        assert_eq!(fake.state().stats.drift_repairs, 1);
+        assert_eq!(e.generation(), 1);
+        assert!(e.retry_at().is_some(), "the update is still to be retried");
+        e.resync();
+        assert_eq!(fake.state().stats.drift_repairs, 1, "no drift left");
 
         retry(&mut e);
-        let sent = fake.sent();
-        assert_eq!(sent[sent.len() - 2..], [(Diff, false), (Full, true)]);
+        assert_eq!(fake.sent().last(), Some(&(Diff, true)));
         assert_eq!(fake.kernel(), Some(ruleset(2)));
-        assert_eq!(
-            fake.state().stats.drift_repairs,
-            0,
-            "repaired by the update"
-        );
+        assert_eq!(e.generation(), 2);
+        // From now on drift is judged against the new commit.
+        fake.flush();
         e.resync();
-        assert_eq!(fake.state().stats.drift_repairs, 0);
-        assert_eq!(fake.sent().len(), sent.len());
+        assert_eq!(fake.kernel(), Some(ruleset(2)));
+        assert_eq!(fake.state().stats.drift_repairs, 2);
+    }
+
+    /// After an I/O error the driver forgets what it applied; the enforcer still knows what it
+    /// committed, and repairs toward it.
+    #[test]
+    fn drift_after_an_io_error_is_repaired_to_the_last_commit() {
+        let (mut e, fake) = enforcer();
+        e.submit(desired(1));
+        fake.fail_next(2, Failure::Io);
+        e.submit(desired(2));
+        retry(&mut e);
+        fake.flush();
+        e.resync();
+        assert_eq!(fake.kernel(), Some(ruleset(1)));
+        assert_eq!(fake.state().stats.drift_repairs, 1);
+        retry(&mut e);
+        assert_eq!(fake.kernel(), Some(ruleset(2)));
     }
 
     #[test]

@@ -92,8 +92,8 @@ pub trait Enforce {
     fn tick(&mut self, now: Instant);
     /// Checks the kernel for drift and repairs it.
     fn resync(&mut self);
-    /// When the next retry is due, if an apply failed.
-    fn retry_at(&self) -> Option<Instant>;
+    /// When `tick` has work next (a retry, an unfinished `--strict` sweep), if anything.
+    fn wake_at(&self, now: Instant) -> Option<Instant>;
     /// Number of successful applies so far.
     fn generation(&self) -> u64;
 }
@@ -108,8 +108,8 @@ impl Enforce for Enforcer {
     fn resync(&mut self) {
         Enforcer::resync(self)
     }
-    fn retry_at(&self) -> Option<Instant> {
-        Enforcer::retry_at(self)
+    fn wake_at(&self, now: Instant) -> Option<Instant> {
+        Enforcer::wake_at(self, now)
     }
     fn generation(&self) -> u64 {
         Enforcer::generation(self)
@@ -237,7 +237,7 @@ impl<S: StateSource, E: Enforce> EventLoop<S, E> {
         match input {
             Input::Source(source::Event::Stopped(what)) => {
                 tracing::error!("{what} stopped");
-                self.metrics.observe_watches_stopped();
+                self.metrics.observe_stopped(what);
                 Burst::Other
             }
             Input::Source(change) => {
@@ -286,7 +286,7 @@ impl<S: StateSource, E: Enforce> EventLoop<S, E> {
     /// When the loop must wake up at the latest, if nothing arrives.
     fn wake(&self, now: Instant) -> Instant {
         self.enforcer
-            .retry_at()
+            .wake_at(now)
             .map_or(self.next_resync, |r| r.min(self.next_resync))
             .min(now + metrics::HEARTBEAT_EVERY)
     }
@@ -363,7 +363,7 @@ mod tests {
         fn resync(&mut self) {
             self.resyncs += 1;
         }
-        fn retry_at(&self) -> Option<Instant> {
+        fn wake_at(&self, _now: Instant) -> Option<Instant> {
             self.retry_at
         }
         fn generation(&self) -> u64 {
@@ -491,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn stopped_watches_make_the_node_unready() {
+    fn stopped_watches_make_the_node_unready_and_not_live() {
         let mut l = event_loop(true);
         let applied = state("applied");
         let stats = crate::dataplane::Stats::default();
@@ -504,6 +504,9 @@ mod tests {
         );
         let err = l.metrics.readyz().expect_err("not ready");
         assert!(err.contains("watches stopped"), "{err}");
+        // Nothing restarts the watchers but a new process: liveness fails too.
+        let err = l.metrics.livez().expect_err("not live");
+        assert!(err.contains("the API watches stopped"), "{err}");
         assert!(l.source.applied.is_empty());
     }
 

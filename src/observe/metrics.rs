@@ -13,7 +13,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -29,7 +29,7 @@ use crate::dataplane::br_netfilter::BrNetfilter;
 use crate::dataplane::{CounterReader, Ruleset, Stats};
 use crate::policy::compile::NodePlan;
 use crate::policy::model::SkipReason;
-use crate::source::Update;
+use crate::source::{Change, Update};
 
 /// A gauge that only goes up: a Felix-style counter (see the module doc).
 type Monotonic = Gauge<u64, AtomicU64>;
@@ -62,7 +62,15 @@ struct Inner {
     flow_logs: Family<Labels, Monotonic>,
     flow_logs_lost: Monotonic,
     flow_log_active: Gauge,
+    drift_repairs: Monotonic,
+    watch_errors: Family<Labels, Monotonic>,
+    watch_last_event: Family<Labels, Seconds>,
+    strict_cut: Monotonic,
+    strict_sweep_time: Histogram,
 }
+
+/// The kinds the API source watches (or, for the Node, reads), as the `kind` label.
+pub const WATCHED_KINDS: [&str; 4] = ["Namespace", "Pod", "NetworkPolicy", "Node"];
 
 /// The metric handles and health state of one nftpol process.
 #[derive(Clone)]
@@ -205,6 +213,39 @@ impl Metrics {
             "1 when nftpol reads its NFLOG group, 0 when flow logs are off or the group could not be bound",
             flow_log_active.clone(),
         );
+        let drift_repairs = Monotonic::default();
+        registry.register(
+            "nftpol_drift_repairs",
+            "Times the periodic resync found table inet nftpol differing from the last committed ruleset and replaced it (only goes up)",
+            drift_repairs.clone(),
+        );
+        let watch_errors = Family::<Labels, Monotonic>::default();
+        registry.register(
+            "nftpol_watch_errors",
+            "Failed lists, watches or reads of the Kubernetes API, by kind; each is retried with backoff (only goes up)",
+            watch_errors.clone(),
+        );
+        let watch_last_event = Family::<Labels, Seconds>::default();
+        registry.register(
+            "nftpol_watch_last_event_timestamp_seconds",
+            "Unix time of the last successful list or event (for the Node: change of its pod CIDRs) from the Kubernetes API, by kind; absent until the first",
+            watch_last_event.clone(),
+        );
+        let strict_cut = Monotonic::default();
+        registry.register(
+            "nftpol_strict_cut_connections",
+            "Conntrack entries deleted by --strict because the new ruleset denies their connection (only goes up)",
+            strict_cut.clone(),
+        );
+        let strict_sweep_time = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "nftpol_strict_sweep_duration_seconds",
+            "Time in seconds of each --strict conntrack sweep (dump, judge, delete)",
+            strict_sweep_time.clone(),
+        );
+        for kind in WATCHED_KINDS {
+            watch_errors.get_or_create(&vec![("kind", kind)]).set(0);
+        }
         for action in ["drop", "audit", "allow"] {
             flow_logs.get_or_create(&vec![("action", action)]).set(0);
         }
@@ -253,6 +294,11 @@ impl Metrics {
                 flow_logs,
                 flow_logs_lost,
                 flow_log_active,
+                drift_repairs,
+                watch_errors,
+                watch_last_event,
+                strict_cut,
+                strict_sweep_time,
             }),
         }
     }
@@ -324,6 +370,13 @@ impl Metrics {
     pub fn observe_stats(&self, stats: &Stats) {
         self.inner.nft_transactions.set(stats.transactions);
         self.inner.nft_errors.set(stats.transaction_errors);
+        self.inner.drift_repairs.set(stats.drift_repairs);
+    }
+
+    /// A `--strict` sweep cut `cut` connections in `took`.
+    pub fn observe_sweep(&self, cut: u64, took: Duration) {
+        self.inner.strict_cut.inc_by(cut);
+        self.inner.strict_sweep_time.observe(took.as_secs_f64());
     }
 
     /// The compiled plan: endpoints, policies, isolation and skipped pods.
@@ -386,18 +439,43 @@ impl Metrics {
         self.inner.health.br_netfilter(problem);
     }
 
-    /// An update from the API source: a watch error is a normal retry (kept for the reason
-    /// text only); anything else means the watches deliver.
+    /// An update from the API source: a watch error is a normal retry (counted, and kept for
+    /// the readiness reason text); anything else means the watches of its kind deliver.
     pub fn observe_update(&self, update: &Update) {
-        self.inner.health.watch_error(match update {
-            Update::WatchError { kind, error } => Some(format!("{kind}: {error}")),
-            _ => None,
-        });
+        let kind = match update {
+            Update::WatchError { kind, error } => {
+                self.inner
+                    .watch_errors
+                    .get_or_create(&vec![("kind", *kind)])
+                    .inc();
+                self.inner
+                    .health
+                    .watch_error(Some(format!("{kind}: {error}")));
+                return;
+            }
+            Update::Namespace(_) => "Namespace",
+            Update::Pod(_) => "Pod",
+            Update::Policy(_) => "NetworkPolicy",
+            Update::NodePodCidrs(_) | Update::Node(_) => "Node",
+            // A relist reports the three cluster policy kinds together (one merged listing).
+            Update::ClusterPolicy(Change::Applied(p)) => p.key.kind.as_str(),
+            Update::ClusterPolicy(Change::Deleted(k)) => k.kind.as_str(),
+            Update::ClusterPolicy(Change::Relisted(_)) => "ClusterNetworkPolicy",
+        };
+        self.inner.health.watch_error(None);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.inner
+            .watch_last_event
+            .get_or_create(&vec![("kind", kind)])
+            .set(now.as_secs_f64());
     }
 
-    /// The API watchers ended (they retry forever otherwise): the node is not ready.
-    pub fn observe_watches_stopped(&self) {
-        self.inner.health.watches_stopped();
+    /// A task the daemon needs ended (the API watchers retry forever otherwise): not ready,
+    /// and not live, so that the kubelet restarts the process.
+    pub fn observe_stopped(&self, what: &str) {
+        self.inner.health.task_stopped(what);
     }
 }
 
@@ -488,6 +566,16 @@ mod tests {
         "nftpol_skipped_pods{reason=\"no address\"}",
         "nftpol_skipped_pods{reason=\"terminated\"}",
         "nftpol_br_netfilter_enabled",
+        "nftpol_flow_logs{action=\"drop\"}",
+        "nftpol_flow_logs_lost",
+        "nftpol_flow_log_active",
+        "nftpol_drift_repairs",
+        "nftpol_watch_errors{kind=\"Namespace\"}",
+        "nftpol_watch_errors{kind=\"Pod\"}",
+        "nftpol_watch_errors{kind=\"NetworkPolicy\"}",
+        "nftpol_watch_errors{kind=\"Node\"}",
+        "nftpol_strict_cut_connections",
+        "nftpol_strict_sweep_duration_seconds_count",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
         "process_open_fds",
@@ -605,5 +693,110 @@ mod tests {
         assert_eq!(s.dropped_packets, 7.0);
         assert_eq!(s.audit_would_drop_packets, 5.0);
         assert!(s.last_apply_unix.is_some_and(|t| t > 1e9));
+    }
+
+    #[test]
+    fn watch_errors_are_counted_per_kind_and_events_timestamped() {
+        let m = Metrics::new();
+        let err = Update::WatchError {
+            kind: "Pod",
+            error: "403 Forbidden".into(),
+        };
+        m.observe_update(&err);
+        m.observe_update(&err);
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "nftpol_watch_errors{kind=\"Pod\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "nftpol_watch_errors{kind=\"Namespace\"}"),
+            Some(0.0)
+        );
+        assert!(
+            !text.contains("nftpol_watch_last_event_timestamp_seconds{"),
+            "no event yet, no timestamp: {text}"
+        );
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        m.observe_update(&Update::Pod(crate::source::Change::Deleted(
+            crate::policy::model::ObjectKey::new("x", "p"),
+        )));
+        let text = m.encode();
+        let at = sample(
+            &text,
+            "nftpol_watch_last_event_timestamp_seconds{kind=\"Pod\"}",
+        )
+        .expect("timestamp of the Pod event");
+        assert!(at >= before.as_secs_f64().floor(), "{at} < {before:?}");
+        assert_eq!(
+            sample(
+                &text,
+                "nftpol_watch_last_event_timestamp_seconds{kind=\"Namespace\"}"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_stopped_task_fails_liveness_and_readiness() {
+        let m = Metrics::new();
+        m.heartbeat();
+        assert_eq!(m.livez(), Ok(()));
+        m.observe_stopped("the API watches");
+        assert!(
+            m.livez()
+                .is_err_and(|r| r.contains("the API watches stopped"))
+        );
+        assert!(m.readyz().is_err());
+    }
+
+    #[test]
+    fn drift_repairs_and_strict_sweeps_are_exported() {
+        let m = Metrics::new();
+        m.observe_stats(&Stats {
+            drift_repairs: 3,
+            ..Default::default()
+        });
+        m.observe_sweep(5, Duration::from_millis(20));
+        m.observe_sweep(0, Duration::from_millis(2));
+        let text = m.encode();
+        assert_eq!(sample(&text, "nftpol_drift_repairs"), Some(3.0));
+        assert_eq!(sample(&text, "nftpol_strict_cut_connections"), Some(5.0));
+        assert_eq!(
+            sample(&text, "nftpol_strict_sweep_duration_seconds_count"),
+            Some(2.0)
+        );
+    }
+
+    /// Every nftpol metric an alert in manifests/alerts.yaml uses is one this process exports
+    /// (the drop counters come from the collector, which needs a kernel table).
+    #[test]
+    fn alerts_use_exported_metrics() {
+        let alerts = include_str!("../../manifests/monitoring/alerts.yaml");
+        let m = Metrics::new();
+        // A family without a series is not in the exposition: give the timestamps one.
+        m.observe_update(&Update::NodePodCidrs(Vec::new()));
+        let text = m.encode();
+        let collected = ["nftpol_dropped_packets", "nftpol_audit_would_drop_packets"];
+        let mut used = 0;
+        for (i, _) in alerts.match_indices("nftpol_") {
+            let name: String = alerts[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if collected.contains(&name.as_str()) {
+                continue;
+            }
+            used += 1;
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "alerts.yaml uses {name}, which is not exported"
+            );
+        }
+        assert!(used >= 6, "{used}");
     }
 }

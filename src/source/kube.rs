@@ -359,7 +359,16 @@ async fn run<E: Send + 'static>(client: Client, node: String, sink: Sink<E>) {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(kind = "Node", node = %node, "reading the own node: {e}"),
+                Err(e) => {
+                    tracing::warn!(kind = "Node", node = %node, "reading the own node: {e}");
+                    let update = Update::WatchError {
+                        kind: "Node",
+                        error: e.to_string(),
+                    };
+                    if !node_sink.send(super::Event::Update(update)) {
+                        return;
+                    }
+                }
             }
             tokio::time::sleep(NODE_POLL).await;
         }
