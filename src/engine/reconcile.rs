@@ -276,79 +276,41 @@ impl Reconciler {
         }
     }
 
-    fn cluster_policy_upsert(&mut self, policy: ClusterPolicy) -> bool {
-        if self.index.cluster_policy(&policy.key) == Some(&policy) {
-            return false;
-        }
-        self.index.upsert_cluster_policy(policy);
-        true
-    }
-
     fn cluster_policies(&mut self, change: Change<ClusterPolicy, ClusterPolicyKey>) {
-        let changed = match change {
-            Change::Applied(p) => self.cluster_policy_upsert(p),
-            Change::Deleted(key) => self.index.remove_cluster_policy(&key).is_some(),
-            Change::Relisted(Listing { objects, invalid }) => {
-                let keep: BTreeSet<ClusterPolicyKey> = objects
-                    .iter()
-                    .map(|p| p.key.clone())
-                    .chain(invalid)
-                    .collect();
-                let gone: Vec<ClusterPolicyKey> = self
-                    .index
-                    .cluster_policies()
-                    .map(|p| p.key.clone())
-                    .filter(|k| !keep.contains(k))
-                    .collect();
-                let mut changed = false;
-                for key in gone {
-                    changed |= self.index.remove_cluster_policy(&key).is_some();
+        let changed = fold_change(
+            &mut self.index,
+            change,
+            |p| p.key.clone(),
+            |index| index.cluster_policies().map(|p| p.key.clone()).collect(),
+            |index, p| {
+                let fresh = index.cluster_policy(&p.key) != Some(&p);
+                if fresh {
+                    index.upsert_cluster_policy(p);
                 }
-                for p in objects {
-                    changed |= self.cluster_policy_upsert(p);
-                }
-                changed
-            }
-        };
+                fresh
+            },
+            |index, key| index.remove_cluster_policy(key).is_some(),
+        );
         if changed {
             self.cluster_changed();
         }
     }
 
-    fn node_upsert(&mut self, node: Node) -> bool {
-        if self.index.node(&node.name) == Some(&node) {
-            return false;
-        }
-        self.index.upsert_node(node);
-        true
-    }
-
     fn nodes(&mut self, change: Change<Node, String>) {
-        let changed = match change {
-            Change::Applied(n) => self.node_upsert(n),
-            Change::Deleted(name) => self.index.remove_node(&name).is_some(),
-            Change::Relisted(Listing { objects, invalid }) => {
-                let keep: BTreeSet<String> = objects
-                    .iter()
-                    .map(|n| n.name.clone())
-                    .chain(invalid)
-                    .collect();
-                let gone: Vec<String> = self
-                    .index
-                    .nodes()
-                    .map(|n| n.name.clone())
-                    .filter(|n| !keep.contains(n))
-                    .collect();
-                let mut changed = false;
-                for name in gone {
-                    changed |= self.index.remove_node(&name).is_some();
+        let changed = fold_change(
+            &mut self.index,
+            change,
+            |n| n.name.clone(),
+            |index| index.nodes().map(|n| n.name.clone()).collect(),
+            |index, n| {
+                let fresh = index.node(&n.name) != Some(&n);
+                if fresh {
+                    index.upsert_node(n);
                 }
-                for n in objects {
-                    changed |= self.node_upsert(n);
-                }
-                changed
-            }
-        };
+                fresh
+            },
+            |index, name| index.remove_node(name).is_some(),
+        );
         // Only `nodes` peers read Nodes.
         let used = self.index.cluster_policies().any(|p| {
             p.egress
@@ -358,6 +320,34 @@ impl Reconciler {
         });
         if changed && used {
             self.cluster_changed();
+        }
+    }
+}
+
+/// Folds one [`Change`] of a keyed kind into the index: an upsert, a delete, or a relist that
+/// removes what it no longer lists (an invalid object is listed by key: its last valid version
+/// stays). Whether anything changed.
+fn fold_change<T, K: Ord>(
+    index: &mut ClusterIndex,
+    change: Change<T, K>,
+    key_of: impl Fn(&T) -> K,
+    keys: impl Fn(&ClusterIndex) -> Vec<K>,
+    upsert: impl Fn(&mut ClusterIndex, T) -> bool,
+    remove: impl Fn(&mut ClusterIndex, &K) -> bool,
+) -> bool {
+    match change {
+        Change::Applied(t) => upsert(index, t),
+        Change::Deleted(key) => remove(index, &key),
+        Change::Relisted(Listing { objects, invalid }) => {
+            let keep: BTreeSet<K> = objects.iter().map(&key_of).chain(invalid).collect();
+            let mut changed = false;
+            for key in keys(index).into_iter().filter(|k| !keep.contains(k)) {
+                changed |= remove(index, &key);
+            }
+            for t in objects {
+                changed |= upsert(index, t);
+            }
+            changed
         }
     }
 }
