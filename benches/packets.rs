@@ -8,21 +8,15 @@
 //! are `ct state established`), so connection setup rate is where the per-rule cost shows.
 //! Prints medians and ratios; asserts nothing about time.
 
+mod connrate;
+
 use std::fmt::Write as _;
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use nftpol::policy::model::ObjectKey;
 use nftpol_testbed::{Mode, NODE_NAME, Testbed};
 use serde_json::{Value, json};
 
-const CLIENT_IP: &str = "10.244.1.2";
-const SERVER_IP: &str = "10.244.1.3";
-const PORT: u16 = 8080;
-const RUN: Duration = Duration::from_millis(1000);
-const REPEATS: usize = 5;
+use connrate::{CLIENT_IP, PORT, REPEATS, RUN, SERVER_IP, median, rate, serve};
 
 fn cluster() -> Vec<Value> {
     let pod = |name: &str, ip: &str| {
@@ -93,50 +87,6 @@ fn iptables_layout(n: usize) -> (String, String) {
     }
     rules.push_str("COMMIT\n");
     (sets, rules)
-}
-
-fn pod_ns<'a>(bed: &'a Testbed, name: &str) -> &'a nftpol_testbed::netns::Netns {
-    &bed.topology()
-        .pods
-        .iter()
-        .find(|p| p.key == ObjectKey::new("bench", name))
-        .expect("pod on the testbed")
-        .ns
-}
-
-/// A server that accepts and closes at once: closing first leaves TIME_WAIT on the server
-/// side, so the client never runs out of ports and no connection is reset.
-fn serve(bed: &Testbed) -> anyhow::Result<()> {
-    let listener = pod_ns(bed, "server").run(|| TcpListener::bind((SERVER_IP, PORT)))??;
-    std::thread::spawn(move || while listener.accept().is_ok() {});
-    Ok(())
-}
-
-/// New connections per second from the client to the server over `RUN` (connect, then wait
-/// for the server's FIN, then close).
-fn rate(bed: &Testbed) -> f64 {
-    let dst: SocketAddr = format!("{SERVER_IP}:{PORT}").parse().expect("addr");
-    pod_ns(bed, "client")
-        .run(move || {
-            let start = Instant::now();
-            let mut ok = 0u64;
-            let mut buf = [0u8; 1];
-            while start.elapsed() < RUN {
-                if let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-                    if matches!(s.read(&mut buf), Ok(0)) {
-                        ok += 1;
-                    }
-                }
-            }
-            ok as f64 / start.elapsed().as_secs_f64()
-        })
-        .expect("run in the client namespace")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn testbed(state: &nftpol::policy::model::ClusterState) -> anyhow::Result<Testbed> {
