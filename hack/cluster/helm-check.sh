@@ -5,7 +5,9 @@
 # connections (hack/cluster/policy-check.sh). Also `kubectl apply -k manifests/` on this cluster,
 # which has no Prometheus Operator, must succeed (hack/cluster/nftpol.sh install/uninstall).
 #
-# Usage: hack/cluster/helm-check.sh   (needs the cluster up; builds helm once, cached)
+# Usage: hack/cluster/helm-check.sh [IMAGE]   (needs the cluster up; builds helm once, cached)
+#   IMAGE: the image to install (e.g. docker.io/library/nftpol:ci, packed by ci.sh); default:
+#   the chart's own (`nftpol:` its appVersion)
 # Prints one line per step with its time, and `helm-check: all N steps passed` at the end.
 set -euo pipefail
 SCRIPT=helm-check.sh
@@ -18,6 +20,10 @@ export KUBECONFIG=$KUBECONFIG_ADMIN
 bash "$REPO/hack/cluster/build.sh" helm >/dev/null
 CHART=$REPO/charts/nftpol
 NS=kube-system
+image_args=()
+if [ -n "${1:-}" ]; then
+  image_args=(--set "image.repository=${1%:*}" --set "image.tag=${1##*:}")
+fi
 steps=0
 step() { steps=$((steps + 1)); log "step $steps: $* ($((SECONDS - t0)) s)"; t0=$SECONDS; }
 helm() { "$BIN/helm" "$@"; }
@@ -41,7 +47,7 @@ t0=$SECONDS
 bash "$HERE/policy-check.sh" open
 step "before: no enforcer, the default-deny-ingress probe goes through"
 
-helm install nftpol "$CHART" -n $NS --wait --timeout 3m
+helm install nftpol "$CHART" -n $NS "${image_args[@]}" --wait --timeout 3m
 kc -n $NS rollout status ds/nftpol --timeout=60s
 touch "$STATE/nftpol-installed" # down.sh then also deletes table inet nftpol
 enforced
