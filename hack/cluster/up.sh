@@ -242,14 +242,19 @@ if ! ctrk images ls -q | grep -qx 'registry.k8s.io/pause:3.10.2'; then
   import_archive "$CACHE/images/pause.tar"
 fi
 # The Netpol suite runs `/agnhost porter` and execs `/agnhost connect`: without an agnhost image
-# from hack/images/, the static agnhost alone, under the name e2e.test asks for.
-agnhost_ref=registry.k8s.io/e2e-test-images/agnhost:2.66.1
+# from hack/images/, the static agnhost alone, under every agnhost name e2e.test lists (its
+# order is a Go map's, so no line of it is "the" one; 2.66.1 is what the Netpol tests of v1.37.2
+# ask for).
+agnhost_refs=registry.k8s.io/e2e-test-images/agnhost:2.66.1
 if [ -x "$BIN/e2e.test" ]; then
-  agnhost_ref=$("$BIN/e2e.test" --list-images 2>/dev/null | grep '/agnhost:' | head -n 1 || echo "$agnhost_ref")
+  agnhost_refs="$agnhost_refs $("$BIN/e2e.test" --list-images 2>/dev/null | grep '/agnhost:' || true)"
 fi
-if [ -x "$BIN/agnhost" ] && ! ctrk images ls -q | grep -qx "$agnhost_ref"; then
-  python3 "$HERE/oci-archive.py" "$CACHE/images/agnhost.tar" "$agnhost_ref" /agnhost "$BIN/agnhost:/agnhost:755"
-  import_archive "$CACHE/images/agnhost.tar"
+if [ -x "$BIN/agnhost" ]; then
+  for ref in $(printf '%s\n' $agnhost_refs | sort -u); do
+    ctrk images ls -q | grep -qx "$ref" && continue
+    python3 "$HERE/oci-archive.py" "$CACHE/images/agnhost.tar" "$ref" /agnhost "$BIN/agnhost:/agnhost:755"
+    import_archive "$CACHE/images/agnhost.tar"
+  done
 fi
 # network-policy-api's conformance suite asks for an agnhost of its own (2.45 in v0.3.0; build.sh
 # cnp-conformance lists the images of its manifests): the agnhost of hack/images/ under that name
