@@ -39,6 +39,7 @@ EOF
     kc apply -k "$M"
   fi
   touch "$STATE/nftpol-installed" # down.sh then also deletes table inet nftpol
+  echo "$image" >"$STATE/nftpol-image" # the cleanup DaemonSet of uninstall runs the same image
   kc -n kube-system rollout status ds/nftpol --timeout=180s
   log "DaemonSet Ready $((SECONDS - t0)) s after kubectl apply"
   wait_for "nftpol /metrics" 30 curl -fsS "http://$NODE_IP:9964/metrics"
@@ -54,11 +55,27 @@ EOF
 uninstall() {
   # README "Uninstall", with the kustomize-built DaemonSet deleted by name.
   kc delete -f "$M/daemonset.yaml" --ignore-not-found
-  kc apply -f "$M/cleanup/"
+  # The image install was given, set the same way (an overlay's `images:`), for the cleanup.
+  local image cleanup=(-f "$M/cleanup/")
+  image=$(cat "$STATE/nftpol-image" 2>/dev/null || true)
+  if [ -n "$image" ]; then
+    local ov=$STATE/nftpol-cleanup-overlay
+    rm -rf "$ov"; mkdir -p "$ov"
+    cat >"$ov/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [$(realpath --relative-to="$ov" "$M/cleanup")]
+images:
+- {name: nftpol, newName: ${image%:*}, newTag: ${image##*:}}
+EOF
+    cleanup=(-k "$ov")
+  fi
+  kc apply "${cleanup[@]}"
   kc -n kube-system rollout status ds/nftpol-cleanup --timeout=180s
   wait_for "table inet nftpol to go" 60 sh -c '! nft list table inet nftpol'
-  kc delete -f "$M/cleanup/" -f "$M/rbac.yaml" --ignore-not-found
-  rm -f "$STATE/nftpol-installed"
+  kc delete "${cleanup[@]}" --ignore-not-found
+  kc delete -f "$M/rbac.yaml" --ignore-not-found
+  rm -f "$STATE/nftpol-installed" "$STATE/nftpol-image"
   log "uninstalled: table inet nftpol is gone"
 }
 
