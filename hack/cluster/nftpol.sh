@@ -47,7 +47,9 @@ EOF
   local listen; listen=$(ss -Htln 'sport = :9964' | awk '{print $4}' | tr '\n' ' ')
   log "port 9964 listens on: $listen"
   [ "$listen" = "$NODE_IP:9964 " ] || die "expected $NODE_IP:9964 only, got: $listen"
-  curl -fsS "http://$NODE_IP:9964/metrics" | grep -E '^nftpol_' | head -n 5 >&2
+  # awk reads the whole scrape: `head` would close the pipe early, and pipefail would fail on
+  # curl's or grep's SIGPIPE once the scrape outgrows the pipe's buffer.
+  curl -fsS "http://$NODE_IP:9964/metrics" | awk '/^nftpol_/ && n < 5 { print; n++ }' >&2
   wait_for "table inet nftpol" 30 nft list table inet nftpol
   log "table inet nftpol present ($(nft -a list table inet nftpol | grep -c 'handle') handles)"
 }
