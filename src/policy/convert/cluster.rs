@@ -646,7 +646,8 @@ fn cnp_policy(ctx: &Ctx, name: &str, s: &api::CnpSpec) -> Result<ClusterPolicy, 
                 .map(|(j, p)| peer(ctx, &format!("{f}.from[{j}]"), p, false, MAX_ITEMS))
                 .collect::<Result<Vec<_>, _>>()?;
             let pf = format!("{f}.protocols");
-            let protocols = cnp_protocols(ctx, &pf, r.protocols.as_deref())?;
+            let protocols =
+                protocol_list(ctx, &pf, r.protocols.as_deref(), MAX_ITEMS, cnp_protocol)?;
             ingress.push(finish_rule(
                 ctx, &f, i, rname, action, peers, protocols, &pf,
             )?);
@@ -666,7 +667,8 @@ fn cnp_policy(ctx: &Ctx, name: &str, s: &api::CnpSpec) -> Result<ClusterPolicy, 
                     .map(|(j, p)| peer(ctx, &format!("{f}.to[{j}]"), p, true, MAX_ITEMS))
                     .collect::<Result<Vec<_>, _>>()?;
             let pf = format!("{f}.protocols");
-            let protocols = cnp_protocols(ctx, &pf, r.protocols.as_deref())?;
+            let protocols =
+                protocol_list(ctx, &pf, r.protocols.as_deref(), MAX_ITEMS, cnp_protocol)?;
             egress.push(finish_rule(
                 ctx, &f, i, rname, action, peers, protocols, &pf,
             )?);
@@ -684,30 +686,20 @@ fn cnp_policy(ctx: &Ctx, name: &str, s: &api::CnpSpec) -> Result<ClusterPolicy, 
 
 type Protocols = Option<Vec<Option<ClusterPort>>>;
 
-fn cnp_protocols(
+/// An optional list of 1..=`max` protocols (or v1alpha1 ports), each converted by `one` with
+/// its index in the field path.
+fn protocol_list<T>(
     ctx: &Ctx,
     field: &str,
-    list: Option<&[api::CnpProtocol]>,
+    list: Option<&[T]>,
+    max: usize,
+    one: impl Fn(&Ctx, &str, &T) -> Result<Option<ClusterPort>, InvalidObject>,
 ) -> Result<Protocols, InvalidObject> {
     let Some(list) = list else { return Ok(None) };
-    count(ctx, field, list.len(), 1, MAX_ITEMS)?;
+    count(ctx, field, list.len(), 1, max)?;
     list.iter()
         .enumerate()
-        .map(|(i, p)| cnp_protocol(ctx, &format!("{field}[{i}]"), p))
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
-}
-
-fn anp_ports(
-    ctx: &Ctx,
-    field: &str,
-    list: Option<&[api::AnpPort]>,
-) -> Result<Protocols, InvalidObject> {
-    let Some(list) = list else { return Ok(None) };
-    count(ctx, field, list.len(), 1, MAX_ITEMS_V1ALPHA1)?;
-    list.iter()
-        .enumerate()
-        .map(|(i, p)| anp_port(ctx, &format!("{field}[{i}]"), p))
+        .map(|(i, p)| one(ctx, &format!("{field}[{i}]"), p))
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }
@@ -743,7 +735,8 @@ fn anp_policy(
                 .map(|(j, p)| peer(ctx, &format!("{f}.from[{j}]"), p, false, max))
                 .collect::<Result<Vec<_>, _>>()?;
             let pf = format!("{f}.ports");
-            let protocols = anp_ports(ctx, &pf, r.ports.as_deref())?;
+            let protocols =
+                protocol_list(ctx, &pf, r.ports.as_deref(), MAX_ITEMS_V1ALPHA1, anp_port)?;
             ingress.push(finish_rule(
                 ctx, &f, i, rname, action, peers, protocols, &pf,
             )?);
@@ -763,7 +756,8 @@ fn anp_policy(
                     .map(|(j, p)| peer(ctx, &format!("{f}.to[{j}]"), p, true, max))
                     .collect::<Result<Vec<_>, _>>()?;
             let pf = format!("{f}.ports");
-            let protocols = anp_ports(ctx, &pf, r.ports.as_deref())?;
+            let protocols =
+                protocol_list(ctx, &pf, r.ports.as_deref(), MAX_ITEMS_V1ALPHA1, anp_port)?;
             egress.push(finish_rule(
                 ctx, &f, i, rname, action, peers, protocols, &pf,
             )?);
