@@ -399,7 +399,9 @@ fn cluster_policy_sets_follow_pods_incrementally() {
         Ruleset::build(&plan_cluster(&[("mon3", "10.2.0.9")]), options),
     ];
     let listing = assert_diffs_converge(&steps);
-    assert!(listing.contains("c4any/c/admin/i0"), "{listing}");
+    // The pod that joined the peers is in the decision maps, the one that left is not.
+    assert!(listing.contains("10.2.0.9 : goto cbidrop/"), "{listing}");
+    assert!(!listing.contains("10.2.0.8"), "{listing}");
 }
 
 fn rulesets() -> Vec<(&'static str, Ruleset)> {

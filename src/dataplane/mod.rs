@@ -2,6 +2,7 @@
 //! `inet nftpol`, over netlink (nftnl + mnl; no `nft` binary at run time).
 //!
 //! - [`ruleset`]: the pure model of the table (sets, verdict maps, chains) built from a plan.
+//! - [`decide`]: a ClusterNetworkPolicy tier's ordered rules flattened into decision maps.
 //! - [`render`]: the same model as nft text, exactly as `nft list table inet nftpol` prints it.
 //! - [`program`]: a ruleset, or the difference between two, as one labelled nftnl batch.
 //! - [`sys`]: the `unsafe` libnftnl calls the safe nftnl API lacks, and the raw parts of the
@@ -23,6 +24,7 @@
 
 pub mod br_netfilter;
 pub mod conntrack;
+pub mod decide;
 #[cfg(test)]
 pub mod fake;
 pub mod kernel;

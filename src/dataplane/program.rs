@@ -18,14 +18,15 @@ use nftnl::{
 use super::netlink::Labels;
 use super::render::{element_text, rule_text};
 use super::ruleset::{
-    AddrField, Chain, Element, Family, Hook, Jump, LOG_BURST, LOG_RATE_PER_SECOND, LogTo, NamedSet,
-    PodDirection, Rule, Ruleset, SetKind, TABLE, VerdictMap,
+    AddrField, AddrRange, Chain, Element, Family, Hook, Jump, LOG_BURST, LOG_RATE_PER_SECOND,
+    LogTo, NamedSet, PodDirection, Rule, Ruleset, SetKind, TABLE, VerdictMap,
 };
 use super::shape::{self, RuleShape};
 use super::sys::{
     self, ELEM_INTERVAL_END, LookupExt, MetaLoad, NFT_SET_CONCAT, NFT_SET_INTERVAL, NFT_SET_MAP,
-    PayloadLoad, RawElem, SetSpec, dtype,
+    PayloadLoad, RawElem, RawVerdict, SetSpec, dtype,
 };
+use crate::policy::model::Protocol;
 
 pub const FAMILY: ProtoFamily = ProtoFamily::Inet;
 
@@ -66,41 +67,69 @@ fn tuple_key(addr: &IpAddr, proto: u8, port: u16) -> Vec<u8> {
     k
 }
 
-/// The kernel elements of one set element: an rbtree range is a start element plus an
-/// interval-end element at `hi + 1` (none when `hi` is the last address); a pipapo range is
-/// one element with `key_end`.
-pub fn raw_elements(element: &Element) -> Vec<RawElem> {
-    match element {
-        Element::Addr(r) => {
-            let mut v = vec![RawElem {
-                key: addr_bytes(&r.lo),
-                ..Default::default()
-            }];
-            if let Some(next) = successor(&r.hi) {
-                v.push(RawElem {
-                    key: next,
-                    flags: ELEM_INTERVAL_END,
-                    ..Default::default()
-                });
-            }
-            v
-        }
+fn raw_verdict(to: &Jump) -> Result<RawVerdict, BadName> {
+    Ok(match to {
+        Jump::Return => RawVerdict::Return,
+        Jump::Goto(chain) => RawVerdict::Goto(cname(chain)?),
+    })
+}
+
+/// An rbtree range: a start element (with the verdict, in a map) plus an interval-end element
+/// at `hi + 1` (none when `hi` is the last address).
+fn rbtree_range(r: &AddrRange, verdict: Option<RawVerdict>) -> Vec<RawElem> {
+    let mut v = vec![RawElem {
+        key: addr_bytes(&r.lo),
+        verdict,
+        ..Default::default()
+    }];
+    if let Some(next) = successor(&r.hi) {
+        v.push(RawElem {
+            key: next,
+            flags: ELEM_INTERVAL_END,
+            ..Default::default()
+        });
+    }
+    v
+}
+
+/// A pipapo range: one element with `key_end`.
+fn pipapo_range(
+    addrs: &AddrRange,
+    protocol: Protocol,
+    (lo, hi): (u16, u16),
+    verdict: Option<RawVerdict>,
+) -> Vec<RawElem> {
+    vec![RawElem {
+        key: tuple_key(&addrs.lo, protocol.number(), lo),
+        key_end: Some(tuple_key(&addrs.hi, protocol.number(), hi)),
+        verdict,
+        ..Default::default()
+    }]
+}
+
+/// The kernel elements of one set or decision map element.
+pub fn raw_elements(element: &Element) -> Result<Vec<RawElem>, BadName> {
+    Ok(match element {
+        Element::Addr(r) => rbtree_range(r, None),
         Element::Tuple {
             addrs,
             protocol,
-            ports: (lo, hi),
-        } => vec![RawElem {
-            key: tuple_key(&addrs.lo, protocol.number(), *lo),
-            key_end: Some(tuple_key(&addrs.hi, protocol.number(), *hi)),
-            ..Default::default()
-        }],
-    }
+            ports,
+        } => pipapo_range(addrs, *protocol, *ports, None),
+        Element::AddrTo { addrs, to } => rbtree_range(addrs, Some(raw_verdict(to)?)),
+        Element::TupleTo {
+            addrs,
+            protocol,
+            ports,
+            to,
+        } => pipapo_range(addrs, *protocol, *ports, Some(raw_verdict(to)?)),
+    })
 }
 
 pub fn raw_map_entry(ip: &IpAddr, chain: &str) -> Result<RawElem, BadName> {
     Ok(RawElem {
         key: addr_bytes(ip),
-        jump: Some(cname(chain)?),
+        verdict: Some(RawVerdict::Jump(cname(chain)?)),
         ..Default::default()
     })
 }
@@ -118,12 +147,22 @@ pub fn set_spec(set: &NamedSet) -> SetSpec {
             concat: vec![],
             verdict_map: false,
         },
-        SetKind::AddrProtoPort => SetSpec {
-            key_type: dtype::concat(&[addr_type, dtype::INET_PROTOCOL, dtype::INET_SERVICE]),
-            key_len: u32::from(addr_len) + 4 + 4,
-            flags: NFT_SET_INTERVAL | NFT_SET_CONCAT,
-            concat: vec![addr_len, 1, 2],
-            verdict_map: false,
+        SetKind::AddrProtoPort | SetKind::AddrProtoPortDecide => {
+            let map = set.kind == SetKind::AddrProtoPortDecide;
+            SetSpec {
+                key_type: dtype::concat(&[addr_type, dtype::INET_PROTOCOL, dtype::INET_SERVICE]),
+                key_len: u32::from(addr_len) + 4 + 4,
+                flags: NFT_SET_INTERVAL | NFT_SET_CONCAT | if map { NFT_SET_MAP } else { 0 },
+                concat: vec![addr_len, 1, 2],
+                verdict_map: map,
+            }
+        }
+        SetKind::AddrDecide => SetSpec {
+            key_type: addr_type,
+            key_len: u32::from(addr_len),
+            flags: NFT_SET_INTERVAL | NFT_SET_MAP,
+            concat: vec![],
+            verdict_map: true,
         },
     }
 }
@@ -285,13 +324,23 @@ impl Tx {
     }
 
     pub fn add_set(&mut self, set: &NamedSet) -> Result<(), BadName> {
+        self.add_set_object(set)?;
+        self.add_set_elements(set)
+    }
+
+    /// The set without its elements: a decision map's elements go to chains that must exist
+    /// first, while `nft list` prints sets in the order they were created.
+    pub fn add_set_object(&mut self, set: &NamedSet) -> Result<(), BadName> {
+        self.set_object(&set.name, &set_spec(set), MsgType::Add, "set")
+    }
+
+    pub fn add_set_elements(&mut self, set: &NamedSet) -> Result<(), BadName> {
         let spec = set_spec(set);
-        self.set_object(&set.name, &spec, MsgType::Add, "set")?;
-        let groups: Vec<(String, Vec<RawElem>)> = set
+        let groups = set
             .elements
             .iter()
-            .map(|e| (element_text(e), raw_elements(e)))
-            .collect();
+            .map(|e| Ok((element_text(e), raw_elements(e)?)))
+            .collect::<Result<Vec<_>, BadName>>()?;
         self.elements("set", &set.name, &spec, &groups, ElemOp::Add)
     }
 
@@ -305,10 +354,10 @@ impl Tx {
         elements: &[&Element],
         op: ElemOp,
     ) -> Result<(), BadName> {
-        let groups: Vec<(String, Vec<RawElem>)> = elements
+        let groups = elements
             .iter()
-            .map(|e| (element_text(e), raw_elements(e)))
-            .collect();
+            .map(|e| Ok((element_text(e), raw_elements(e)?)))
+            .collect::<Result<Vec<_>, BadName>>()?;
         self.elements("set", &set.name, &set_spec(set), &groups, op)
     }
 
@@ -380,7 +429,7 @@ fn for_op(raw: &RawElem, op: ElemOp) -> RawElem {
     match op {
         ElemOp::Add => raw.clone(),
         ElemOp::Del => RawElem {
-            jump: None,
+            verdict: None,
             ..raw.clone()
         },
     }
@@ -494,24 +543,7 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             set,
             log,
         } => {
-            nfproto(r, *family);
-            // Fields go to consecutive 32-bit registers: address (1 or 4 of them), protocol, port.
-            let addr_regs = match family {
-                Family::V4 => 1,
-                Family::V6 => 4,
-            };
-            r.add_expr(&PayloadLoad::addr(
-                *family == Family::V6,
-                *field == AddrField::Daddr,
-                sys::REG1,
-            ));
-            r.add_expr(&MetaLoad::l4proto(sys::reg32(addr_regs)));
-            r.add_expr(&PayloadLoad::th_dport(sys::reg32(addr_regs + 1)));
-            r.add_expr(&LookupExt {
-                set: cname(set)?,
-                set_id: 0,
-                dreg: None,
-            });
+            tuple_lookup(r, *family, *field, set, None)?;
             if let Some(to) = log {
                 log_to(r, to)?;
             }
@@ -536,56 +568,28 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             addr_lookup(r, *family, *field, set, None)?;
             r.add_expr(&Verdict::Drop);
         }
-        Rule::AddrVerdict {
-            family,
-            field,
-            set,
-            verdict,
-        } => {
-            addr_lookup(r, *family, *field, set, None)?;
-            r.add_expr(&jump(verdict)?);
+        Rule::DecideTuple { family, field, map } => {
+            tuple_lookup(r, *family, *field, map, Some(sys::REG_VERDICT))?;
         }
-        Rule::TupleVerdict {
-            family,
-            field,
-            set,
-            verdict,
-        } => {
-            tuple_lookup(r, *family, *field, set)?;
-            r.add_expr(&jump(verdict)?);
-        }
-        Rule::PortVerdict {
-            family,
-            field,
-            set,
-            protocol,
-            port,
-            verdict,
-        } => {
-            addr_lookup(r, *family, *field, set, None)?;
-            r.add_expr(&Meta::L4Proto);
-            r.add_expr(&Cmp::new(CmpOp::Eq, protocol.number()));
-            r.add_expr(&PayloadLoad::th_dport(sys::REG1));
-            // The port is compared as it is on the wire: big-endian.
-            r.add_expr(&Cmp::new(CmpOp::Eq, port.to_be()));
-            r.add_expr(&jump(verdict)?);
-        }
-        Rule::Goto(chain) => {
-            r.add_expr(&Verdict::Goto {
-                chain: cname(chain)?,
+        Rule::DecideOther { family, field, map } => {
+            nfproto(r, *family);
+            for p in Protocol::ALL {
+                r.add_expr(&Meta::L4Proto);
+                r.add_expr(&Cmp::new(CmpOp::Neq, p.number()));
+            }
+            r.add_expr(&PayloadLoad::addr(
+                *family == Family::V6,
+                *field == AddrField::Daddr,
+                sys::REG1,
+            ));
+            r.add_expr(&LookupExt {
+                set: cname(map)?,
+                set_id: 0,
+                dreg: Some(sys::REG_VERDICT),
             });
         }
     }
     Ok(())
-}
-
-fn jump(j: &Jump) -> Result<Verdict, BadName> {
-    Ok(match j {
-        Jump::Return => Verdict::Return,
-        Jump::Goto(chain) => Verdict::Goto {
-            chain: cname(chain)?,
-        },
-    })
 }
 
 /// `ip saddr . meta l4proto . th dport @set`: fields in consecutive 32-bit registers.
@@ -594,6 +598,7 @@ fn tuple_lookup(
     family: Family,
     field: AddrField,
     set: &str,
+    dreg: Option<u32>,
 ) -> Result<(), BadName> {
     nfproto(r, family);
     let addr_regs = match family {
@@ -610,7 +615,7 @@ fn tuple_lookup(
     r.add_expr(&LookupExt {
         set: cname(set)?,
         set_id: 0,
-        dreg: None,
+        dreg,
     });
     Ok(())
 }
@@ -628,7 +633,7 @@ fn add_contents(tx: &mut Tx, ruleset: &Ruleset) -> Result<(), BadName> {
         tx.add_set(set)?;
     }
     for set in ruleset.cluster_sets.values() {
-        tx.add_set(set)?;
+        tx.add_set_object(set)?;
     }
     for pod in ruleset.pods.values() {
         tx.add_pod_objects(pod)?;
@@ -639,10 +644,10 @@ fn add_contents(tx: &mut Tx, ruleset: &Ruleset) -> Result<(), BadName> {
     for chain in ruleset.cluster_chains.values() {
         tx.add_chain(chain)?;
     }
+    for set in ruleset.cluster_sets.values() {
+        tx.add_set_elements(set)?;
+    }
     for pod in ruleset.pods.values() {
-        if let Some(rest) = &pod.rest {
-            tx.add_chain(rest)?;
-        }
         tx.add_chain(&pod.chain)?;
     }
     for map in &ruleset.maps {
@@ -691,15 +696,15 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             .iter()
             .zip(&new.node_sets)
             .any(|(a, b)| a.name != b.name || a.family != b.family)
-        // A cluster policy rule added, removed or changed in shape: they are rare, and a
-        // replace keeps the ordering of shared sets and chains simple (still one transaction).
+        // A cluster policy rule added, removed or changed: they are rare, and a replace keeps
+        // the ordering of drop chains simple (still one transaction). A decision map that
+        // comes or goes (a pod's rule list changed) is handled below.
         || old.cluster_chains != new.cluster_chains
-        || !old.cluster_sets.keys().eq(new.cluster_sets.keys())
-        || old
-            .cluster_sets
-            .values()
-            .zip(new.cluster_sets.values())
-            .any(|(a, b)| a.family != b.family || a.kind != b.kind)
+        || old.cluster_sets.iter().any(|(name, a)| {
+            new.cluster_sets
+                .get(name)
+                .is_some_and(|b| a.family != b.family || a.kind != b.kind)
+        })
     {
         return Ok(None);
     }
@@ -725,7 +730,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             // whole: its rules have no stable handles to replace them by.
             old.pods
                 .get(*name)
-                .is_some_and(|o| o.chain != n.chain || o.rest != n.rest || cheaper_to_rebuild(o, n))
+                .is_some_and(|o| o.chain != n.chain || cheaper_to_rebuild(o, n))
         })
         .map(|(name, _)| name)
         .collect();
@@ -750,21 +755,28 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
     for (name, o) in &old.pods {
         if !new.pods.contains_key(name) || rebuilt.contains(name) {
             tx.delete_chain(&o.chain)?;
-            if let Some(rest) = &o.rest {
-                tx.delete_chain(rest)?;
-            }
             for set in &o.sets {
                 tx.delete_set(set)?;
             }
         }
     }
+    // Decision maps no pod chain uses any more (their chains are gone by now).
+    for (name, set) in &old.cluster_sets {
+        if !new.cluster_sets.contains_key(name) {
+            tx.delete_set(set)?;
+        }
+    }
     // 3. Changed pods, base chains' address sets and cluster policy rules' sets: element
     // deletes before adds, so a replaced interval never overlaps.
+    let kept_cluster_sets = old
+        .cluster_sets
+        .iter()
+        .filter_map(|(name, os)| new.cluster_sets.get(name).map(|ns| (os, ns)));
     for (os, ns) in old
         .node_sets
         .iter()
         .zip(&new.node_sets)
-        .chain(old.cluster_sets.values().zip(new.cluster_sets.values()))
+        .chain(kept_cluster_sets)
     {
         if os.elements != ns.elements {
             let (del, add) = element_diff(os, ns);
@@ -785,13 +797,15 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             tx.set_elements(ns, &add, ElemOp::Add)?;
         }
     }
-    // 4. New (and rebuilt) pods: sets, then chains.
+    // 4. New decision maps, then new (and rebuilt) pods: sets, then chains.
+    for (name, set) in &new.cluster_sets {
+        if !old.cluster_sets.contains_key(name) {
+            tx.add_set(set)?;
+        }
+    }
     for (name, n) in &new.pods {
         if !old.pods.contains_key(name) || rebuilt.contains(name) {
             tx.add_pod_objects(n)?;
-            if let Some(rest) = &n.rest {
-                tx.add_chain(rest)?;
-            }
             tx.add_chain(&n.chain)?;
         }
     }
@@ -848,7 +862,10 @@ pub fn expected_rules(ruleset: &Ruleset) -> Result<BTreeMap<String, Vec<RuleShap
 pub fn expected_elements(ruleset: &Ruleset) -> Result<Vec<(String, Vec<RawElem>)>, BadName> {
     let mut out = Vec::new();
     for set in ruleset.sets() {
-        let mut v: Vec<RawElem> = set.elements.iter().flat_map(raw_elements).collect();
+        let mut v = Vec::new();
+        for e in &set.elements {
+            v.extend(raw_elements(e)?);
+        }
         v.sort();
         out.push((set.name.clone(), v));
     }

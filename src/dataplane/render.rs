@@ -13,6 +13,7 @@ use super::ruleset::{
     AddrRange, Chain, Element, Family, Jump, LOG_BURST, LOG_RATE_PER_SECOND, LogTo, NamedSet, Rule,
     Ruleset, SetKind, TABLE, VerdictMap,
 };
+use crate::policy::model::Protocol;
 
 /// `nft list table inet nftpol` of the programmed ruleset.
 pub fn render(ruleset: &Ruleset) -> String {
@@ -62,13 +63,24 @@ fn elements_line(items: &[String], per_line: usize) -> String {
 }
 
 fn set_block(set: &NamedSet) -> String {
-    let (ty, concat) = match (set.kind, set.family) {
-        (SetKind::Addr, Family::V4) => ("ipv4_addr", false),
-        (SetKind::Addr, Family::V6) => ("ipv6_addr", false),
-        (SetKind::AddrProtoPort, Family::V4) => ("ipv4_addr . inet_proto . inet_service", true),
-        (SetKind::AddrProtoPort, Family::V6) => ("ipv6_addr . inet_proto . inet_service", true),
+    let addr = match set.family {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
     };
-    let mut s = format!("\tset {} {{\n\t\ttype {ty}\n\t\tflags interval\n", set.name);
+    let (object, ty, concat) = match set.kind {
+        SetKind::Addr => ("set", addr.to_string(), false),
+        SetKind::AddrProtoPort => ("set", format!("{addr} . inet_proto . inet_service"), true),
+        SetKind::AddrDecide => ("map", format!("{addr} : verdict"), false),
+        SetKind::AddrProtoPortDecide => (
+            "map",
+            format!("{addr} . inet_proto . inet_service : verdict"),
+            true,
+        ),
+    };
+    let mut s = format!(
+        "\t{object} {} {{\n\t\ttype {ty}\n\t\tflags interval\n",
+        set.name
+    );
     if !set.elements.is_empty() {
         let mut items: Vec<&Element> = set.elements.iter().collect();
         if !concat {
@@ -162,44 +174,16 @@ pub fn rule_text(rule: &Rule) -> String {
         Rule::AddrDrop { family, field, set } => {
             format!("{} {} @{set} drop", family.keyword(), field.keyword())
         }
-        Rule::AddrVerdict {
-            family,
-            field,
-            set,
-            verdict,
-        } => format!(
-            "{} {} @{set} {}",
+        Rule::DecideTuple { family, field, map } => format!(
+            "{} {} . meta l4proto . th dport vmap @{map}",
             family.keyword(),
-            field.keyword(),
-            jump_text(verdict)
+            field.keyword()
         ),
-        Rule::TupleVerdict {
-            family,
-            field,
-            set,
-            verdict,
-        } => format!(
-            "{} {} . meta l4proto . th dport @{set} {}",
+        Rule::DecideOther { family, field, map } => format!(
+            "meta l4proto != tcp meta l4proto != udp meta l4proto != sctp {} {} vmap @{map}",
             family.keyword(),
-            field.keyword(),
-            jump_text(verdict)
+            field.keyword()
         ),
-        // nft folds `meta l4proto tcp th dport 80` into `tcp dport 80` when listing.
-        Rule::PortVerdict {
-            family,
-            field,
-            set,
-            protocol,
-            port,
-            verdict,
-        } => format!(
-            "{} {} @{set} {} dport {port} {}",
-            family.keyword(),
-            field.keyword(),
-            protocol.as_str().to_lowercase(),
-            jump_text(verdict)
-        ),
-        Rule::Goto(chain) => format!("goto {chain}"),
     }
 }
 
@@ -218,24 +202,32 @@ fn log_text(log: &Option<LogTo>) -> String {
 
 /// An element as nft prints it: `10.0.0.0/8`, `10.0.0.1-10.0.0.5`, `10.1.2.3 . tcp . 80-81`.
 pub fn element_text(element: &Element) -> String {
+    let tuple = |addrs: &AddrRange, protocol: &Protocol, (lo, hi): (u16, u16)| {
+        let ports = if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}-{hi}")
+        };
+        format!(
+            "{} . {} . {ports}",
+            range_text(addrs),
+            protocol.as_str().to_ascii_lowercase()
+        )
+    };
     match element {
         Element::Addr(r) => range_text(r),
         Element::Tuple {
             addrs,
             protocol,
-            ports: (lo, hi),
-        } => {
-            let ports = if lo == hi {
-                lo.to_string()
-            } else {
-                format!("{lo}-{hi}")
-            };
-            format!(
-                "{} . {} . {ports}",
-                range_text(addrs),
-                protocol.as_str().to_ascii_lowercase()
-            )
-        }
+            ports,
+        } => tuple(addrs, protocol, *ports),
+        Element::AddrTo { addrs, to } => format!("{} : {}", range_text(addrs), jump_text(to)),
+        Element::TupleTo {
+            addrs,
+            protocol,
+            ports,
+            to,
+        } => format!("{} : {}", tuple(addrs, protocol, *ports), jump_text(to)),
     }
 }
 

@@ -28,6 +28,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::decide::{self, Decision};
 use crate::policy::compile::{Endpoint, Isolation, NodePlan, TierRule};
 use crate::policy::intervals::{AddrSet, Allowed};
 use crate::policy::model::{
@@ -212,8 +213,8 @@ pub struct AddrRange {
     pub hi: IpAddr,
 }
 
-/// One element of a named set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// One element of a named set or decision map.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Element {
     /// Any-port set: an address range.
     Addr(AddrRange),
@@ -223,6 +224,15 @@ pub enum Element {
         protocol: Protocol,
         ports: (u16, u16),
     },
+    /// Decision map for protocols without ports: `addr range : verdict`.
+    AddrTo { addrs: AddrRange, to: Jump },
+    /// Decision map: `addr range . protocol . port range : verdict`.
+    TupleTo {
+        addrs: AddrRange,
+        protocol: Protocol,
+        ports: (u16, u16),
+        to: Jump,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -231,9 +241,14 @@ pub enum SetKind {
     Addr,
     /// `type ipv4_addr . inet_proto . inet_service; flags interval` (pipapo).
     AddrProtoPort,
+    /// A decision map: `type ipv4_addr : verdict; flags interval`.
+    AddrDecide,
+    /// A decision map: `type ipv4_addr . inet_proto . inet_service : verdict; flags interval`.
+    AddrProtoPortDecide,
 }
 
-/// A named interval set owned by one pod direction.
+/// A named interval set (or decision map) owned by one pod direction or shared by the pods of a
+/// ClusterNetworkPolicy rule list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamedSet {
     pub name: String,
@@ -302,41 +317,29 @@ pub enum Rule {
         field: AddrField,
         set: String,
     },
-    /// A ClusterNetworkPolicy rule's shared any-port set: `ip saddr @set return` (Accept),
-    /// `goto <drop chain>` (Deny) or `goto <rest of the pod's chain>` (Admin Pass).
-    AddrVerdict {
+    /// `ip saddr . meta l4proto . th dport vmap @map`: a ClusterNetworkPolicy tier decided in
+    /// one lookup ([`super::decide`]); a miss goes on with the next rule.
+    DecideTuple {
         family: Family,
         field: AddrField,
-        set: String,
-        verdict: Jump,
+        map: String,
     },
-    /// `ip saddr . meta l4proto . th dport @set <verdict>`: a rule's shared port set.
-    TupleVerdict {
+    /// `meta l4proto != tcp meta l4proto != udp meta l4proto != sctp ip saddr vmap @map`: the
+    /// same tier for protocols
+    /// without ports, which only rules without `protocols` match.
+    DecideOther {
         family: Family,
         field: AddrField,
-        set: String,
-        verdict: Jump,
+        map: String,
     },
-    /// `ip saddr @set tcp dport 80 <verdict>`: an ingress `destinationNamedPort` resolved on
-    /// this pod, with the rule's shared peer set.
-    PortVerdict {
-        family: Family,
-        field: AddrField,
-        set: String,
-        protocol: Protocol,
-        port: u16,
-        verdict: Jump,
-    },
-    /// `goto <chain>`: the end of the Admin part of a pod's chain.
-    Goto(String),
 }
 
-/// Where a ClusterNetworkPolicy rule sends a matching packet.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Where a ClusterNetworkPolicy decision sends a packet.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Jump {
     /// Accept (and Baseline Pass): this direction allows; the other end's chain still runs.
     Return,
-    /// `goto <chain>`: Deny (a rule's drop chain) or Admin Pass (the rest of the pod's chain).
+    /// `goto <chain>`: Deny (the rule's drop chain, which logs, counts and drops).
     Goto(String),
 }
 
@@ -395,9 +398,6 @@ pub struct PodDirection {
     pub direction: Direction,
     /// The chain the verdict map jumps to.
     pub chain: Chain,
-    /// With an Admin `Pass` rule: the NetworkPolicy and Baseline part, which `chain` ends by
-    /// going to (`ingn/<ns>/<pod>`). Created before `chain`, deleted after it.
-    pub rest: Option<Chain>,
     pub sets: Vec<NamedSet>,
     /// The pod's addresses, each dispatched to `chain` from the family's map.
     pub ips: Vec<IpAddr>,
@@ -417,8 +417,8 @@ pub struct Ruleset {
     /// `unknown_v6`; with `strict`, then `strict_v4` and `strict_v6` (every isolated local
     /// pod's addresses).
     pub node_sets: Vec<NamedSet>,
-    /// ClusterNetworkPolicy rules used on this node: one set per rule and family, shared by
-    /// every subject pod, by name.
+    /// ClusterNetworkPolicy decision maps used on this node, by name: per tier, direction and
+    /// family, one per distinct ordered rule list, shared by every pod that list applies to.
     pub cluster_sets: BTreeMap<String, NamedSet>,
     /// The drop (or audit) chain of each Deny rule used on this node, by name: it logs with a
     /// prefix naming the rule, and counts.
@@ -495,8 +495,8 @@ pub fn chain_name(pod: &ObjectKey, direction: Direction) -> String {
 /// Per-pod set names: `ing4any/<ns>/<pod>` (any port) and `ing4/<ns>/<pod>` (addr.proto.port).
 pub fn set_name(pod: &ObjectKey, direction: Direction, family: Family, kind: SetKind) -> String {
     let any = match kind {
-        SetKind::Addr => "any",
-        SetKind::AddrProtoPort => "",
+        SetKind::Addr | SetKind::AddrDecide => "any",
+        SetKind::AddrProtoPort | SetKind::AddrProtoPortDecide => "",
     };
     format!(
         "{}{}{any}/{}",
@@ -504,15 +504,6 @@ pub fn set_name(pod: &ObjectKey, direction: Direction, family: Family, kind: Set
         family.digit(),
         pod_base_name(pod)
     )
-}
-
-/// The rest chain of a pod direction: `ingn/<ns>/<pod>`.
-pub fn rest_chain_name(pod: &ObjectKey, direction: Direction) -> String {
-    let n = match direction {
-        Direction::Ingress => "ingn",
-        Direction::Egress => "egrn",
-    };
-    format!("{n}/{}", pod_base_name(pod))
 }
 
 /// `<k>/<name>/<i|e><index>` for a ClusterNetworkPolicy rule (k: c, a or b for the kind),
@@ -540,22 +531,25 @@ pub fn cluster_rule_base(key: &ClusterPolicyKey, direction: Direction, index: us
     format!("{}{hash}", &full[..cut])
 }
 
-/// What a cluster rule set holds: its any-port matches, its port matches, or its peers (for
-/// ingress named ports).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClusterSetKind {
-    Any,
-    Ports,
-    Peers,
-}
-
-pub fn cluster_set_name(base: &str, family: Family, kind: ClusterSetKind) -> String {
-    let k = match kind {
-        ClusterSetKind::Any => "any",
-        ClusterSetKind::Ports => "",
-        ClusterSetKind::Peers => "peer",
+/// The decision map of a rule list: `c<tier><direction><family><t|o>/<hash>` (`t`: TCP, UDP
+/// and SCTP by port, `o`: other protocols), e.g. `cai4t/0123456789abcdef`.
+pub fn decision_map_name(
+    tier: Tier,
+    direction: Direction,
+    family: Family,
+    ports: bool,
+    list: u64,
+) -> String {
+    let t = match tier {
+        Tier::Admin => 'a',
+        Tier::Baseline => 'b',
     };
-    format!("c{}{k}/{base}", family.digit())
+    let d = match direction {
+        Direction::Ingress => 'i',
+        Direction::Egress => 'e',
+    };
+    let k = if ports { 't' } else { 'o' };
+    format!("c{t}{d}{}{k}/{list:016x}", family.digit())
 }
 
 /// The chain a Deny rule's matches go to: `c<tier><direction>drop/<base>` (`caidrop/...` for
@@ -688,118 +682,149 @@ struct ClusterObjects<'a> {
 }
 
 impl ClusterObjects<'_> {
-    fn set(
-        &mut self,
-        name: String,
-        family: Family,
-        kind: SetKind,
-        elements: impl FnOnce() -> Vec<Element>,
-    ) {
-        self.sets.entry(name.clone()).or_insert_with(|| NamedSet {
-            name,
-            family,
-            kind,
-            elements: elements(),
+    /// The drop (or audit) chain of Deny rule `r`, created on first use.
+    fn drop_chain(&mut self, r: &TierRule, direction: Direction, audit: bool) -> String {
+        let base = cluster_rule_base(&r.policy, direction, r.rule);
+        let name = cluster_drop_chain_name(&base, r.tier, direction, audit);
+        let options = self.options;
+        self.chains.entry(name.clone()).or_insert_with(|| {
+            let action = if audit {
+                LogAction::Audit
+            } else {
+                LogAction::Drop
+            };
+            let mut rules = Vec::new();
+            if let Some(group) = options.nflog_group {
+                let mut to = LogTo::new(action, direction, group);
+                to.prefix = format!("{} {}", to.prefix, cluster_log_tag(r, &base));
+                rules.push(Rule::LimitedLog(to));
+            }
+            rules.push(if audit {
+                Rule::CounterReturn
+            } else {
+                Rule::CounterDrop
+            });
+            Chain {
+                name: name.clone(),
+                hook: None,
+                rules,
+            }
         });
+        name
     }
 
-    /// The rules of one cluster policy rule in a pod's chain, creating its shared sets (both
-    /// families, so that a rule's shape never depends on which pods use it) and, for a Deny,
-    /// its drop chain.
-    fn rule(
+    /// The rules deciding one tier of a pod direction: one decision map lookup per family
+    /// (two when a rule matches every protocol), the maps shared by every pod with the same
+    /// ordered rules (and named ports and audit mode), created on first use for both families
+    /// so that a list's shape never depends on which pods use it.
+    fn tier(
         &mut self,
-        r: &TierRule,
+        rules: &[TierRule],
+        tier: Tier,
         direction: Direction,
         families: &[Family],
-        pass_to: &str,
         audit: bool,
     ) -> Vec<Rule> {
-        let base = cluster_rule_base(&r.policy, direction, r.rule);
-        let verdict = match r.action {
-            Action::Accept => Jump::Return,
-            // A Baseline Pass leaves the decision to the default, which allows.
-            Action::Pass if r.tier == Tier::Baseline => Jump::Return,
-            Action::Pass => Jump::Goto(pass_to.to_string()),
-            Action::Deny => {
-                let name = cluster_drop_chain_name(&base, r.tier, direction, audit);
-                let options = self.options;
-                let tag = cluster_log_tag(r, &base);
-                self.chains.entry(name.clone()).or_insert_with(|| {
-                    let action = if audit {
-                        LogAction::Audit
-                    } else {
-                        LogAction::Drop
-                    };
-                    let mut rules = Vec::new();
-                    if let Some(group) = options.nflog_group {
-                        let mut to = LogTo::new(action, direction, group);
-                        to.prefix = format!("{} {tag}", to.prefix);
-                        rules.push(Rule::LimitedLog(to));
-                    }
-                    rules.push(if audit {
-                        Rule::CounterReturn
-                    } else {
-                        Rule::CounterDrop
-                    });
-                    Chain {
-                        name: name.clone(),
-                        hook: None,
-                        rules,
-                    }
-                });
-                Jump::Goto(name)
+        if rules.is_empty() {
+            return Vec::new();
+        }
+        let mut identity = format!("{tier:?} {direction:?} {audit}");
+        for r in rules {
+            let base = cluster_rule_base(&r.policy, direction, r.rule);
+            identity.push_str(&format!(" {base}:{:?}:{:?}", r.action, r.own_ports));
+        }
+        let list = fnv1a64(identity.as_bytes());
+        let other = rules.iter().any(|r| r.matches.all_ports);
+        let tuple_name = |f| decision_map_name(tier, direction, f, true, list);
+        let other_name = |f| decision_map_name(tier, direction, f, false, list);
+        if !self.sets.contains_key(&tuple_name(Family::V4)) {
+            // Every Deny rule's chain, matched or not: the chains then change only with the
+            // policies, never with the pods (a changed chain makes the next diff a replace).
+            let mut targets = BTreeMap::from([(Decision::Allow, Jump::Return)]);
+            for (i, r) in rules.iter().enumerate() {
+                if r.action == Action::Deny {
+                    let chain = self.drop_chain(r, direction, audit);
+                    targets.insert(Decision::Deny(i), Jump::Goto(chain));
+                }
             }
-        };
-        let m = &r.matches;
-        for family in [Family::V4, Family::V6] {
-            if m.all_ports {
-                let name = cluster_set_name(&base, family, ClusterSetKind::Any);
-                self.set(name, family, SetKind::Addr, || {
-                    addr_elements(&m.shared.any_port, family)
-                });
-            } else {
-                let name = cluster_set_name(&base, family, ClusterSetKind::Ports);
-                self.set(name, family, SetKind::AddrProtoPort, || {
-                    tuple_elements(&m.shared, family)
-                });
-                if !m.named_ingress.is_empty() {
-                    let name = cluster_set_name(&base, family, ClusterSetKind::Peers);
-                    self.set(name, family, SetKind::Addr, || {
-                        addr_elements(&m.peers, family)
-                    });
+            let flat = decide::flatten(rules);
+            for family in [Family::V4, Family::V6] {
+                let mut elements = Vec::new();
+                for slice in &flat.ports {
+                    for (d, addrs) in &slice.decisions {
+                        elements.extend(ranges(addrs, family).map(|addrs| Element::TupleTo {
+                            addrs,
+                            protocol: slice.protocol,
+                            ports: (slice.lo, slice.hi),
+                            to: targets[d].clone(),
+                        }));
+                    }
+                }
+                let name = tuple_name(family);
+                self.sets.insert(
+                    name.clone(),
+                    NamedSet {
+                        name,
+                        family,
+                        kind: SetKind::AddrProtoPortDecide,
+                        elements,
+                    },
+                );
+                if let Some(m) = &flat.other {
+                    let mut elements: Vec<Element> = m
+                        .iter()
+                        .flat_map(|(d, addrs)| {
+                            ranges(addrs, family).map(|addrs| Element::AddrTo {
+                                addrs,
+                                to: targets[d].clone(),
+                            })
+                        })
+                        .collect();
+                    elements.sort();
+                    let name = other_name(family);
+                    self.sets.insert(
+                        name.clone(),
+                        NamedSet {
+                            name,
+                            family,
+                            kind: SetKind::AddrDecide,
+                            elements,
+                        },
+                    );
                 }
             }
         }
         let field = AddrField::peer_of(direction);
-        let mut rules = Vec::new();
+        let mut out = Vec::new();
         for &family in families {
-            if m.all_ports {
-                rules.push(Rule::AddrVerdict {
+            out.push(Rule::DecideTuple {
+                family,
+                field,
+                map: tuple_name(family),
+            });
+            if other {
+                out.push(Rule::DecideOther {
                     family,
                     field,
-                    set: cluster_set_name(&base, family, ClusterSetKind::Any),
-                    verdict: verdict.clone(),
+                    map: other_name(family),
                 });
-            } else {
-                rules.push(Rule::TupleVerdict {
-                    family,
-                    field,
-                    set: cluster_set_name(&base, family, ClusterSetKind::Ports),
-                    verdict: verdict.clone(),
-                });
-                for (protocol, port) in &r.own_ports {
-                    rules.push(Rule::PortVerdict {
-                        family,
-                        field,
-                        set: cluster_set_name(&base, family, ClusterSetKind::Peers),
-                        protocol: *protocol,
-                        port: *port,
-                        verdict: verdict.clone(),
-                    });
-                }
             }
         }
-        rules
+        out
+    }
+}
+
+/// The address ranges of one family of `addrs`.
+fn ranges(addrs: &AddrSet, family: Family) -> Box<dyn Iterator<Item = AddrRange> + '_> {
+    match family {
+        Family::V4 => Box::new(addrs.v4_ranges().map(|(lo, hi)| AddrRange {
+            lo: lo.into(),
+            hi: hi.into(),
+        })),
+        Family::V6 => Box::new(addrs.v6_ranges().map(|(lo, hi)| AddrRange {
+            lo: lo.into(),
+            hi: hi.into(),
+        })),
     }
 }
 
@@ -865,56 +890,34 @@ fn network_policy_part(
     });
 }
 
-/// A pod direction's chain: its Admin rules in order, then the NetworkPolicy part if a
-/// NetworkPolicy isolates the direction (final), else its Baseline rules; falling off the
-/// end returns (allows). With an Admin Pass rule the part after the Admin rules is a second
-/// chain that Pass (and the end of the Admin rules) go to.
+/// A pod direction's chain: its Admin tier (one lookup: Accept returns, Deny goes to the rule's
+/// drop chain, Pass or no match go on), then the NetworkPolicy part if a NetworkPolicy isolates
+/// the direction (final), else its Baseline tier; falling off the end returns (allows).
 fn pod_direction(
     endpoint: &Endpoint,
     direction: Direction,
     options: Options,
     cluster: &mut ClusterObjects<'_>,
 ) -> PodDirection {
-    let chain = chain_name(&endpoint.pod, direction);
-    let rest_name = rest_chain_name(&endpoint.pod, direction);
     let tiers = endpoint.cluster(direction);
     let fams = families(&endpoint.ips);
     let audit = options.audit || endpoint.audit;
-    let mut main = Vec::new();
-    for r in &tiers.admin {
-        main.extend(cluster.rule(r, direction, &fams, &rest_name, audit));
-    }
+    let mut rules = cluster.tier(&tiers.admin, Tier::Admin, direction, &fams, audit);
     let mut sets = Vec::new();
-    let mut rest = Vec::new();
     match endpoint.isolation(direction) {
-        Some(iso) => network_policy_part(endpoint, direction, iso, options, &mut sets, &mut rest),
+        Some(iso) => network_policy_part(endpoint, direction, iso, options, &mut sets, &mut rules),
         None => {
-            for r in &tiers.baseline {
-                rest.extend(cluster.rule(r, direction, &fams, &rest_name, audit));
-            }
+            rules.extend(cluster.tier(&tiers.baseline, Tier::Baseline, direction, &fams, audit))
         }
     }
-    let passes = tiers.admin.iter().any(|r| r.action == Action::Pass);
-    let rest = if passes {
-        main.push(Rule::Goto(rest_name.clone()));
-        Some(Chain {
-            name: rest_name,
-            hook: None,
-            rules: rest,
-        })
-    } else {
-        main.extend(rest);
-        None
-    };
     PodDirection {
         pod: endpoint.pod.clone(),
         direction,
         chain: Chain {
-            name: chain,
+            name: chain_name(&endpoint.pod, direction),
             hook: None,
-            rules: main,
+            rules,
         },
-        rest,
         sets,
         ips: endpoint.ips.clone(),
     }
@@ -1104,16 +1107,12 @@ impl Ruleset {
             .chain(self.pods.values().flat_map(|p| p.sets.iter()))
     }
 
-    /// Every chain in creation order: the cluster rules' drop chains, each pod's chains (the
-    /// rest chain before the one that goes to it), then the base chains.
+    /// Every chain in creation order: the cluster rules' drop chains, each pod's chain, then
+    /// the base chains.
     pub fn chains(&self) -> impl Iterator<Item = &Chain> {
         self.cluster_chains
             .values()
-            .chain(
-                self.pods
-                    .values()
-                    .flat_map(|p| p.rest.iter().chain(std::iter::once(&p.chain))),
-            )
+            .chain(self.pods.values().map(|p| &p.chain))
             .chain(self.base_chains.iter())
     }
 

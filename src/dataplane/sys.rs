@@ -117,8 +117,16 @@ pub struct RawElem {
     pub key: Vec<u8>,
     pub key_end: Option<Vec<u8>>,
     pub flags: u32,
-    /// `jump <chain>` of a verdict map element.
-    pub jump: Option<CString>,
+    /// The verdict of a verdict map element.
+    pub verdict: Option<RawVerdict>,
+}
+
+/// A verdict map element's verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RawVerdict {
+    Return,
+    Jump(CString),
+    Goto(CString),
 }
 
 /// Appends `elem` to the set's in-memory element list; `Set::elems_iter` then yields the
@@ -148,12 +156,16 @@ pub fn push_elem(set: &Set<'_, RawKey>, elem: &RawElem) {
         if elem.flags != 0 {
             sys::nftnl_set_elem_set_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16, elem.flags);
         }
-        if let Some(chain) = &elem.jump {
-            sys::nftnl_set_elem_set_u32(
-                e,
-                sys::NFTNL_SET_ELEM_VERDICT as u16,
-                libc::NFT_JUMP as u32,
-            );
+        let (code, chain) = match &elem.verdict {
+            None => (None, None),
+            Some(RawVerdict::Return) => (Some(libc::NFT_RETURN), None),
+            Some(RawVerdict::Jump(c)) => (Some(libc::NFT_JUMP), Some(c)),
+            Some(RawVerdict::Goto(c)) => (Some(libc::NFT_GOTO), Some(c)),
+        };
+        if let Some(code) = code {
+            sys::nftnl_set_elem_set_u32(e, sys::NFTNL_SET_ELEM_VERDICT as u16, code as u32);
+        }
+        if let Some(chain) = chain {
             sys::nftnl_set_elem_set_str(e, sys::NFTNL_SET_ELEM_CHAIN as u16, chain.as_ptr());
         }
         sys::nftnl_set_elem_add(set.as_ptr().as_ptr(), e);
@@ -536,13 +548,7 @@ unsafe fn parse_elems_at(nlh: *const libc::nlmsghdr) -> Vec<RawElem> {
                         } else {
                             0
                         },
-                        jump: if sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_CHAIN as u16) {
-                            let p =
-                                sys::nftnl_set_elem_get_str(e, sys::NFTNL_SET_ELEM_CHAIN as u16);
-                            (!p.is_null()).then(|| CStr::from_ptr(p).to_owned())
-                        } else {
-                            None
-                        },
+                        verdict: elem_verdict(e),
                     });
                     e = sys::nftnl_set_elems_iter_next(it);
                 }
@@ -552,6 +558,30 @@ unsafe fn parse_elems_at(nlh: *const libc::nlmsghdr) -> Vec<RawElem> {
         sys::nftnl_set_free(s);
     }
     out
+}
+
+/// The verdict of a dumped map element (`None` in a plain set).
+///
+/// # Safety
+/// `e` must be a live element.
+unsafe fn elem_verdict(e: *mut sys::nftnl_set_elem) -> Option<RawVerdict> {
+    // SAFETY: `e` is live; the chain string is copied out before the element goes away.
+    unsafe {
+        if !sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_VERDICT as u16) {
+            return None;
+        }
+        let code = sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_VERDICT as u16) as i32;
+        let chain = || {
+            let p = sys::nftnl_set_elem_get_str(e, sys::NFTNL_SET_ELEM_CHAIN as u16);
+            (!p.is_null()).then(|| CStr::from_ptr(p).to_owned())
+        };
+        match code {
+            libc::NFT_RETURN => Some(RawVerdict::Return),
+            libc::NFT_JUMP => chain().map(RawVerdict::Jump),
+            libc::NFT_GOTO => chain().map(RawVerdict::Goto),
+            _ => None,
+        }
+    }
 }
 
 unsafe fn elem_bytes(e: *mut sys::nftnl_set_elem, attr: u32) -> Option<Vec<u8>> {
