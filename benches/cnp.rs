@@ -1,8 +1,10 @@
 //! ClusterNetworkPolicy per-packet cost (`cargo bench --bench cnp`, root): new TCP connections
-//! per second from a client pod to a server pod on a bridged testbed node, when the server is
-//! selected by 0, 10 and 100 Admin ClusterNetworkPolicies of 25 rules each (none of which
-//! matches the client, so every rule is looked at) plus a NetworkPolicy that allows the client,
-//! as a ratio to the same topology without any ruleset.
+//! per second from a client pod to a server pod on a bridged testbed node, when both are
+//! selected by 0, 10 and 100 Admin ClusterNetworkPolicies of 25 ingress and 25 egress rules
+//! each (none of which matches the connection, so every rule is considered) plus a
+//! NetworkPolicy that allows the client, as a ratio to the same topology without any ruleset.
+//! The ingress rules name pods that do not exist; the egress rules name `networks` of their
+//! own, so the client's egress decision map holds an element per rule (2,500 at 100).
 //!
 //! Only the first packet of a connection meets the policies, so connection setup rate is where
 //! the per-rule cost shows. Prints medians and ratios; asserts nothing about time.
@@ -33,8 +35,9 @@ fn cluster() -> Vec<Value> {
 }
 
 /// A NetworkPolicy allowing the client into the server on PORT, and `n` Admin
-/// ClusterNetworkPolicies selecting the server, each with 25 ingress rules that match nobody
-/// the client is (pods that do not exist), half of them with protocols, actions mixed.
+/// ClusterNetworkPolicies selecting both pods, each with 25 ingress rules that match nobody
+/// the client is (pods that do not exist) and 25 egress rules to a /32 network each that is
+/// not the server, half of them with protocols, actions mixed.
 fn policies(n: usize) -> Vec<Value> {
     let mut out = vec![json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -58,12 +61,25 @@ fn policies(n: usize) -> Vec<Value> {
                 }
             })
             .collect();
+        let egress: Vec<Value> = (0..RULES)
+            .map(|j| {
+                let action = ["Deny", "Accept", "Pass"][j % 3];
+                let peer = json!({"networks": [format!("172.16.{}.{j}/32", i % 256)]});
+                if j % 2 == 0 {
+                    json!({"action": action, "to": [peer],
+                           "protocols": [{"tcp": {"destinationPort": {"number": PORT}}}]})
+                } else {
+                    json!({"action": action, "to": [peer]})
+                }
+            })
+            .collect();
         out.push(json!({
             "apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
             "metadata": {"name": format!("cnp-{i:03}")},
             "spec": {"tier": "Admin", "priority": i % 1000,
-                     "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "server"}}}},
-                     "ingress": rules}
+                     "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchExpressions": [
+                         {"key": "app", "operator": "In", "values": ["client", "server"]}]}}},
+                     "ingress": rules, "egress": egress}
         }));
     }
     out
@@ -85,9 +101,9 @@ fn main() -> anyhow::Result<()> {
     let plain = testbed(&loaded.state)?;
     let mut nft = testbed(&loaded.state)?;
     println!(
-        "new TCP connections/s, client -> server on one bridged node (server selected by a NetworkPolicy and N Admin ClusterNetworkPolicies of {RULES} rules, none matching); median of {REPEATS} interleaved rounds of {RUN:?}"
+        "new TCP connections/s, client -> server on one bridged node (server selected by a NetworkPolicy; both pods by N Admin ClusterNetworkPolicies of {RULES} ingress and {RULES} egress rules, none matching); median of {REPEATS} interleaved rounds of {RUN:?}"
     );
-    println!("CNPs | rules in chain | no ruleset | nftpol (ratio)");
+    println!("CNPs | rules per direction | no ruleset | nftpol (ratio)");
     let mut last = 0.0;
     for n in [0usize, 10, 100] {
         let mut objects = cluster();
@@ -100,7 +116,7 @@ fn main() -> anyhow::Result<()> {
         }
         let ra = median(a.iter().zip(&p).map(|(x, y)| x / y).collect());
         println!(
-            "{n:>4} | {:>14} | {:>10.0} | {:>8.0} ({ra:.3})",
+            "{n:>4} | {:>19} | {:>10.0} | {:>8.0} ({ra:.3})",
             n * RULES,
             median(p),
             median(a)

@@ -266,13 +266,15 @@ impl Reconciler {
     }
 
     /// Cluster policies select pods across namespaces and their peers reach anywhere: a
-    /// change recompiles the scope. They are few and change rarely; pod and namespace
-    /// changes still go through the incremental paths.
+    /// change recompiles the endpoints in scope (with the NetworkPolicy resolutions kept).
+    /// They are few and change rarely; pod and namespace changes go through the incremental
+    /// paths.
     fn cluster_changed(&mut self) {
         if self.ready() {
-            let before = self.compiler.plan().clone();
-            self.compiler.full(&self.index);
-            self.dirty |= &before != self.compiler.plan();
+            self.dirty |= !self
+                .compiler
+                .cluster_policies_changed(&self.index)
+                .is_empty();
         }
     }
 

@@ -769,14 +769,33 @@ impl Compiler {
         (ingress, egress)
     }
 
-    /// Cluster policies select and match pods across namespaces: after any pod or namespace
-    /// change their resolutions are dropped and every endpoint they apply to is recompiled.
-    fn recompile_cluster_users(&mut self, index: &ClusterIndex, changed: &mut BTreeSet<ObjectKey>) {
-        if self.cluster_resolved.is_empty() && self.cluster_users.is_empty() {
+    /// Drops the resolutions of `affected` cluster policies and recompiles the endpoints they
+    /// apply to (only those: a pod relabel touches the rules it moves in or out of).
+    fn recompile_cluster_users(
+        &mut self,
+        index: &ClusterIndex,
+        affected: &BTreeSet<ClusterPolicyKey>,
+        changed: &mut BTreeSet<ObjectKey>,
+    ) {
+        if affected.is_empty() {
             return;
         }
-        self.cluster_resolved.clear();
-        let users: Vec<ObjectKey> = self.cluster_users.iter().cloned().collect();
+        for key in affected {
+            self.cluster_resolved.remove(key);
+        }
+        let users: Vec<ObjectKey> = self
+            .cluster_users
+            .iter()
+            .filter(|k| {
+                self.plan.endpoints.get(*k).is_some_and(|e| {
+                    e.cluster_ingress
+                        .policies
+                        .iter()
+                        .any(|p| affected.contains(p))
+                })
+            })
+            .cloned()
+            .collect();
         for key in users {
             if let Some(pod) = index.pod(&key)
                 && self.scope.includes(pod)
@@ -787,20 +806,128 @@ impl Compiler {
         }
     }
 
-    /// The cluster policies (or the Nodes their `nodes` peers read) changed: recompiles
-    /// every endpoint in scope. Returns the endpoints whose state changed.
-    pub fn cluster_policies_changed(&mut self, index: &ClusterIndex) -> BTreeSet<ObjectKey> {
-        let before = std::mem::take(&mut self.plan);
-        self.full(index);
-        let keys: BTreeSet<&ObjectKey> = before
-            .endpoints
+    /// The resolved cluster policies whose rules a pod change can alter: a `namespaces` or
+    /// `pods` peer the pod (old or new version) matches, when it enters or leaves the peer, or
+    /// changes addresses or (for egress named ports) ports while in it; an unknown peer of a
+    /// Deny or Pass rule (it matches every pod). `networks`, `nodes` and `domainNames` do not
+    /// depend on pods.
+    fn cluster_policies_touching_pod(
+        &self,
+        index: &ClusterIndex,
+        old: Option<&Pod>,
+        new: Option<&Pod>,
+    ) -> BTreeSet<ClusterPolicyKey> {
+        let addresses_changed = match (old, new) {
+            (Some(o), Some(n)) => o.ips != n.ips || eligible(o) != eligible(n),
+            _ => true,
+        };
+        let ports_changed = match (old, new) {
+            (Some(o), Some(n)) => o.ports != n.ports,
+            _ => true,
+        };
+        let matches = |peer: &ClusterPeer, action: Action, pod: Option<&Pod>| -> bool {
+            let Some(pod) = pod.filter(|p| eligible(p)) else {
+                return false;
+            };
+            let ns = || index.namespace_labels(&pod.key.namespace);
+            match peer {
+                ClusterPeer::Namespaces(sel) => ns().is_some_and(|l| sel.matches(l)),
+                ClusterPeer::Pods { namespaces, pods } => {
+                    ns().is_some_and(|l| namespaces.matches(l)) && pods.matches(&pod.labels)
+                }
+                ClusterPeer::Unknown(_) => action != Action::Accept,
+                ClusterPeer::Networks(_) | ClusterPeer::Nodes(_) | ClusterPeer::DomainNames(_) => {
+                    false
+                }
+            }
+        };
+        let rule_touched = |direction: Direction, rule: &ClusterRule| -> bool {
+            let named = direction == Direction::Egress
+                && rule
+                    .protocols
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p, ClusterPort::Named(_)));
+            rule.peers.iter().any(|peer| {
+                let (was, is) = (
+                    matches(peer, rule.action, old),
+                    matches(peer, rule.action, new),
+                );
+                was != is || ((was || is) && (addresses_changed || (named && ports_changed)))
+            })
+        };
+        self.cluster_resolved
             .keys()
-            .chain(self.plan.endpoints.keys())
-            .collect();
-        keys.into_iter()
-            .filter(|k| before.endpoints.get(*k) != self.plan.endpoints.get(*k))
+            .filter(|key| {
+                index.cluster_policy(key).is_none_or(|policy| {
+                    policy
+                        .ingress
+                        .iter()
+                        .any(|r| rule_touched(Direction::Ingress, r))
+                        || policy
+                            .egress
+                            .iter()
+                            .any(|r| rule_touched(Direction::Egress, r))
+                })
+            })
             .cloned()
             .collect()
+    }
+
+    /// The resolved cluster policies with a `namespaces` or `pods` peer whose namespace
+    /// selector a namespace change flips (or that the namespace's creation or deletion
+    /// concerns).
+    fn cluster_policies_touching_namespace(
+        &self,
+        index: &ClusterIndex,
+        old: Option<&Namespace>,
+        new: Option<&Namespace>,
+    ) -> BTreeSet<ClusterPolicyKey> {
+        let empty = Default::default();
+        let (old_labels, new_labels) = (
+            old.map_or(&empty, |n| &n.labels),
+            new.map_or(&empty, |n| &n.labels),
+        );
+        let flips = |sel: &crate::policy::model::Selector| {
+            sel.matches(old_labels) != sel.matches(new_labels) || old.is_none() != new.is_none()
+        };
+        self.cluster_resolved
+            .keys()
+            .filter(|key| {
+                index.cluster_policy(key).is_none_or(|policy| {
+                    policy
+                        .ingress
+                        .iter()
+                        .chain(&policy.egress)
+                        .flat_map(|r| &r.peers)
+                        .any(|peer| match peer {
+                            ClusterPeer::Namespaces(sel) => flips(sel),
+                            ClusterPeer::Pods { namespaces, .. } => flips(namespaces),
+                            _ => false,
+                        })
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The cluster policies (or the Nodes their `nodes` peers read) changed: drops every
+    /// cluster policy resolution and recompiles the endpoints in scope, each resolving the
+    /// cluster policies it meets once more. NetworkPolicy resolutions are kept (they do not
+    /// depend on cluster policies). Returns the endpoints whose state changed.
+    pub fn cluster_policies_changed(&mut self, index: &ClusterIndex) -> BTreeSet<ObjectKey> {
+        self.cluster_resolved.clear();
+        let pods: Vec<&Pod> = match &self.scope {
+            Scope::Node(node) => index.pods_on_node(node).collect(),
+            Scope::Cluster => index.pods().collect(),
+        };
+        let mut changed = BTreeSet::new();
+        for pod in pods {
+            if self.compile_pod(index, pod) {
+                changed.insert(pod.key.clone());
+            }
+        }
+        changed
     }
 
     fn remove_endpoint(&mut self, key: &ObjectKey) -> bool {
@@ -910,7 +1037,8 @@ impl Compiler {
         let mut changed = BTreeSet::new();
         let affected = self.policies_touching_pod(index, old, new);
         self.recompile_users(index, &affected, &mut changed);
-        self.recompile_cluster_users(index, &mut changed);
+        let affected = self.cluster_policies_touching_pod(index, old, new);
+        self.recompile_cluster_users(index, &affected, &mut changed);
         if let Some(old) = old
             && new.is_none_or(|n| !self.scope.includes(n))
             && self.remove_endpoint(&old.key)
@@ -986,7 +1114,8 @@ impl Compiler {
             .cloned()
             .collect();
         self.recompile_users(index, &affected, &mut changed);
-        self.recompile_cluster_users(index, &mut changed);
+        let affected = self.cluster_policies_touching_namespace(index, old, new);
+        self.recompile_cluster_users(index, &affected, &mut changed);
         // A namespace relabel can make its pods subjects of cluster policies.
         let relabelled = old.map(|n| &n.labels) != new.map(|n| &n.labels);
         if relabelled
