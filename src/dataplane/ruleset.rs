@@ -1270,6 +1270,41 @@ mod tests {
                 },
             );
         }
+        // A pod only a ClusterNetworkPolicy selects is policed too: it is in the strict sets.
+        let only = ObjectKey::new("a", "cnp-only");
+        let rule = TierRule {
+            policy: ClusterPolicyKey {
+                kind: ClusterPolicyKind::ClusterNetworkPolicy,
+                name: "deny".into(),
+            },
+            tier: Tier::Admin,
+            priority: Some(0),
+            rule: 0,
+            name: None,
+            action: Action::Deny,
+            matches: std::sync::Arc::new(crate::policy::compile::ClusterRuleMatch {
+                all_ports: true,
+                peers: AddrSet::new(),
+                shared: Allowed::default(),
+                named_ingress: Vec::new(),
+            }),
+            own_ports: Vec::new(),
+        };
+        plan.endpoints.insert(
+            only.clone(),
+            Endpoint {
+                pod: only,
+                ips: vec!["10.0.0.3".parse().unwrap()],
+                ingress: None,
+                egress: None,
+                audit: false,
+                cluster_ingress: crate::policy::compile::TierRules {
+                    admin: vec![rule],
+                    ..Default::default()
+                },
+                cluster_egress: Default::default(),
+            },
+        );
         let strict = Options {
             strict: true,
             ..Options::default()
@@ -1299,7 +1334,7 @@ mod tests {
                 .map(crate::dataplane::render::element_text)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(set("strict_v4"), ["10.0.0.1"], "{text}");
+        assert_eq!(set("strict_v4"), ["10.0.0.1", "10.0.0.3"], "{text}");
         assert_eq!(set("strict_v6"), ["fd00::1"], "{text}");
         // Without --strict: neither the sets nor the rules.
         let rs = Ruleset::build(&plan, Options::default());
