@@ -540,6 +540,13 @@ pub fn decision_map_name(
     ports: bool,
     list: u64,
 ) -> String {
+    let (t, d) = tier_direction_letters(tier, direction);
+    let k = if ports { 't' } else { 'o' };
+    format!("c{t}{d}{}{k}/{list:016x}", family.digit())
+}
+
+/// `a`/`b` and `i`/`e`: how cluster object names spell a tier and a direction.
+fn tier_direction_letters(tier: Tier, direction: Direction) -> (char, char) {
     let t = match tier {
         Tier::Admin => 'a',
         Tier::Baseline => 'b',
@@ -548,8 +555,7 @@ pub fn decision_map_name(
         Direction::Ingress => 'i',
         Direction::Egress => 'e',
     };
-    let k = if ports { 't' } else { 'o' };
-    format!("c{t}{d}{}{k}/{list:016x}", family.digit())
+    (t, d)
 }
 
 /// The chain a Deny rule's matches go to: `c<tier><direction>drop/<base>` (`caidrop/...` for
@@ -561,14 +567,7 @@ pub fn cluster_drop_chain_name(
     direction: Direction,
     audit: bool,
 ) -> String {
-    let t = match tier {
-        Tier::Admin => 'a',
-        Tier::Baseline => 'b',
-    };
-    let d = match direction {
-        Direction::Ingress => 'i',
-        Direction::Egress => 'e',
-    };
+    let (t, d) = tier_direction_letters(tier, direction);
     let what = if audit { "aud" } else { "drop" };
     format!("c{t}{d}{what}/{base}")
 }

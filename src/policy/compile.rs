@@ -348,6 +348,17 @@ fn has_named_ports(rule: &Rule) -> bool {
         .any(|p| matches!(p.port, PortMatch::Named(_)))
 }
 
+/// Whether a pod change (`None`: absent) moves its addresses (or eligibility) and its ports.
+fn pod_delta(old: Option<&Pod>, new: Option<&Pod>) -> (bool, bool) {
+    match (old, new) {
+        (Some(o), Some(n)) => (
+            o.ips != n.ips || eligible(o) != eligible(n),
+            o.ports != n.ports,
+        ),
+        _ => (true, true),
+    }
+}
+
 fn eligible(pod: &Pod) -> bool {
     pod.skip_reason().is_none()
 }
@@ -817,14 +828,7 @@ impl Compiler {
         old: Option<&Pod>,
         new: Option<&Pod>,
     ) -> BTreeSet<ClusterPolicyKey> {
-        let addresses_changed = match (old, new) {
-            (Some(o), Some(n)) => o.ips != n.ips || eligible(o) != eligible(n),
-            _ => true,
-        };
-        let ports_changed = match (old, new) {
-            (Some(o), Some(n)) => o.ports != n.ports,
-            _ => true,
-        };
+        let (addresses_changed, ports_changed) = pod_delta(old, new);
         let matches = |peer: &ClusterPeer, action: Action, pod: Option<&Pod>| -> bool {
             let Some(pod) = pod.filter(|p| eligible(p)) else {
                 return false;
@@ -970,14 +974,7 @@ impl Compiler {
         old: Option<&Pod>,
         new: Option<&Pod>,
     ) -> BTreeSet<ObjectKey> {
-        let addresses_changed = match (old, new) {
-            (Some(o), Some(n)) => o.ips != n.ips || eligible(o) != eligible(n),
-            _ => true,
-        };
-        let ports_changed = match (old, new) {
-            (Some(o), Some(n)) => o.ports != n.ports,
-            _ => true,
-        };
+        let (addresses_changed, ports_changed) = pod_delta(old, new);
         let pods: Vec<&Pod> = old.into_iter().chain(new).filter(|p| eligible(p)).collect();
         let peer_matches = |peer: &Peer, pod: Option<&Pod>| -> bool {
             let Some(pod) = pod.filter(|p| eligible(p)) else {
