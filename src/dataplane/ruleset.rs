@@ -19,6 +19,10 @@
 //!   the node's pod CIDRs minus every known pod address (computed here, not in the kernel), so
 //!   the base chains drop a packet from or to an unknown address with one lookup per address
 //!   field, whatever the number of pods.
+//! - A ClusterNetworkPolicy tier is one verdict-map lookup in the pod's chain (Admin before the
+//!   NetworkPolicy part, Baseline instead of it), the map shared by every pod with the same
+//!   ordered rules ([`super::decide`]); a Deny's `goto` reaches a drop chain per rule, which
+//!   names the rule in flow logs and is what the per-tier drop counters read.
 //! - Names are derived from `namespace/name`, stable across runs; k8s names never contain `/`
 //!   or `_`, so `/` separates and `_` marks a hashed suffix when a name would exceed 255 bytes.
 
@@ -1097,7 +1101,7 @@ impl Ruleset {
         }
     }
 
-    /// Every named set in creation order: the base chains' sets, the cluster rule sets, then
+    /// Every named set in creation order: the base chains' sets, the decision maps, then
     /// pod sets (by chain name).
     pub fn sets(&self) -> impl Iterator<Item = &NamedSet> {
         self.node_sets
