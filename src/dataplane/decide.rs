@@ -102,50 +102,64 @@ fn first_match<'a>(
     out
 }
 
+/// Splits `protocol`'s ports at every boundary of every rule and computes `at(lo)` for each
+/// slice (the same for every port of a slice); neighbours with equal values merge.
+fn by_slice<T: PartialEq>(
+    rules: &[TierRule],
+    protocol: Protocol,
+    at: impl Fn(u32) -> T,
+) -> Vec<(u16, u16, T)> {
+    // As u32 so that 65535 + 1 fits.
+    let mut cuts: Vec<u32> = vec![0, 65536];
+    for r in rules {
+        if let Some(blocks) = r.matches.shared.ports.get(&protocol) {
+            cuts.extend(
+                blocks
+                    .iter()
+                    .flat_map(|b| [u32::from(b.lo), u32::from(b.hi) + 1]),
+            );
+        }
+        for &(p, port) in &r.own_ports {
+            if p == protocol {
+                cuts.extend([u32::from(port), u32::from(port) + 1]);
+            }
+        }
+    }
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut slices: Vec<(u16, u16, T)> = Vec::new();
+    for w in cuts.windows(2) {
+        let value = at(w[0]);
+        // Both bounds come from u16 values (the last slice ends at 65535).
+        let (lo, hi) = (w[0] as u16, (w[1] - 1) as u16);
+        match slices.last_mut() {
+            Some(last) if last.2 == value => last.1 = hi,
+            _ => slices.push((lo, hi, value)),
+        }
+    }
+    slices
+}
+
 /// Flattens `rules` (one tier, one direction, already in evaluation order).
 pub fn flatten(rules: &[TierRule]) -> Flattened {
     let mut ports = Vec::new();
     for protocol in Protocol::ALL {
-        // Every boundary of every rule on this protocol, as u32 so that 65535 + 1 fits.
-        let mut cuts: Vec<u32> = vec![0, 65536];
-        for r in rules {
-            if let Some(blocks) = r.matches.shared.ports.get(&protocol) {
-                cuts.extend(
-                    blocks
-                        .iter()
-                        .flat_map(|b| [u32::from(b.lo), u32::from(b.hi) + 1]),
-                );
-            }
-            for &(p, port) in &r.own_ports {
-                if p == protocol {
-                    cuts.extend([u32::from(port), u32::from(port) + 1]);
-                }
-            }
-        }
-        cuts.sort_unstable();
-        cuts.dedup();
-        let mut slices: Vec<PortSlice> = Vec::new();
-        for w in cuts.windows(2) {
-            let (lo, hi) = (w[0], w[1] - 1);
-            let decisions = first_match(
+        let slices = by_slice(rules, protocol, |lo| {
+            first_match(
                 rules
                     .iter()
                     .enumerate()
                     .map(|(i, r)| (i, r, matched_on(r, protocol, lo))),
-            );
-            // Both bounds come from u16 values (hi is at most 65535).
-            let (lo, hi) = (lo as u16, hi as u16);
-            match slices.last_mut() {
-                Some(last) if last.decisions == decisions => last.hi = hi,
-                _ => slices.push(PortSlice {
-                    protocol,
-                    lo,
-                    hi,
-                    decisions,
-                }),
-            }
-        }
-        ports.extend(slices.into_iter().filter(|s| !s.decisions.is_empty()));
+            )
+        });
+        ports.extend(slices.into_iter().filter(|(_, _, d)| !d.is_empty()).map(
+            |(lo, hi, decisions)| PortSlice {
+                protocol,
+                lo,
+                hi,
+                decisions,
+            },
+        ));
     }
     let other = rules.iter().any(|r| r.matches.all_ports).then(|| {
         first_match(
@@ -156,6 +170,38 @@ pub fn flatten(rules: &[TierRule]) -> Flattened {
         )
     });
     Flattened { ports, other }
+}
+
+/// Everything some rule of `rules` matches, whatever its action: what a later rule that
+/// learns its addresses at run time (`domainNames`) must leave to them, since the first match
+/// decides. TCP, UDP and SCTP by port slice; other protocols by address (rules without
+/// `protocols`), which the port slices also cover for TCP, UDP and SCTP.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claimed {
+    pub ports: Vec<(Protocol, u16, u16, AddrSet)>,
+    pub other: AddrSet,
+}
+
+pub fn claimed(rules: &[TierRule]) -> Claimed {
+    let mut ports = Vec::new();
+    for protocol in Protocol::ALL {
+        let slices = by_slice(rules, protocol, |lo| {
+            AddrSet::union_all(
+                &rules
+                    .iter()
+                    .map(|r| matched_on(r, protocol, lo))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        ports.extend(
+            slices
+                .into_iter()
+                .filter(|(_, _, a)| !a.is_empty())
+                .map(|(lo, hi, a)| (protocol, lo, hi, a)),
+        );
+    }
+    let other = AddrSet::union_all(rules.iter().map(|r| &r.matches.shared.any_port));
+    Claimed { ports, other }
 }
 
 #[cfg(test)]
@@ -361,6 +407,23 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(lookup(&f, peer, None, 0), linear(&rules, peer, None, 0));
+            }
+        }
+
+        /// `claimed` covers exactly what some rule matches.
+        #[test]
+        fn claimed_is_the_union_of_the_matches(rules in prop::collection::vec(arb_rule(), 0..8)) {
+            let c = claimed(&rules);
+            for peer in 0..5u8 {
+                let peer: IpAddr = format!("10.0.0.{peer}").parse().unwrap();
+                for port in 0..11u16 {
+                    for p in Protocol::ALL {
+                        let hit = c.ports.iter().any(|(q, lo, hi, a)| *q == p && *lo <= port && port <= *hi && a.contains(peer));
+                        prop_assert_eq!(hit, rules.iter().any(|r| r.matches(peer, p, port)));
+                    }
+                }
+                let any = rules.iter().any(|r| r.matches.all_ports && r.matches.peers.contains(peer));
+                prop_assert_eq!(c.other.contains(peer), any);
             }
         }
     }
