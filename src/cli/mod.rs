@@ -33,6 +33,14 @@ pub struct EnforceArgs {
     /// Address of /metrics, /livez and /readyz; "" or "off" disables them.
     #[arg(long, default_value = crate::observe::metrics::DEFAULT_ADDR)]
     pub metrics_addr: String,
+    /// Shortest time an address learned from a DNS answer allows new connections, in
+    /// seconds (a shorter TTL is raised to it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub dns_min_ttl: u64,
+    /// Longest time an address learned from a DNS answer allows new connections, in seconds
+    /// (a longer TTL is cut to it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub dns_max_ttl: u64,
     /// The shape of the ruleset (shared with `render`).
     #[command(flatten)]
     pub ruleset: RulesetArgs,
@@ -75,6 +83,11 @@ pub struct RulesetArgs {
     /// as log lines; `off`: no such logs (drops are still counted).
     #[arg(long, value_name = "GROUP|off", default_value = "100", value_parser = parse_nflog_group)]
     pub nflog_group: NflogGroup,
+    /// NFQUEUE number DNS answers to pods with a ClusterNetworkPolicy `domainNames` rule are
+    /// held in until their addresses are programmed; `off`: no hold (such rules then match
+    /// nothing: fail closed). Only rulesets with a `domainNames` rule use it.
+    #[arg(long, value_name = "QUEUE|off", default_value = "7153", value_parser = parse_nflog_group)]
+    pub dns_queue: NflogGroup,
 }
 
 /// `--nflog-group`: a group number or `off`.
@@ -102,6 +115,7 @@ impl RulesetArgs {
             strict: self.strict && !audit,
             audit,
             nflog_group: self.nflog_group.0,
+            dns_queue: self.dns_queue.0,
         }
     }
 

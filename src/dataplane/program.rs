@@ -24,7 +24,7 @@ use super::ruleset::{
 use super::shape::{self, RuleShape};
 use super::sys::{
     self, ELEM_INTERVAL_END, LookupExt, MetaLoad, NFT_SET_CONCAT, NFT_SET_INTERVAL, NFT_SET_MAP,
-    PayloadLoad, RawElem, SetSpec, dtype,
+    NFT_SET_TIMEOUT, PayloadLoad, RawElem, SetSpec, dtype,
 };
 
 pub const FAMILY: ProtoFamily = ProtoFamily::Inet;
@@ -115,6 +115,13 @@ pub fn set_spec(set: &NamedSet) -> SetSpec {
             key_type: addr_type,
             key_len: u32::from(addr_len),
             flags: NFT_SET_INTERVAL,
+            concat: vec![],
+            verdict_map: false,
+        },
+        SetKind::Learned => SetSpec {
+            key_type: addr_type,
+            key_len: u32::from(addr_len),
+            flags: NFT_SET_TIMEOUT,
             concat: vec![],
             verdict_map: false,
         },
@@ -308,6 +315,30 @@ impl Tx {
         let groups: Vec<(String, Vec<RawElem>)> = elements
             .iter()
             .map(|e| (element_text(e), raw_elements(e)))
+            .collect();
+        self.elements("set", &set.name, &set_spec(set), &groups, op)
+    }
+
+    /// Elements of a learned-address set (`flags timeout`): each address with its timeout on
+    /// an add.
+    pub fn learned_elements(
+        &mut self,
+        set: &NamedSet,
+        addrs: &[(IpAddr, Option<u64>)],
+        op: ElemOp,
+    ) -> Result<(), BadName> {
+        let groups: Vec<(String, Vec<RawElem>)> = addrs
+            .iter()
+            .map(|(ip, timeout_ms)| {
+                (
+                    ip.to_string(),
+                    vec![RawElem {
+                        key: addr_bytes(ip),
+                        timeout_ms: *timeout_ms,
+                        ..Default::default()
+                    }],
+                )
+            })
             .collect();
         self.elements("set", &set.name, &set_spec(set), &groups, op)
     }
@@ -575,6 +606,41 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
                 chain: cname(chain)?,
             });
         }
+        Rule::DnsHold {
+            family,
+            protocol,
+            set,
+            queue,
+        } => {
+            addr_lookup(r, *family, AddrField::Daddr, set, None)?;
+            r.add_expr(&Meta::L4Proto);
+            r.add_expr(&Cmp::new(CmpOp::Eq, protocol.number()));
+            r.add_expr(&PayloadLoad::th_sport(sys::REG1));
+            r.add_expr(&Cmp::new(CmpOp::Eq, 53u16.to_be()));
+            r.add_expr(&sys::NfQueueTarget { queue: *queue });
+        }
+        Rule::LearnedVerdict {
+            family,
+            field,
+            set,
+            ports,
+            verdict,
+        } => {
+            addr_lookup(r, *family, *field, set, None)?;
+            if let Some((protocol, lo, hi)) = ports {
+                r.add_expr(&Meta::L4Proto);
+                r.add_expr(&Cmp::new(CmpOp::Eq, protocol.number()));
+                r.add_expr(&PayloadLoad::th_dport(sys::REG1));
+                if lo == hi {
+                    r.add_expr(&Cmp::new(CmpOp::Eq, lo.to_be()));
+                } else {
+                    // Big-endian bytes compare in numeric order (cmp is a memcmp).
+                    r.add_expr(&Cmp::new(CmpOp::Gte, lo.to_be()));
+                    r.add_expr(&Cmp::new(CmpOp::Lte, hi.to_be()));
+                }
+            }
+            r.add_expr(&jump(verdict)?);
+        }
     }
     Ok(())
 }
@@ -628,6 +694,9 @@ fn add_contents(tx: &mut Tx, ruleset: &Ruleset) -> Result<(), BadName> {
         tx.add_set(set)?;
     }
     for set in ruleset.cluster_sets.values() {
+        tx.add_set(set)?;
+    }
+    for set in ruleset.domains.sets.values() {
         tx.add_set(set)?;
     }
     for pod in ruleset.pods.values() {
@@ -694,6 +763,9 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
         // A cluster policy rule added, removed or changed in shape: they are rare, and a
         // replace keeps the ordering of shared sets and chains simple (still one transaction).
         || old.cluster_chains != new.cluster_chains
+        // Learned-address sets come and go with their rules; their elements are the DNS
+        // reader's and never diffed.
+        || !old.domains.sets.keys().eq(new.domains.sets.keys())
         || !old.cluster_sets.keys().eq(new.cluster_sets.keys())
         || old
             .cluster_sets
@@ -844,13 +916,21 @@ pub fn expected_rules(ruleset: &Ruleset) -> Result<BTreeMap<String, Vec<RuleShap
     Ok(out)
 }
 
-/// The raw elements the kernel should hold for every set and map of `ruleset`, by name.
-pub fn expected_elements(ruleset: &Ruleset) -> Result<Vec<(String, Vec<RawElem>)>, BadName> {
+/// A set's name and the elements it should hold (`None`: not compared).
+pub type ExpectedElements = (String, Option<Vec<RawElem>>);
+
+/// The raw elements the kernel should hold for every set and map of `ruleset`, by name. A
+/// learned-address set's elements are the DNS reader's: `None`, not compared.
+pub fn expected_elements(ruleset: &Ruleset) -> Result<Vec<ExpectedElements>, BadName> {
     let mut out = Vec::new();
     for set in ruleset.sets() {
+        if set.kind == SetKind::Learned {
+            out.push((set.name.clone(), None));
+            continue;
+        }
         let mut v: Vec<RawElem> = set.elements.iter().flat_map(raw_elements).collect();
         v.sort();
-        out.push((set.name.clone(), v));
+        out.push((set.name.clone(), Some(v)));
     }
     for map in &ruleset.maps {
         let mut v = Vec::new();
@@ -858,7 +938,7 @@ pub fn expected_elements(ruleset: &Ruleset) -> Result<Vec<(String, Vec<RawElem>)
             v.push(raw_map_entry(ip, chain)?);
         }
         v.sort();
-        out.push((map.name.clone(), v));
+        out.push((map.name.clone(), Some(v)));
     }
     Ok(out)
 }

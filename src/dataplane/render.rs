@@ -67,8 +67,14 @@ fn set_block(set: &NamedSet) -> String {
         (SetKind::Addr, Family::V6) => ("ipv6_addr", false),
         (SetKind::AddrProtoPort, Family::V4) => ("ipv4_addr . inet_proto . inet_service", true),
         (SetKind::AddrProtoPort, Family::V6) => ("ipv6_addr . inet_proto . inet_service", true),
+        (SetKind::Learned, Family::V4) => ("ipv4_addr", false),
+        (SetKind::Learned, Family::V6) => ("ipv6_addr", false),
     };
-    let mut s = format!("\tset {} {{\n\t\ttype {ty}\n\t\tflags interval\n", set.name);
+    let flags = match set.kind {
+        SetKind::Learned => "timeout",
+        _ => "interval",
+    };
+    let mut s = format!("\tset {} {{\n\t\ttype {ty}\n\t\tflags {flags}\n", set.name);
     if !set.elements.is_empty() {
         let mut items: Vec<&Element> = set.elements.iter().collect();
         if !concat {
@@ -200,6 +206,40 @@ pub fn rule_text(rule: &Rule) -> String {
             jump_text(verdict)
         ),
         Rule::Goto(chain) => format!("goto {chain}"),
+        Rule::DnsHold {
+            family,
+            protocol,
+            set,
+            queue,
+        } => format!(
+            "{} daddr @{set} {} sport 53 queue num {queue} bypass",
+            family.keyword(),
+            protocol.as_str().to_lowercase()
+        ),
+        Rule::LearnedVerdict {
+            family,
+            field,
+            set,
+            ports,
+            verdict,
+        } => {
+            let ports = match ports {
+                None => String::new(),
+                Some((p, lo, hi)) if lo == hi => {
+                    format!(" {} dport {lo}", p.as_str().to_lowercase())
+                }
+                Some((p, lo, hi)) => {
+                    let p = p.as_str().to_lowercase();
+                    format!(" {p} dport >= {lo} {p} dport <= {hi}")
+                }
+            };
+            format!(
+                "{} {} @{set}{ports} {}",
+                family.keyword(),
+                field.keyword(),
+                jump_text(verdict)
+            )
+        }
     }
 }
 

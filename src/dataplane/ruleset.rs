@@ -61,6 +61,10 @@ pub struct Options {
     pub audit: bool,
     /// The NFLOG group drop (and audit and `nftpol.io/log`) logs go to; `None`: no logs.
     pub nflog_group: Option<u16>,
+    /// The NFQUEUE DNS answers to pods with a `domainNames` rule are held in until the daemon
+    /// has added their addresses (`--dns-queue`); `None`: no hold, such rules match only what
+    /// something else added (fail closed). See [`super::dns`].
+    pub dns_queue: Option<u16>,
 }
 
 /// What a logged packet's prefix says happened to it.
@@ -231,6 +235,9 @@ pub enum SetKind {
     Addr,
     /// `type ipv4_addr . inet_proto . inet_service; flags interval` (pipapo).
     AddrProtoPort,
+    /// `type ipv4_addr; flags timeout`: addresses learned from DNS answers, each with its own
+    /// timeout. Its elements are the daemon's at run time, never the ruleset's.
+    Learned,
 }
 
 /// A named interval set owned by one pod direction.
@@ -329,6 +336,22 @@ pub enum Rule {
     },
     /// `goto <chain>`: the end of the Admin part of a pod's chain.
     Goto(String),
+    /// `ip daddr @dnspods_v4 udp sport 53 queue num N bypass`: a DNS answer to a pod with a
+    /// `domainNames` rule is held in the daemon's queue (passes when nothing reads it).
+    DnsHold {
+        family: Family,
+        protocol: Protocol,
+        set: String,
+        queue: u16,
+    },
+    /// `ip daddr @set [tcp dport 80[-90]] <verdict>`: a `domainNames` rule's learned addresses.
+    LearnedVerdict {
+        family: Family,
+        field: AddrField,
+        set: String,
+        ports: Option<(Protocol, u16, u16)>,
+        verdict: Jump,
+    },
 }
 
 /// Where a ClusterNetworkPolicy rule sends a matching packet.
@@ -423,6 +446,9 @@ pub struct Ruleset {
     /// The drop (or audit) chain of each Deny rule used on this node, by name: it logs with a
     /// prefix naming the rule, and counts.
     pub cluster_chains: BTreeMap<String, Chain>,
+    /// `domainNames` rules used on this node: their learned-address sets and what the DNS
+    /// reader needs to fill them.
+    pub domains: super::dns::DomainObjects,
 }
 
 /// Name of the set of unknown pod-CIDR addresses of a family.
@@ -496,7 +522,7 @@ pub fn chain_name(pod: &ObjectKey, direction: Direction) -> String {
 pub fn set_name(pod: &ObjectKey, direction: Direction, family: Family, kind: SetKind) -> String {
     let any = match kind {
         SetKind::Addr => "any",
-        SetKind::AddrProtoPort => "",
+        SetKind::AddrProtoPort | SetKind::Learned => "",
     };
     format!(
         "{}{}{any}/{}",
@@ -617,7 +643,7 @@ pub fn cluster_log_tag(rule: &TierRule, base: &str) -> String {
     tag
 }
 
-fn addr_elements(addrs: &AddrSet, family: Family) -> Vec<Element> {
+pub(super) fn addr_elements(addrs: &AddrSet, family: Family) -> Vec<Element> {
     match family {
         Family::V4 => addrs
             .v4_ranges()
@@ -684,6 +710,7 @@ fn families(ips: &[IpAddr]) -> Vec<Family> {
 struct ClusterObjects<'a> {
     sets: &'a mut BTreeMap<String, NamedSet>,
     chains: &'a mut BTreeMap<String, Chain>,
+    domains: &'a mut super::dns::DomainObjects,
     options: Options,
 }
 
@@ -799,6 +826,7 @@ impl ClusterObjects<'_> {
                 }
             }
         }
+        rules.extend(self.domains.rule(r, &base, families, &verdict));
         rules
     }
 }
@@ -1027,9 +1055,11 @@ impl Ruleset {
         }
         let mut cluster_sets = BTreeMap::new();
         let mut cluster_chains = BTreeMap::new();
+        let mut domains = super::dns::DomainObjects::default();
         let mut cluster = ClusterObjects {
             sets: &mut cluster_sets,
             chains: &mut cluster_chains,
+            domains: &mut domains,
             options,
         };
         for endpoint in plan.endpoints.values() {
@@ -1069,14 +1099,17 @@ impl Ruleset {
                 elements: addr_elements(&isolated, family),
             }));
         }
+        let mut base_chains = base_chains(options);
+        domains.finish(&pods, options, &mut base_chains, &mut node_sets);
         Ruleset {
             options,
             pods,
             maps: maps.into_values().collect(),
-            base_chains: base_chains(options),
+            base_chains,
             node_sets,
             cluster_sets,
             cluster_chains,
+            domains,
         }
     }
 
@@ -1095,12 +1128,13 @@ impl Ruleset {
         }
     }
 
-    /// Every named set in creation order: the base chains' sets, the cluster rule sets, then
-    /// pod sets (by chain name).
+    /// Every named set in creation order: the base chains' sets, the cluster rule sets, the
+    /// `domainNames` rules' learned sets, then pod sets (by chain name).
     pub fn sets(&self) -> impl Iterator<Item = &NamedSet> {
         self.node_sets
             .iter()
             .chain(self.cluster_sets.values())
+            .chain(self.domains.sets.values())
             .chain(self.pods.values().flat_map(|p| p.sets.iter()))
     }
 
