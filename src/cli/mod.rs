@@ -142,6 +142,7 @@ pub(crate) struct Engine {
     pub metrics: Metrics,
     pub options: crate::dataplane::Options,
     status_file: Option<PathBuf>,
+    dns_clamp: crate::policy::domain::TtlClamp,
 }
 
 impl Engine {
@@ -163,6 +164,10 @@ impl Engine {
             metrics,
             options: args.ruleset.options(),
             status_file: args.status_file.clone(),
+            dns_clamp: crate::policy::domain::TtlClamp::new(
+                std::time::Duration::from_secs(args.dns_min_ttl),
+                std::time::Duration::from_secs(args.dns_max_ttl),
+            ),
         })
     }
 
@@ -181,6 +186,13 @@ impl Engine {
         )?;
         let mut enforcer = Enforcer::new(self.status_file)?.strict(self.options.strict)?;
         enforcer.set_metrics(self.metrics.clone());
+        if let Some(queue) = self.options.dns_queue {
+            let learner = crate::engine::dns::start(queue, self.dns_clamp, &self.metrics)?;
+            enforcer.on_applied(Box::new(move |ruleset, replaced| {
+                let mut l = learner.lock().unwrap_or_else(|p| p.into_inner());
+                l.set_plan(&ruleset.domains, replaced, std::time::Instant::now());
+            }));
+        }
         EventLoop::new(source, enforcer, self.metrics, config).run(&self.rx)
     }
 }

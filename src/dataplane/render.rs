@@ -228,10 +228,8 @@ pub fn rule_text(rule: &Rule) -> String {
                 Some((p, lo, hi)) if lo == hi => {
                     format!(" {} dport {lo}", p.as_str().to_lowercase())
                 }
-                Some((p, lo, hi)) => {
-                    let p = p.as_str().to_lowercase();
-                    format!(" {p} dport >= {lo} {p} dport <= {hi}")
-                }
+                // nft folds the `>=` and `<=` comparisons into a range when listing.
+                Some((p, lo, hi)) => format!(" {} dport {lo}-{hi}", p.as_str().to_lowercase()),
             };
             format!(
                 "{} {} @{set}{ports} {}",

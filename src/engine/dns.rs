@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
@@ -25,6 +25,7 @@ use simple_dns::rdata::RData;
 
 use crate::dataplane::dns::{DomainObjects, Learned, learned_set_name};
 use crate::dataplane::ruleset::Family;
+use crate::observe::metrics::DnsCounters;
 use crate::policy::domain::{DomainMatcher, TtlClamp, normalize};
 
 /// At most this many addresses are learned from one answer (the API asks for 100 per name).
@@ -211,15 +212,6 @@ pub struct Mapping {
     pub expires_in_s: u64,
 }
 
-/// Counters of the reader, read by the metrics.
-#[derive(Debug, Default)]
-pub struct DnsCounters {
-    pub held: std::sync::atomic::AtomicU64,
-    pub learned: std::sync::atomic::AtomicU64,
-    pub unparsed: std::sync::atomic::AtomicU64,
-    pub failed: std::sync::atomic::AtomicU64,
-}
-
 /// The reader's state: the plan, what was learned (to answer `explain` and to put the
 /// addresses back after a table replace), and the sink.
 pub struct Learner {
@@ -233,14 +225,14 @@ pub struct Learner {
 }
 
 impl Learner {
-    pub fn new(clamp: TtlClamp, sink: Box<dyn LearnSink>) -> Self {
+    pub fn new(clamp: TtlClamp, sink: Box<dyn LearnSink>, counters: Arc<DnsCounters>) -> Self {
         Learner {
             plan: DnsPlan::default(),
             clamp,
             sink,
             learned: BTreeMap::new(),
             sets: BTreeSet::new(),
-            counters: Arc::default(),
+            counters,
         }
     }
 
@@ -342,7 +334,7 @@ pub type SharedLearner = Arc<Mutex<Learner>>;
 pub fn run_reader(
     queue: u16,
     learner: SharedLearner,
-    hold: Arc<RwLock<HoldTimes>>,
+    metrics: crate::observe::metrics::Metrics,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut q = nfq::Queue::open().context("opening the NFQUEUE socket")?;
@@ -373,28 +365,37 @@ pub fn run_reader(
         if let Err(e) = q.verdict(msg) {
             tracing::warn!("NFQUEUE verdict: {e}");
         }
-        if let Ok(mut h) = hold.write() {
-            h.push(t0.elapsed());
-        }
+        metrics.observe_dns_hold(t0.elapsed());
     }
 }
 
-/// Hold times not yet taken by the metrics.
-#[derive(Debug, Default)]
-pub struct HoldTimes {
-    pending: Vec<Duration>,
-}
-
-impl HoldTimes {
-    pub fn push(&mut self, d: Duration) {
-        if self.pending.len() < 4096 {
-            self.pending.push(d);
-        }
-    }
-
-    pub fn take(&mut self) -> Vec<Duration> {
-        std::mem::take(&mut self.pending)
-    }
+/// Opens the learning socket and starts the reader thread of NFQUEUE `queue`, both in the
+/// calling thread's network namespace. The reader runs until the process ends; if it cannot
+/// bind the queue it says so and ends, and the held answers pass (`bypass`): fail closed.
+pub fn start(
+    queue: u16,
+    clamp: TtlClamp,
+    metrics: &crate::observe::metrics::Metrics,
+) -> anyhow::Result<SharedLearner> {
+    use anyhow::Context as _;
+    let sock = crate::dataplane::dns::LearnSocket::open()
+        .context("opening the netlink socket of the DNS reader")?;
+    let learner = Learner::new(clamp, Box::new(sock), metrics.dns_counters());
+    let learner: SharedLearner = Arc::new(Mutex::new(learner));
+    let shared = learner.clone();
+    let m = metrics.clone();
+    std::thread::Builder::new()
+        .name("dns-reader".into())
+        .spawn(move || {
+            if let Err(e) = run_reader(queue, shared, m) {
+                tracing::error!(
+                    queue,
+                    "DNS reader stopped: {e:#}; domainNames rules learn nothing (their connections fail closed)"
+                );
+            }
+        })
+        .context("starting the DNS reader thread")?;
+    Ok(learner)
 }
 
 #[cfg(test)]
@@ -621,7 +622,11 @@ mod tests {
     #[test]
     fn the_learner_commits_remembers_and_puts_back_after_a_replace() {
         let rec = Arc::new(Mutex::new(Vec::new()));
-        let mut l = Learner::new(TtlClamp::default(), Box::new(Record(rec.clone())));
+        let mut l = Learner::new(
+            TtlClamp::default(),
+            Box::new(Record(rec.clone())),
+            Arc::default(),
+        );
         let t0 = Instant::now();
         l.set_plan(&objects(), true, t0);
         let a = answer(
