@@ -41,6 +41,10 @@ pub struct EnforceArgs {
     /// (a longer TTL is cut to it).
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     pub dns_max_ttl: u64,
+    /// Testing only: keep the DNS hold in the ruleset but start no reader, so that answers
+    /// pass the queue unread (`bypass`) and `domainNames` rules learn nothing.
+    #[arg(long, hide = true)]
+    pub dns_no_reader: bool,
     /// The shape of the ruleset (shared with `render`).
     #[command(flatten)]
     pub ruleset: RulesetArgs,
@@ -143,6 +147,7 @@ pub(crate) struct Engine {
     pub options: crate::dataplane::Options,
     status_file: Option<PathBuf>,
     dns_clamp: crate::policy::domain::TtlClamp,
+    dns_reader: bool,
 }
 
 impl Engine {
@@ -168,6 +173,7 @@ impl Engine {
                 std::time::Duration::from_secs(args.dns_min_ttl),
                 std::time::Duration::from_secs(args.dns_max_ttl),
             ),
+            dns_reader: !args.dns_no_reader,
         })
     }
 
@@ -186,7 +192,7 @@ impl Engine {
         )?;
         let mut enforcer = Enforcer::new(self.status_file)?.strict(self.options.strict)?;
         enforcer.set_metrics(self.metrics.clone());
-        if let Some(queue) = self.options.dns_queue {
+        if let Some(queue) = self.options.dns_queue.filter(|_| self.dns_reader) {
             let learner = crate::engine::dns::start(queue, self.dns_clamp, &self.metrics)?;
             enforcer.on_applied(Box::new(move |ruleset, replaced| {
                 let mut l = learner.lock().unwrap_or_else(|p| p.into_inner());

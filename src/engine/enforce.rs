@@ -266,13 +266,14 @@ impl Enforcer {
                     .then(|| desired.plan.clone())
                     .flatten()
                     .map(|plan| (plan, desired.ruleset.options.police_node_traffic));
+                // Before the status file says it is in force: a pod may resolve right after.
+                if let Some(f) = &mut self.on_applied {
+                    f(&desired.ruleset, report.kind == ApplyKind::Full);
+                }
                 if let Some(path) = &self.status_file
                     && let Err(e) = write_status(path, self.generation, &desired.fingerprint)
                 {
                     tracing::error!("status file: {e:#}");
-                }
-                if let Some(f) = &mut self.on_applied {
-                    f(&desired.ruleset, report.kind == ApplyKind::Full);
                 }
                 self.committed = self.pending.take().map(|d| d.ruleset);
                 self.retry_at = None;
