@@ -135,6 +135,8 @@ mod bed {
     pub const CDN: (&str, &str, &str) = ("y", "cdn", "10.244.2.5");
     pub const EVIL: (&str, &str, &str) = ("y", "evil", "10.244.2.6");
     pub const LATE: (&str, &str, &str) = ("y", "late", "10.244.2.7");
+    /// A resolver on the node's host network, as NodeLocal DNSCache has it.
+    pub const NODELOCAL: &str = "169.254.20.10";
     /// The port of the echo server on LATE (the TTL expiry case).
     pub const ECHO: u16 = 9000;
 
@@ -187,6 +189,8 @@ mod bed {
                                  "to": [{"domainNames": ["api.example.com", "*.cdn.example"]}],
                                  "protocols": [{"tcp": {"destinationPort": {"number": 80}}},
                                                {"tcp": {"destinationPort": {"number": ECHO}}}]},
+                                {"name": "nodelocal", "action": "Accept", "to": [{"networks": [format!("{NODELOCAL}/32")]}],
+                                 "protocols": dns_ports},
                                 {"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}]}}),
             json!({"apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
                    "metadata": {"name": "bystander-egress"},
@@ -341,9 +345,30 @@ mod bed {
             .collect()
     }
 
+    /// A DNS server (UDP) on the node's host network at [`NODELOCAL`].
+    pub fn start_nodelocal(bed: &Testbed) {
+        let node = bed.node();
+        // NodeLocal DNSCache puts it on a dummy link; `lo` serves the same (a local address)
+        // on kernels without the dummy driver.
+        node.ip(&["link", "set", "lo", "up"]).expect("lo up");
+        node.ip(&["addr", "add", &format!("{NODELOCAL}/32"), "dev", "lo"])
+            .expect("address");
+        let ip: IpAddr = NODELOCAL.parse().unwrap();
+        let udp = node
+            .run(move || UdpSocket::bind(SocketAddr::new(ip, 53)))
+            .unwrap()
+            .expect("bind node-local DNS");
+        std::thread::spawn(move || serve_udp(udp));
+    }
+
     /// Resolves `name` from inside the calling thread's namespace (UDP, or TCP).
     pub fn resolve(name: &str, tcp: bool) -> Vec<IpAddr> {
-        let server = SocketAddr::new(RESOLVER.2.parse().unwrap(), 53);
+        resolve_at(RESOLVER.2, name, tcp)
+    }
+
+    /// Resolves `name` with the server at `server`.
+    pub fn resolve_at(server: &str, name: &str, tcp: bool) -> Vec<IpAddr> {
+        let server = SocketAddr::new(server.parse().unwrap(), 53);
         let q = query(name, 7);
         if tcp {
             let Ok(mut s) = TcpStream::connect_timeout(&server, Duration::from_secs(2)) else {
@@ -489,6 +514,48 @@ fn resolve_then_connect_never_drops_a_first_connection() {
             !bed::connects(client, bed::API.2, 80),
             "{mode}: the bystander's answer opened the client"
         );
+        // `explain --dns-from` reads the daemon's learned names and counts them in the verdict.
+        let bin = nftpol_testbed::daemon::find_binary().expect("nftpol binary");
+        let dir = bed.manifests_dir().to_str().unwrap().to_string();
+        let explain = |to: &str| {
+            bed.node()
+                .exec(
+                    bin.to_str().unwrap(),
+                    &[
+                        "explain",
+                        "-f",
+                        &dir,
+                        "--from",
+                        "x/client",
+                        "--to",
+                        to,
+                        "--port",
+                        "80",
+                        "--dns-from",
+                        "127.0.0.1:9964",
+                    ],
+                    None,
+                )
+                .expect("explain")
+        };
+        let _ = bed::resolve_connect(client, "api.example.com", 80, false);
+        let text = explain(bed::API.2);
+        assert!(
+            text.contains("is learned for api.example.com (rule Admin:c/client-egress/e1 apis"),
+            "{text}"
+        );
+        assert!(
+            text.contains("apis") && text.to_lowercase().contains("allowed"),
+            "{text}"
+        );
+        // Learned for the bystander's rule: named, and the client is still denied.
+        let text = explain(bed::EVIL.2);
+        assert!(
+            text.contains("DENIED") && text.contains("rule Admin:c/bystander-egress/e1 evil"),
+            "{text}"
+        );
+        let text = explain(bed::LATE.2);
+        assert!(text.contains("no name learned"), "{text}");
         // The port is the rule's: 81 stays closed.
         let (_, ok) = bed::resolve_connect(client, "api.example.com", 81, false);
         assert!(!ok, "{mode}: a port not in the rule");
@@ -498,8 +565,8 @@ fn resolve_then_connect_never_drops_a_first_connection() {
                 .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
                 .unwrap_or_else(|| panic!("{name} not in\n{text}"))
         };
-        assert!(sample("nftpol_dns_answers_held_total ") >= rounds as f64);
-        assert!(sample("nftpol_dns_addresses_learned_total ") >= rounds as f64);
+        assert!(sample("nftpol_dns_answers_held ") >= rounds as f64);
+        assert!(sample("nftpol_dns_addresses_learned ") >= rounds as f64);
         assert!(text.contains("nftpol_dns_hold_seconds_bucket"), "{text}");
     }
 }
@@ -555,4 +622,32 @@ fn without_a_reader_dns_works_and_connections_fail_closed() {
         );
         assert!(!ok, "tcp={tcp}: connected without a learned address");
     }
+}
+
+/// A resolver on the node's host network (NodeLocal DNSCache's 169.254.20.10): its answers
+/// leave through the output hook, where they are held too.
+#[test]
+fn a_resolver_on_the_host_network_is_held_too() {
+    use std::net::{SocketAddr, TcpStream};
+    let bed = bed::start(nftpol_testbed::Mode::Routed, &[]);
+    bed::start_nodelocal(&bed);
+    let client = bed.pod_netns(&bed::key(bed::CLIENT)).unwrap();
+    let api = SocketAddr::new(bed::API.2.parse().unwrap(), 80);
+    let mut failed = 0;
+    for _ in 0..100 {
+        bed::forget(&bed, CLIENT_SET);
+        let ok = client
+            .run(move || {
+                assert_eq!(
+                    bed::resolve_at(bed::NODELOCAL, "api.example.com", false),
+                    [api.ip()]
+                );
+                TcpStream::connect_timeout(&api, Duration::from_millis(700)).is_ok()
+            })
+            .unwrap();
+        if !ok {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0, "first connections dropped\n{}", bed.daemon_log());
 }

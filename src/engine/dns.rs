@@ -204,7 +204,7 @@ impl LearnSink for crate::dataplane::dns::LearnSocket {
 }
 
 /// One address currently mapped to a name (for `explain` and the flow logs).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mapping {
     pub name: String,
     pub rule: String,
@@ -382,6 +382,11 @@ pub fn start(
         .context("opening the netlink socket of the DNS reader")?;
     let learner = Learner::new(clamp, Box::new(sock), metrics.dns_counters());
     let learner: SharedLearner = Arc::new(Mutex::new(learner));
+    let names = learner.clone();
+    metrics.serve_dns_names(Box::new(move || {
+        let l = names.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::to_string(&l.mappings(Instant::now())).unwrap_or_else(|_| "{}".into())
+    }));
     let shared = learner.clone();
     let m = metrics.clone();
     std::thread::Builder::new()

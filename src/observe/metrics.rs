@@ -69,7 +69,12 @@ struct Inner {
     strict_sweep_time: Histogram,
     dns_hold_time: Histogram,
     dns: Arc<DnsCounters>,
+    /// The DNS reader's learned names by address, as JSON (`/dns`); `None` without a reader.
+    dns_names: std::sync::Mutex<Option<DnsNames>>,
 }
+
+/// See [`Metrics::serve_dns_names`].
+pub type DnsNames = Box<dyn Fn() -> String + Send + Sync>;
 
 /// Counters of the DNS reader of `domainNames` rules (`crate::engine::dns`).
 #[derive(Debug, Default)]
@@ -95,22 +100,22 @@ impl prometheus_client::collector::Collector for DnsCollector {
         use prometheus_client::encoding::EncodeMetric as _;
         for (name, help, v) in [
             (
-                "nftpol_dns_answers_held_total",
+                "nftpol_dns_answers_held",
                 "DNS answers held for domainNames rules until their addresses were programmed (only goes up)",
                 &self.0.held,
             ),
             (
-                "nftpol_dns_addresses_learned_total",
+                "nftpol_dns_addresses_learned",
                 "Addresses learned from DNS answers into domainNames rules' sets (only goes up)",
                 &self.0.learned,
             ),
             (
-                "nftpol_dns_answers_unparsed_total",
+                "nftpol_dns_answers_unparsed",
                 "Held DNS answers that could not be read: passed, nothing learned (only goes up)",
                 &self.0.unparsed,
             ),
             (
-                "nftpol_dns_learn_failures_total",
+                "nftpol_dns_learn_failures",
                 "Transactions adding learned addresses that the kernel refused (only goes up)",
                 &self.0.failed,
             ),
@@ -364,6 +369,7 @@ impl Metrics {
                 strict_sweep_time,
                 dns_hold_time,
                 dns,
+                dns_names: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -371,6 +377,28 @@ impl Metrics {
     /// The DNS reader's counters (`nftpol_dns_*`), read on every scrape.
     pub fn dns_counters(&self) -> Arc<DnsCounters> {
         self.inner.dns.clone()
+    }
+
+    /// Serves `f()` (the learned names by address, JSON) at `/dns`.
+    pub fn serve_dns_names(&self, f: DnsNames) {
+        *self
+            .inner
+            .dns_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    /// The `/dns` document: `{}` when no DNS reader runs.
+    pub fn dns_names(&self) -> String {
+        match &*self
+            .inner
+            .dns_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            Some(f) => f(),
+            None => "{}".to_string(),
+        }
     }
 
     pub fn observe_dns_hold(&self, d: Duration) {
@@ -650,6 +678,11 @@ mod tests {
         "nftpol_watch_errors{kind=\"Node\"}",
         "nftpol_strict_cut_connections",
         "nftpol_strict_sweep_duration_seconds_count",
+        "nftpol_dns_answers_held",
+        "nftpol_dns_addresses_learned",
+        "nftpol_dns_answers_unparsed",
+        "nftpol_dns_learn_failures",
+        "nftpol_dns_hold_seconds_count",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
         "process_open_fds",
