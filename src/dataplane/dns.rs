@@ -280,3 +280,92 @@ impl LearnSocket {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::render::{render, rule_text};
+    use crate::dataplane::ruleset::Ruleset;
+    use crate::policy::compile::{Scope, compile};
+    use crate::policy::index::ClusterIndex;
+    use serde_json::json;
+
+    fn plan(policy_egress: serde_json::Value) -> crate::policy::compile::NodePlan {
+        let docs = vec![
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}}),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "p", "namespace": "a", "labels": {"app": "p"}},
+                   "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+                   "status": {"phase": "Running", "podIP": "10.0.0.1"}}),
+            json!({"apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
+                   "metadata": {"name": "d"},
+                   "spec": {"tier": "Baseline", "priority": 1, "subject": {"namespaces": {}},
+                            "egress": policy_egress}}),
+        ];
+        let loaded = crate::source::manifest::load_values("t", docs).unwrap();
+        assert!(loaded.invalid.is_empty(), "{:?}", loaded.invalid);
+        compile(
+            &ClusterIndex::from_state(&loaded.state),
+            &Scope::Node("n1".into()),
+        )
+    }
+
+    #[test]
+    fn learned_rules_sit_at_the_rule_position_and_the_hold_needs_a_queue() {
+        let p = plan(json!([
+            {"action": "Accept", "to": [{"domainNames": ["a.example"]}, {"networks": ["192.0.2.0/24"]}]},
+            {"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}]));
+        let rs = Ruleset::build(&p, Options::default());
+        let chain: Vec<String> = rs
+            .pods
+            .values()
+            .next()
+            .unwrap()
+            .chain
+            .rules
+            .iter()
+            .map(rule_text)
+            .collect();
+        assert_eq!(
+            chain,
+            [
+                "ip daddr @c4any/c/d/e0 return",
+                "ip daddr @d4/c/d/e0 return",
+                "ip daddr @c4any/c/d/e1 goto cbedrop/c/d/e1",
+            ]
+        );
+        // No queue: the sets and lookups exist, nothing holds answers (fail closed).
+        assert!(!render(&rs).contains("queue"));
+        assert_eq!(rs.domains.rules["c/d/e0"].pods.len(), 1);
+        let held = Ruleset::build(
+            &p,
+            Options {
+                dns_queue: Some(9),
+                ..Options::default()
+            },
+        );
+        let text = render(&held);
+        assert!(
+            text.contains("ip daddr @dnspods_v4 udp sport 53 queue num 9 bypass"),
+            "{text}"
+        );
+        // A diff between rulesets never touches learned elements.
+        let tx = crate::dataplane::program::diff(&held, &held, true)
+            .unwrap()
+            .unwrap();
+        assert!(
+            tx.labels().as_slice().iter().all(|l| !l.contains("d4/")),
+            "{:?}",
+            tx.labels().as_slice()
+        );
+        // Without any domainNames rule: no dns objects at all, the table is as before.
+        let plain = Ruleset::build(
+            &plan(json!([{"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}])),
+            Options {
+                dns_queue: Some(9),
+                ..Options::default()
+            },
+        );
+        assert!(plain.domains.sets.is_empty() && !render(&plain).contains("dnspods"));
+    }
+}
