@@ -1,9 +1,10 @@
-//! DNS round-trip latency through the `domainNames` hold (`cargo bench --bench dns`, root): a
-//! client pod asks a resolver pod on a routed testbed node, over UDP, with
-//! - no policy (the answer never leaves the kernel),
-//! - a ClusterNetworkPolicy `domainNames` rule for the name (every answer is held in the NFQUEUE
-//!   until its address is committed: parse, one netlink transaction, verdict),
-//! - the same with 1,000 addresses already learned in the rule's set.
+//! DNS round-trip latency through the `domainNames` hold (`cargo bench --bench dns`, root): two
+//! client pods ask a resolver pod on a routed testbed node, over UDP, taking turns query by
+//! query (so that both see the same load on a shared machine):
+//! - `plain`, which no policy selects (its answers never leave the kernel): the baseline;
+//! - `client`, with a ClusterNetworkPolicy `domainNames` rule for the name: every answer is held
+//!   in the NFQUEUE until its address is committed (parse, one netlink transaction, verdict);
+//! then the same again with 1,000 addresses already learned in the rule's set.
 //!
 //! Prints p50 and p99 of each and the added latency; asserts nothing about time (the target is
 //! p99 added latency under 1 ms).
@@ -20,6 +21,7 @@ use simple_dns::{CLASS, Name, Packet, ResourceRecord};
 
 const CLIENT: &str = "10.244.1.2";
 const RESOLVER: &str = "10.244.1.3";
+const PLAIN: &str = "10.244.1.4";
 const API: &str = "10.244.2.4";
 const QUERIES: usize = 3000;
 const WARMUP: usize = 200;
@@ -37,6 +39,7 @@ fn objects(policy: bool) -> Vec<Value> {
         ns("x"),
         ns("y"),
         pod("x", "client", CLIENT),
+        pod("x", "plain", PLAIN),
         pod("x", "dns", RESOLVER),
         pod("y", "api", API),
     ];
@@ -89,28 +92,41 @@ fn query() -> Vec<u8> {
     p.build_bytes_vec().unwrap()
 }
 
-/// Round-trip times of `QUERIES` queries from the client, after a warm-up.
-fn round_trips(bed: &Testbed) -> Vec<Duration> {
-    let client = bed.pod_netns(&ObjectKey::new("x", "client")).unwrap();
-    client
-        .run(|| {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let server = SocketAddr::new(RESOLVER.parse().unwrap(), 53);
-            let q = query();
-            let mut buf = [0u8; 1500];
-            let mut out = Vec::with_capacity(QUERIES);
-            for i in 0..WARMUP + QUERIES {
-                let t0 = Instant::now();
-                s.send_to(&q, server).unwrap();
-                s.recv(&mut buf).expect("an answer");
-                if i >= WARMUP {
-                    out.push(t0.elapsed());
+/// A UDP socket in `pod`'s namespace (a socket stays in the namespace it was made in).
+fn socket(bed: &Testbed, pod: &str) -> UdpSocket {
+    let s = bed
+        .pod_netns(&ObjectKey::new("x", pod))
+        .unwrap()
+        .run(|| UdpSocket::bind("0.0.0.0:0"))
+        .unwrap()
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}
+
+/// Round-trip times of `QUERIES` queries from each of `plain` and `client`, in turns, after a
+/// warm-up: (plain, client).
+fn round_trips(bed: &Testbed) -> (Vec<Duration>, Vec<Duration>) {
+    let socks = [socket(bed, "plain"), socket(bed, "client")];
+    let server = SocketAddr::new(RESOLVER.parse().unwrap(), 53);
+    let q = query();
+    let mut buf = [0u8; 1500];
+    let mut out = (Vec::with_capacity(QUERIES), Vec::with_capacity(QUERIES));
+    for i in 0..WARMUP + QUERIES {
+        for (k, s) in socks.iter().enumerate() {
+            let t0 = Instant::now();
+            s.send_to(&q, server).unwrap();
+            s.recv(&mut buf).expect("an answer");
+            if i >= WARMUP {
+                if k == 0 {
+                    out.0.push(t0.elapsed())
+                } else {
+                    out.1.push(t0.elapsed())
                 }
             }
-            out
-        })
-        .unwrap()
+        }
+    }
+    out
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -129,10 +145,8 @@ fn main() -> anyhow::Result<()> {
         .run(move || UdpSocket::bind(SocketAddr::new(ip, 53)))??;
     std::thread::spawn(move || serve(sock));
 
-    bed.apply_objects(&objects(false))?;
-    let mut none = round_trips(&bed);
     bed.apply_objects(&objects(true))?;
-    let mut held = round_trips(&bed);
+    let (none, held) = round_trips(&bed);
     // 1,000 more addresses in the rule's set, learned the way the reader learns them.
     let filler: Vec<Learned> = (0..1000u32)
         .map(|i| Learned {
@@ -143,18 +157,20 @@ fn main() -> anyhow::Result<()> {
         .collect();
     bed.node()
         .run(move || LearnSocket::open()?.learn(&filler))??;
-    let mut full = round_trips(&bed);
+    let (none2, full) = round_trips(&bed);
 
-    println!("DNS round trip over UDP, {QUERIES} queries each (routed testbed node):");
-    let base50 = pct(&mut none, 0.5);
-    let base99 = pct(&mut none, 0.99);
-    for (what, v) in [
-        ("no policy", &mut none),
-        ("domainNames hold", &mut held),
-        ("hold, 1,000 learned", &mut full),
+    println!("DNS round trip over UDP, {QUERIES} queries each, in turns (routed testbed node):");
+    for (what, base, v) in [
+        ("no policy", none.clone(), none.clone()),
+        ("domainNames hold", none, held),
+        ("no policy", none2.clone(), none2.clone()),
+        ("hold, 1,000 learned", none2, full),
     ] {
-        let p50 = pct(v, 0.5);
-        let p99 = pct(v, 0.99);
+        let (mut base, mut v) = (base, v);
+        let base50 = pct(&mut base, 0.5);
+        let base99 = pct(&mut base, 0.99);
+        let p50 = pct(&mut v, 0.5);
+        let p99 = pct(&mut v, 0.99);
         println!(
             "  {what:<22} p50 {:>8.1} µs  p99 {:>8.1} µs  added p50 {:>7.1} µs  added p99 {:>7.1} µs  p99 ratio {:.2}",
             p50.as_secs_f64() * 1e6,
