@@ -3,8 +3,9 @@
 //! query (so that both see the same load on a shared machine):
 //! - `plain`, which no policy selects (its answers never leave the kernel): the baseline;
 //! - `client`, with a ClusterNetworkPolicy `domainNames` rule for the name: every answer is held
-//!   in the NFQUEUE until its address is committed (parse, one netlink transaction, verdict);
-//! then the same again with 1,000 addresses already learned in the rule's set.
+//!   in the NFQUEUE until its address is committed (parse, one netlink transaction, verdict).
+//!
+//! Then the same again with 1,000 addresses already learned in the rule's set.
 //!
 //! Prints p50 and p99 of each and the added latency; asserts nothing about time (the target is
 //! p99 added latency under 1 ms).
