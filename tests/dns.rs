@@ -651,3 +651,21 @@ fn a_resolver_on_the_host_network_is_held_too() {
     }
     assert_eq!(failed, 0, "first connections dropped\n{}", bed.daemon_log());
 }
+
+/// The start-up probe of the NFQUEUE target: true on this kernel, and it leaves a programmed
+/// table exactly as it was.
+#[test]
+fn the_queue_target_probe_changes_nothing() {
+    nftpol_testbed::netns::require(&["nft"]);
+    let ns = Netns::new();
+    let rs = Ruleset::build(&plan(&[]), options());
+    let drift = ns.run(move || {
+        assert!(nftpol::dataplane::dns::queue_target_supported(7153).expect("probe"));
+        let mut dp = Dataplane::new().expect("dataplane");
+        dp.apply_full(&rs).expect("apply_full");
+        assert!(nftpol::dataplane::dns::queue_target_supported(7153).expect("probe"));
+        dp.check_drift().expect("drift check")
+    });
+    assert_eq!(drift, None);
+    assert!(!ns.list_table().contains("dnsprobe"));
+}

@@ -163,11 +163,24 @@ impl Engine {
         for warning in args.ruleset.ignored() {
             tracing::warn!("{warning}");
         }
+        let mut options = args.ruleset.options();
+        if let Some(queue) = options.dns_queue {
+            match crate::dataplane::dns::queue_target_supported(queue) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        "the kernel refuses the NFQUEUE target (nft_compat, xt_NFQUEUE): DNS answers are not held, domainNames rules learn nothing (fail closed)"
+                    );
+                    options.dns_queue = None;
+                }
+                Err(e) => tracing::warn!("probing the NFQUEUE target: {e}"),
+            }
+        }
         Ok(Self {
             tx,
             rx,
             metrics,
-            options: args.ruleset.options(),
+            options,
             status_file: args.status_file.clone(),
             dns_clamp: crate::policy::domain::TtlClamp::new(
                 std::time::Duration::from_secs(args.dns_min_ttl),

@@ -212,6 +212,17 @@ pub struct Learned {
     pub timeout: Duration,
 }
 
+/// Whether the kernel has the NFQUEUE target the hold needs (nft_compat and xt_NFQUEUE), tried
+/// in a transaction that leaves the ruleset as it was. `Ok(false)`: it refused the rule.
+pub fn queue_target_supported(queue: u16) -> Result<bool, super::DataplaneError> {
+    let sock = super::netlink::NlSocket::open()?;
+    let mut tx = super::program::Tx::new(false);
+    tx.probe_queue_target("dnsprobe", queue)?;
+    let (batch, _) = tx.finish();
+    let reply = sock.send_batch(&batch)?;
+    Ok(reply.errors.is_empty())
+}
+
 /// The netlink socket the DNS reader commits learned addresses with, separate from the
 /// enforcer's so that a hold never waits for a reconcile's transaction.
 pub struct LearnSocket {

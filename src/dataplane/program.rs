@@ -388,6 +388,26 @@ impl Tx {
         Ok(())
     }
 
+    /// `add table; add chain <chain>; add rule <chain> queue num <queue> bypass; delete chain
+    /// <chain>`: whether the kernel takes the NFQUEUE target, leaving the ruleset as it was (the
+    /// table stays, empty, if it did not exist; the next apply replaces it anyway).
+    pub fn probe_queue_target(&mut self, chain: &str, queue: u16) -> Result<(), BadName> {
+        let table = Table::new(c"nftpol", FAMILY);
+        self.add(&table, MsgType::Add, format!("table inet {TABLE}"));
+        let n = cname(chain)?;
+        let c = NftChain::new(&n, &self.table);
+        self.batch.add(&c, MsgType::Add);
+        self.labels.push(format!("add chain {chain}"));
+        let mut r = NftRule::new(&c);
+        r.add_expr(&sys::NfQueueTarget { queue });
+        self.batch.add(&r, MsgType::Add);
+        self.labels
+            .push(format!("add rule {chain} #0: queue num {queue} bypass"));
+        self.batch.add(&c, MsgType::Del);
+        self.labels.push(format!("delete chain {chain}"));
+        Ok(())
+    }
+
     /// Deleting a chain also deletes its rules; nothing may still jump to it.
     pub fn delete_chain(&mut self, chain: &Chain) -> Result<(), BadName> {
         let n = cname(&chain.name)?;
