@@ -650,6 +650,16 @@ fn a_resolver_on_the_host_network_is_held_too() {
         }
     }
     assert_eq!(failed, 0, "first connections dropped\n{}", bed.daemon_log());
+    // The flow log of such a connection names the rule and the name.
+    assert!(
+        bed::poll(Duration::from_secs(10), || {
+            bed
+            .daemon_log()
+            .contains("domainNames egress rule: learned for api.example.com (rule Admin:c/client-egress/e1 apis")
+        }),
+        "no flow log line naming the name:\n{}",
+        bed.daemon_log()
+    );
 }
 
 /// The start-up probe of the NFQUEUE target: true on this kernel, and it leaves a programmed
@@ -668,4 +678,30 @@ fn the_queue_target_probe_changes_nothing() {
     });
     assert_eq!(drift, None);
     assert!(!ns.list_table().contains("dnsprobe"));
+}
+
+/// With flow logs on, a learned-address rule logs its allows with a prefix naming the rule, and
+/// the kernel lists it as rendered.
+#[test]
+fn learned_rules_log_with_the_rule_tag() {
+    nftpol_testbed::netns::require(&["nft"]);
+    let rs = Ruleset::build(
+        &plan(&[]),
+        Options {
+            nflog_group: Some(5),
+            ..options()
+        },
+    );
+    let rendered = render(&rs);
+    let line = r#"ip daddr @d4/c/egress/e0 tcp dport 443 log prefix "nftpol allow egress Admin:c/egress/e0" group 5 return"#;
+    assert!(rendered.contains(line), "{rendered}");
+    let ns = Netns::new();
+    let rs2 = rs.clone();
+    let drift = ns.run(move || {
+        let mut dp = Dataplane::new().expect("dataplane");
+        dp.apply_full(&rs2).expect("apply_full");
+        dp.check_drift().expect("drift check")
+    });
+    assert_eq!(drift, None);
+    assert_eq!(ns.list_table(), rendered);
 }

@@ -80,6 +80,7 @@ impl DomainObjects {
         base: &str,
         families: &[Family],
         verdict: &Jump,
+        log: Option<super::ruleset::LogTo>,
     ) -> Vec<Rule> {
         let m = &r.matches;
         if m.domains.is_empty() {
@@ -117,6 +118,7 @@ impl DomainObjects {
                     field: AddrField::Daddr,
                     set: learned_set_name(base, family),
                     ports: *p,
+                    log: log.clone(),
                     verdict: verdict.clone(),
                 });
             }

@@ -644,6 +644,7 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             field,
             set,
             ports,
+            log,
             verdict,
         } => {
             addr_lookup(r, *family, *field, set, None)?;
@@ -658,6 +659,9 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
                     r.add_expr(&Cmp::new(CmpOp::Gte, lo.to_be()));
                     r.add_expr(&Cmp::new(CmpOp::Lte, hi.to_be()));
                 }
+            }
+            if let Some(to) = log {
+                log_to(r, to)?;
             }
             r.add_expr(&jump(verdict)?);
         }

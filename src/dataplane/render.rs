@@ -221,6 +221,7 @@ pub fn rule_text(rule: &Rule) -> String {
             field,
             set,
             ports,
+            log,
             verdict,
         } => {
             let ports = match ports {
@@ -232,9 +233,10 @@ pub fn rule_text(rule: &Rule) -> String {
                 Some((p, lo, hi)) => format!(" {} dport {lo}-{hi}", p.as_str().to_lowercase()),
             };
             format!(
-                "{} {} @{set}{ports} {}",
+                "{} {} @{set}{ports}{} {}",
                 family.keyword(),
                 field.keyword(),
+                log_text(log),
                 jump_text(verdict)
             )
         }

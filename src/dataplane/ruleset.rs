@@ -344,12 +344,14 @@ pub enum Rule {
         set: String,
         queue: u16,
     },
-    /// `ip daddr @set [tcp dport 80[-90]] <verdict>`: a `domainNames` rule's learned addresses.
+    /// `ip daddr @set [tcp dport 80[-90]] [log prefix "..." group N] <verdict>`: a
+    /// `domainNames` rule's learned addresses; the log names the rule (flow logs add the name).
     LearnedVerdict {
         family: Family,
         field: AddrField,
         set: String,
         ports: Option<(Protocol, u16, u16)>,
+        log: Option<LogTo>,
         verdict: Jump,
     },
 }
@@ -826,7 +828,12 @@ impl ClusterObjects<'_> {
                 }
             }
         }
-        rules.extend(self.domains.rule(r, &base, families, &verdict));
+        let log = self.options.nflog_group.map(|group| {
+            let mut to = LogTo::new(LogAction::Allow, direction, group);
+            to.prefix = format!("{} {}", to.prefix, cluster_log_tag(r, &base));
+            to
+        });
+        rules.extend(self.domains.rule(r, &base, families, &verdict, log));
         rules
     }
 }

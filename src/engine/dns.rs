@@ -387,6 +387,14 @@ pub fn start(
         let l = names.lock().unwrap_or_else(|p| p.into_inner());
         serde_json::to_string(&l.mappings(Instant::now())).unwrap_or_else(|_| "{}".into())
     }));
+    let names = learner.clone();
+    metrics.lookup_dns_names(Box::new(move |ip| {
+        let l = names.lock().unwrap_or_else(|p| p.into_inner());
+        l.names_of(ip, Instant::now())
+            .into_iter()
+            .map(|m| format!("{} (rule {})", m.name, m.rule))
+            .collect()
+    }));
     let shared = learner.clone();
     let m = metrics.clone();
     std::thread::Builder::new()

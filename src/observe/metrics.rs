@@ -71,7 +71,12 @@ struct Inner {
     dns: Arc<DnsCounters>,
     /// The DNS reader's learned names by address, as JSON (`/dns`); `None` without a reader.
     dns_names: std::sync::Mutex<Option<DnsNames>>,
+    /// The names learned for one address, `name (rule)` (flow logs).
+    dns_lookup: std::sync::Mutex<Option<DnsLookup>>,
 }
+
+/// See [`Metrics::serve_dns_names`].
+pub type DnsLookup = Box<dyn Fn(std::net::IpAddr) -> Vec<String> + Send + Sync>;
 
 /// See [`Metrics::serve_dns_names`].
 pub type DnsNames = Box<dyn Fn() -> String + Send + Sync>;
@@ -370,6 +375,7 @@ impl Metrics {
                 dns_hold_time,
                 dns,
                 dns_names: std::sync::Mutex::new(None),
+                dns_lookup: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -386,6 +392,28 @@ impl Metrics {
             .dns_names
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    /// Answers [`Metrics::dns_names_of`] with `f`.
+    pub fn lookup_dns_names(&self, f: DnsLookup) {
+        *self
+            .inner
+            .dns_lookup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    /// The names the DNS reader learned `ip` for, as `name (rule)`.
+    pub fn dns_names_of(&self, ip: std::net::IpAddr) -> Vec<String> {
+        match &*self
+            .inner
+            .dns_lookup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            Some(f) => f(ip),
+            None => Vec::new(),
+        }
     }
 
     /// The `/dns` document: `{}` when no DNS reader runs.
