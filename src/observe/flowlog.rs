@@ -620,6 +620,35 @@ spec:
     }
 
     #[test]
+    fn a_domain_rule_allow_names_the_learned_name() {
+        let (plan, index) = state();
+        let flow = Flow::of(&logged(
+            "nftpol allow egress Admin:c/p/e1",
+            packet("10.0.0.2", "192.0.2.7", 40000, 443),
+        ))
+        .unwrap();
+        assert!(flow.domain_rule);
+        let learned = |ip: IpAddr| {
+            assert_eq!(ip, "192.0.2.7".parse::<IpAddr>().unwrap(), "the peer");
+            vec!["api.example.com (rule Admin:c/p/e1 apis)".to_string()]
+        };
+        let line = describe(&flow, &plan, &index, &learned).unwrap();
+        assert!(
+            line.message.ends_with(
+                "domainNames egress rule: learned for api.example.com (rule Admin:c/p/e1 apis)"
+            ),
+            "{}",
+            line.message
+        );
+        // A plain allow prefix is no domain rule's.
+        let plain = Flow::of(&logged(
+            "nftpol allow egress",
+            packet("10.0.0.2", "192.0.2.7", 1, 443),
+        ));
+        assert!(!plain.unwrap().domain_rule);
+    }
+
+    #[test]
     fn allow_lines_only_for_rules_of_logging_policies() {
         let (plan, index) = state();
         let allowed = Flow::of(&logged(
