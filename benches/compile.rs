@@ -135,9 +135,10 @@ fn main() {
                 src_port: Some(40000),
                 dst_port: Some(9999),
             },
+            domain_rule: false,
         };
         let t = Instant::now();
-        let line = describe(&flow, compiler.plan(), &index);
+        let line = describe(&flow, compiler.plan(), &index, &|_| Vec::new());
         flow_lines.push(t.elapsed());
         std::hint::black_box(line);
     }

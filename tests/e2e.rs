@@ -1301,6 +1301,106 @@ fn egress_to_nodes_peers_follows_node_labels(w: &mut World) -> Result<(), String
     r
 }
 
+/// A DNS server on b1 answering `svc.e2e.example` with b2's address; a1 (node-a) may reach
+/// its resolver and the name, nothing else: after resolving, a1 reaches b2 at once (the answer
+/// crossed node-a's forward hook and was held until the address was in a1's rule set), never b3.
+fn domain_names_learn_from_dns_answers(w: &mut World) -> Result<(), String> {
+    use simple_dns::rdata::{A, RData};
+    use simple_dns::{CLASS, Name, Packet, ResourceRecord};
+    use std::net::UdpSocket;
+    let b1 = World::ip("b1");
+    let b2 = World::ip("b2");
+    let sock = w
+        .ns("b1")
+        .run(move || UdpSocket::bind(SocketAddr::new(b1, 53)))
+        .map_err(|e| format!("{e:#}"))?
+        .map_err(|e| format!("binding DNS on b1: {e}"))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let Ok(q) = Packet::parse(&buf[..n]) else {
+                continue;
+            };
+            let Some(question) = q.questions.first().cloned() else {
+                continue;
+            };
+            let IpAddr::V4(v4) = b2 else { continue };
+            let mut r = q.into_reply();
+            if question.qname.to_string() == "svc.e2e.example" {
+                r.answers.push(ResourceRecord::new(
+                    Name::new_unchecked("svc.e2e.example"),
+                    CLASS::IN,
+                    300,
+                    RData::A(A { address: v4.into() }),
+                ));
+            }
+            r.questions = vec![question];
+            if let Ok(out) = r.build_bytes_vec() {
+                let _ = sock.send_to(&out, from);
+            }
+        }
+    });
+    let resolve_connect = |w: &World| -> Result<bool, String> {
+        w.ns("a1")
+            .run(move || {
+                let mut p = Packet::new_query(9);
+                p.questions.push(simple_dns::Question::new(
+                    Name::new_unchecked("svc.e2e.example"),
+                    simple_dns::QTYPE::TYPE(simple_dns::TYPE::A),
+                    simple_dns::QCLASS::CLASS(CLASS::IN),
+                    false,
+                ));
+                let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))
+                    .map_err(|e| e.to_string())?;
+                let q = p.build_bytes_vec().map_err(|e| e.to_string())?;
+                s.send_to(&q, SocketAddr::new(b1, 53))
+                    .map_err(|e| e.to_string())?;
+                let mut buf = [0u8; 1500];
+                let n = s
+                    .recv(&mut buf)
+                    .map_err(|e| format!("no DNS answer: {e}"))?;
+                let got = Packet::parse(&buf[..n])
+                    .ok()
+                    .and_then(|a| {
+                        a.answers.iter().find_map(|rr| match &rr.rdata {
+                            RData::A(a) => Some(IpAddr::from(std::net::Ipv4Addr::from(a.address))),
+                            _ => None,
+                        })
+                    })
+                    .ok_or("an answer without the address")?;
+                if got != b2 {
+                    return Err(format!("resolved {got}, expected {b2}"));
+                }
+                Ok(TcpStream::connect_timeout(&SocketAddr::new(b2, PORT), PROBE).is_ok())
+            })
+            .map_err(|e| format!("{e:#}"))?
+    };
+    e(w.cluster.apply(&cnp(
+        "e2e-domains",
+        "Admin",
+        10,
+        pods_labelled(json!({"app": "a1"})),
+        json!({"egress": [
+            {"name": "dns", "action": "Accept", "to": [pods_labelled(json!({"app": "b1"}))],
+             "protocols": [{"udp": {"destinationPort": {"number": 53}}}]},
+            {"name": "svc", "action": "Accept", "to": [{"domainNames": ["svc.e2e.example"]}]},
+            {"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}]}),
+    )))?;
+    let r = (|| {
+        // Enforced once b3 is out of reach; b2 too, until a1 resolves the name.
+        w.eventually(&[("a1", "b3", PORT, false), ("a1", "b2", PORT, false)])?;
+        if !resolve_connect(w)? {
+            return Err("a1 resolved svc.e2e.example but its first connection to b2 failed".into());
+        }
+        w.eventually(&[("a1", "b3", PORT, false), ("a2", "b3", PORT, true)])
+    })();
+    e(w.cluster
+        .delete_cluster("clusternetworkpolicy", "e2e-domains"))?;
+    w.eventually(&[("a1", "b3", PORT, true)])?;
+    r
+}
+
 fn removed_crds_stop_their_policies_without_a_restart(w: &mut World) -> Result<(), String> {
     e(w.cluster.apply(&cnp(
         "e2e-last",
@@ -1367,6 +1467,10 @@ fn e2e() {
         (
             "egress to a nodes peer follows the Nodes' labels and addresses",
             egress_to_nodes_peers_follows_node_labels,
+        ),
+        (
+            "domainNames: an answer from a resolver on the other node opens the name's address",
+            domain_names_learn_from_dns_answers,
         ),
         (
             "CRDs removed: their policies stop applying, no restart",

@@ -33,6 +33,18 @@ pub struct EnforceArgs {
     /// Address of /metrics, /livez and /readyz; "" or "off" disables them.
     #[arg(long, default_value = crate::observe::metrics::DEFAULT_ADDR)]
     pub metrics_addr: String,
+    /// Shortest time an address learned from a DNS answer allows new connections, in
+    /// seconds (a shorter TTL is raised to it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub dns_min_ttl: u64,
+    /// Longest time an address learned from a DNS answer allows new connections, in seconds
+    /// (a longer TTL is cut to it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub dns_max_ttl: u64,
+    /// Testing only: keep the DNS hold in the ruleset but start no reader, so that answers
+    /// pass the queue unread (`bypass`) and `domainNames` rules learn nothing.
+    #[arg(long, hide = true)]
+    pub dns_no_reader: bool,
     /// The shape of the ruleset (shared with `render`).
     #[command(flatten)]
     pub ruleset: RulesetArgs,
@@ -75,6 +87,11 @@ pub struct RulesetArgs {
     /// as log lines; `off`: no such logs (drops are still counted).
     #[arg(long, value_name = "GROUP|off", default_value = "100", value_parser = parse_nflog_group)]
     pub nflog_group: NflogGroup,
+    /// NFQUEUE number DNS answers to pods with a ClusterNetworkPolicy `domainNames` rule are
+    /// held in until their addresses are programmed; `off`: no hold (such rules then match
+    /// nothing: fail closed). Only rulesets with a `domainNames` rule use it.
+    #[arg(long, value_name = "QUEUE|off", default_value = "7153", value_parser = parse_nflog_group)]
+    pub dns_queue: NflogGroup,
 }
 
 /// `--nflog-group`: a group number or `off`.
@@ -102,6 +119,7 @@ impl RulesetArgs {
             strict: self.strict && !audit,
             audit,
             nflog_group: self.nflog_group.0,
+            dns_queue: self.dns_queue.0,
         }
     }
 
@@ -128,6 +146,8 @@ pub(crate) struct Engine {
     pub metrics: Metrics,
     pub options: crate::dataplane::Options,
     status_file: Option<PathBuf>,
+    dns_clamp: crate::policy::domain::TtlClamp,
+    dns_reader: bool,
 }
 
 impl Engine {
@@ -143,12 +163,30 @@ impl Engine {
         for warning in args.ruleset.ignored() {
             tracing::warn!("{warning}");
         }
+        let mut options = args.ruleset.options();
+        if let Some(queue) = options.dns_queue {
+            match crate::dataplane::dns::queue_target_supported(queue) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        "the kernel refuses the NFQUEUE target (nft_compat, xt_NFQUEUE): DNS answers are not held, domainNames rules learn nothing (fail closed)"
+                    );
+                    options.dns_queue = None;
+                }
+                Err(e) => tracing::warn!("probing the NFQUEUE target: {e}"),
+            }
+        }
         Ok(Self {
             tx,
             rx,
             metrics,
-            options: args.ruleset.options(),
+            options,
             status_file: args.status_file.clone(),
+            dns_clamp: crate::policy::domain::TtlClamp::new(
+                std::time::Duration::from_secs(args.dns_min_ttl),
+                std::time::Duration::from_secs(args.dns_max_ttl),
+            ),
+            dns_reader: !args.dns_no_reader,
         })
     }
 
@@ -167,6 +205,13 @@ impl Engine {
         )?;
         let mut enforcer = Enforcer::new(self.status_file)?.strict(self.options.strict)?;
         enforcer.set_metrics(self.metrics.clone());
+        if let Some(queue) = self.options.dns_queue.filter(|_| self.dns_reader) {
+            let learner = crate::engine::dns::start(queue, self.dns_clamp, &self.metrics)?;
+            enforcer.on_applied(Box::new(move |ruleset, replaced| {
+                let mut l = learner.lock().unwrap_or_else(|p| p.into_inner());
+                l.set_plan(&ruleset.domains, replaced, std::time::Instant::now());
+            }));
+        }
         EventLoop::new(source, enforcer, self.metrics, config).run(&self.rx)
     }
 }

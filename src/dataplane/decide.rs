@@ -252,6 +252,8 @@ mod tests {
                 } else {
                     vec!["http".into()]
                 },
+                domains: Vec::new(),
+                port_ranges: Vec::new(),
             }),
             own_ports: own.to_vec(),
         }

@@ -10,6 +10,8 @@
 //! - [`netlink`]: the transport (one `sendmsg`, ACKs only on END) and read-back dumps.
 //! - [`shape`]: rules parsed into expressions and attributes, compared by structure for the
 //!   drift check.
+//! - [`dns`]: `domainNames` rules' learned-address sets, the hold of DNS answers in an
+//!   NFQUEUE and the learning transaction.
 //! - [`conntrack`]: the conntrack table through ctnetlink (`--strict` cuts connections).
 //! - [`br_netfilter`]: the bridge sysctl check without which same-bridge traffic bypasses us.
 //! - [`kernel`]: the minimum kernel (5.7: concatenated interval sets), checked at start.
@@ -25,6 +27,7 @@
 pub mod br_netfilter;
 pub mod conntrack;
 pub mod decide;
+pub mod dns;
 #[cfg(test)]
 pub mod fake;
 pub mod kernel;
@@ -452,6 +455,7 @@ impl Dataplane {
             &mut problems,
         );
         for (name, want) in &expected {
+            let Some(want) = want else { continue };
             if !sets.contains(name) {
                 continue;
             }

@@ -163,10 +163,23 @@ impl NlSocket {
 
     /// Sends the batch in one `sendmsg` and collects the kernel's verdict.
     pub fn send_batch(&self, batch: &FinalizedBatch) -> io::Result<BatchReply> {
+        self.send_batch_with(batch, false)
+    }
+
+    /// [`NlSocket::send_batch`]; with `may_exist`, adding an element that already exists is
+    /// no error (nftnl always asks for NLM_F_EXCL).
+    pub fn send_batch_with(
+        &self,
+        batch: &FinalizedBatch,
+        may_exist: bool,
+    ) -> io::Result<BatchReply> {
         let mut buf = vec![0u8; RECV_BUF];
         self.drain(&mut buf)?;
         let pages: Vec<&[u8]> = batch.iter().collect();
-        let (flat, messages) = flatten_strip_acks(&pages);
+        let (mut flat, messages) = flatten_strip_acks(&pages);
+        if may_exist {
+            clear_flag(&mut flat, libc::NLM_F_EXCL as u16);
+        }
         let seqs = batch.sequence_numbers();
         // With kernels that ACK batch END (>= 6.10), nftnl gives BEGIN and END real seqs.
         let end_seq = (seqs.end > seqs.start).then(|| seqs.end - 1);
@@ -373,6 +386,15 @@ impl NlSocket {
             .dump_objects(DumpKind::Tables, family, table)?
             .iter()
             .any(|t| t.name == table.to_string_lossy()))
+    }
+}
+
+/// Clears `flag` on every message of a flattened batch.
+fn clear_flag(flat: &mut [u8], flag: u16) {
+    let mut off = 0;
+    while let Some((len, _, flags, _, _)) = header(flat, off) {
+        flat[off + 6..off + 8].copy_from_slice(&(flags & !flag).to_ne_bytes());
+        off += align4(len);
     }
 }
 

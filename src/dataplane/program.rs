@@ -24,7 +24,7 @@ use super::ruleset::{
 use super::shape::{self, RuleShape};
 use super::sys::{
     self, ELEM_INTERVAL_END, LookupExt, MetaLoad, NFT_SET_CONCAT, NFT_SET_INTERVAL, NFT_SET_MAP,
-    PayloadLoad, RawElem, RawVerdict, SetSpec, dtype,
+    NFT_SET_TIMEOUT, PayloadLoad, RawElem, RawVerdict, SetSpec, dtype,
 };
 use crate::policy::model::Protocol;
 
@@ -144,6 +144,13 @@ pub fn set_spec(set: &NamedSet) -> SetSpec {
             key_type: addr_type,
             key_len: u32::from(addr_len),
             flags: NFT_SET_INTERVAL,
+            concat: vec![],
+            verdict_map: false,
+        },
+        SetKind::Learned => SetSpec {
+            key_type: addr_type,
+            key_len: u32::from(addr_len),
+            flags: NFT_SET_TIMEOUT,
             concat: vec![],
             verdict_map: false,
         },
@@ -361,6 +368,30 @@ impl Tx {
         self.elements("set", &set.name, &set_spec(set), &groups, op)
     }
 
+    /// Elements of a learned-address set (`flags timeout`): each address with its timeout on
+    /// an add.
+    pub fn learned_elements(
+        &mut self,
+        set: &NamedSet,
+        addrs: &[(IpAddr, Option<u64>)],
+        op: ElemOp,
+    ) -> Result<(), BadName> {
+        let groups: Vec<(String, Vec<RawElem>)> = addrs
+            .iter()
+            .map(|(ip, timeout_ms)| {
+                (
+                    ip.to_string(),
+                    vec![RawElem {
+                        key: addr_bytes(ip),
+                        timeout_ms: *timeout_ms,
+                        ..Default::default()
+                    }],
+                )
+            })
+            .collect();
+        self.elements("set", &set.name, &set_spec(set), &groups, op)
+    }
+
     pub fn add_map(&mut self, map: &VerdictMap) -> Result<(), BadName> {
         self.set_object(&map.name, &map_spec(map), MsgType::Add, "map")
     }
@@ -403,6 +434,26 @@ impl Tx {
             self.labels
                 .push(format!("add rule {} #{i}: {}", chain.name, rule_text(rule)));
         }
+        Ok(())
+    }
+
+    /// `add table; add chain <chain>; add rule <chain> queue num <queue> bypass; delete chain
+    /// <chain>`: whether the kernel takes the NFQUEUE target, leaving the ruleset as it was (the
+    /// table stays, empty, if it did not exist; the next apply replaces it anyway).
+    pub fn probe_queue_target(&mut self, chain: &str, queue: u16) -> Result<(), BadName> {
+        let table = Table::new(c"nftpol", FAMILY);
+        self.add(&table, MsgType::Add, format!("table inet {TABLE}"));
+        let n = cname(chain)?;
+        let c = NftChain::new(&n, &self.table);
+        self.batch.add(&c, MsgType::Add);
+        self.labels.push(format!("add chain {chain}"));
+        let mut r = NftRule::new(&c);
+        r.add_expr(&sys::NfQueueTarget { queue });
+        self.batch.add(&r, MsgType::Add);
+        self.labels
+            .push(format!("add rule {chain} #0: queue num {queue} bypass"));
+        self.batch.add(&c, MsgType::Del);
+        self.labels.push(format!("delete chain {chain}"));
         Ok(())
     }
 
@@ -464,25 +515,54 @@ fn ct_state(r: &mut NftRule, mask: u32) {
 
 /// `ip saddr @set` (or `ip6 daddr @set`, or a vmap lookup with `dreg`): the packet's family,
 /// then the address loaded into register 1 and looked up.
+/// How a rule uses a lookup.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// Goes on when the key is in the set.
+    Hit,
+    /// Goes on when it is not (`!= @set`).
+    Miss,
+    /// A verdict map: the element's verdict applies; a miss goes on.
+    Vmap,
+}
+
+fn lookup(r: &mut NftRule, set: &str, how: Lookup) -> Result<(), BadName> {
+    r.add_expr(&LookupExt {
+        set: cname(set)?,
+        set_id: 0,
+        dreg: (how == Lookup::Vmap).then_some(sys::REG_VERDICT),
+        invert: how == Lookup::Miss,
+    });
+    Ok(())
+}
+
+/// `ip saddr @set` (or `ip6 daddr != @set`, or a vmap): the packet's family, then the address
+/// loaded into register 1 and looked up.
 fn addr_lookup(
     r: &mut NftRule,
     family: Family,
     field: AddrField,
     set: &str,
-    dreg: Option<u32>,
+    how: Lookup,
 ) -> Result<(), BadName> {
     nfproto(r, family);
+    addr_lookup_same_family(r, family, field, set, how)
+}
+
+/// [`addr_lookup`] in a rule that has already checked the family: nft lists one dependency.
+fn addr_lookup_same_family(
+    r: &mut NftRule,
+    family: Family,
+    field: AddrField,
+    set: &str,
+    how: Lookup,
+) -> Result<(), BadName> {
     r.add_expr(&PayloadLoad::addr(
         family == Family::V6,
         field == AddrField::Daddr,
         sys::REG1,
     ));
-    r.add_expr(&LookupExt {
-        set: cname(set)?,
-        set_id: 0,
-        dreg,
-    });
-    Ok(())
+    lookup(r, set, how)
 }
 
 fn log_to(r: &mut NftRule, to: &LogTo) -> Result<(), BadName> {
@@ -505,7 +585,7 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             r.add_expr(&Verdict::Drop);
         }
         Rule::TcpNewNotSynDrop { family, field, set } => {
-            addr_lookup(r, *family, *field, set, None)?;
+            addr_lookup(r, *family, *field, set, Lookup::Hit)?;
             r.add_expr(&Meta::L4Proto);
             r.add_expr(&Cmp::new(CmpOp::Eq, IPPROTO_TCP));
             r.add_expr(&PayloadLoad::tcp_flags(sys::REG1));
@@ -523,7 +603,7 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             r.add_expr(&Verdict::Accept);
         }
         Rule::Vmap { family, field, map } => {
-            addr_lookup(r, *family, *field, map, Some(sys::REG_VERDICT))?;
+            addr_lookup(r, *family, *field, map, Lookup::Vmap)?;
         }
         Rule::AddrReturn {
             family,
@@ -531,7 +611,7 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             set,
             log,
         } => {
-            addr_lookup(r, *family, *field, set, None)?;
+            addr_lookup(r, *family, *field, set, Lookup::Hit)?;
             if let Some(to) = log {
                 log_to(r, to)?;
             }
@@ -543,7 +623,7 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             set,
             log,
         } => {
-            tuple_lookup(r, *family, *field, set, None)?;
+            tuple_lookup(r, *family, *field, set, Lookup::Hit)?;
             if let Some(to) = log {
                 log_to(r, to)?;
             }
@@ -565,11 +645,11 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
             r.add_expr(&Verdict::Return);
         }
         Rule::AddrDrop { family, field, set } => {
-            addr_lookup(r, *family, *field, set, None)?;
+            addr_lookup(r, *family, *field, set, Lookup::Hit)?;
             r.add_expr(&Verdict::Drop);
         }
         Rule::DecideTuple { family, field, map } => {
-            tuple_lookup(r, *family, *field, map, Some(sys::REG_VERDICT))?;
+            tuple_lookup(r, *family, *field, map, Lookup::Vmap)?;
         }
         Rule::DecideOther { family, field, map } => {
             nfproto(r, *family);
@@ -577,19 +657,68 @@ fn rule_exprs(r: &mut NftRule, rule: &Rule) -> Result<(), BadName> {
                 r.add_expr(&Meta::L4Proto);
                 r.add_expr(&Cmp::new(CmpOp::Neq, p.number()));
             }
-            r.add_expr(&PayloadLoad::addr(
-                *family == Family::V6,
-                *field == AddrField::Daddr,
-                sys::REG1,
-            ));
-            r.add_expr(&LookupExt {
-                set: cname(map)?,
-                set_id: 0,
-                dreg: Some(sys::REG_VERDICT),
-            });
+            addr_lookup_same_family(r, *family, *field, map, Lookup::Vmap)?;
+        }
+        Rule::DnsHold {
+            family,
+            protocol,
+            set,
+            queue,
+        } => {
+            addr_lookup(r, *family, AddrField::Daddr, set, Lookup::Hit)?;
+            r.add_expr(&Meta::L4Proto);
+            r.add_expr(&Cmp::new(CmpOp::Eq, protocol.number()));
+            r.add_expr(&PayloadLoad::th_sport(sys::REG1));
+            r.add_expr(&Cmp::new(CmpOp::Eq, 53u16.to_be()));
+            r.add_expr(&sys::NfQueueTarget { queue: *queue });
+        }
+        Rule::LearnedVerdict {
+            family,
+            field,
+            guard,
+            set,
+            ports,
+            log,
+            verdict,
+        } => {
+            match guard {
+                Some(g) => {
+                    tuple_lookup(r, *family, *field, &g.tuple, Lookup::Miss)?;
+                    if let Some(other) = &g.other {
+                        addr_lookup_same_family(r, *family, *field, other, Lookup::Miss)?;
+                    }
+                    addr_lookup_same_family(r, *family, *field, set, Lookup::Hit)?;
+                }
+                None => addr_lookup(r, *family, *field, set, Lookup::Hit)?,
+            }
+            if let Some((protocol, lo, hi)) = ports {
+                r.add_expr(&Meta::L4Proto);
+                r.add_expr(&Cmp::new(CmpOp::Eq, protocol.number()));
+                r.add_expr(&PayloadLoad::th_dport(sys::REG1));
+                if lo == hi {
+                    r.add_expr(&Cmp::new(CmpOp::Eq, lo.to_be()));
+                } else {
+                    // Big-endian bytes compare in numeric order (cmp is a memcmp).
+                    r.add_expr(&Cmp::new(CmpOp::Gte, lo.to_be()));
+                    r.add_expr(&Cmp::new(CmpOp::Lte, hi.to_be()));
+                }
+            }
+            if let Some(to) = log {
+                log_to(r, to)?;
+            }
+            r.add_expr(&jump(verdict)?);
         }
     }
     Ok(())
+}
+
+fn jump(j: &Jump) -> Result<Verdict, BadName> {
+    Ok(match j {
+        Jump::Return => Verdict::Return,
+        Jump::Goto(chain) => Verdict::Goto {
+            chain: cname(chain)?,
+        },
+    })
 }
 
 /// `ip saddr . meta l4proto . th dport @set`: fields in consecutive 32-bit registers.
@@ -598,7 +727,7 @@ fn tuple_lookup(
     family: Family,
     field: AddrField,
     set: &str,
-    dreg: Option<u32>,
+    how: Lookup,
 ) -> Result<(), BadName> {
     nfproto(r, family);
     let addr_regs = match family {
@@ -612,12 +741,7 @@ fn tuple_lookup(
     ));
     r.add_expr(&MetaLoad::l4proto(sys::reg32(addr_regs)));
     r.add_expr(&PayloadLoad::th_dport(sys::reg32(addr_regs + 1)));
-    r.add_expr(&LookupExt {
-        set: cname(set)?,
-        set_id: 0,
-        dreg,
-    });
-    Ok(())
+    lookup(r, set, how)
 }
 
 /// The whole ruleset as one transaction replacing the table.
@@ -634,6 +758,9 @@ fn add_contents(tx: &mut Tx, ruleset: &Ruleset) -> Result<(), BadName> {
     }
     for set in ruleset.cluster_sets.values() {
         tx.add_set_object(set)?;
+    }
+    for set in ruleset.domains.sets.values() {
+        tx.add_set(set)?;
     }
     for pod in ruleset.pods.values() {
         tx.add_pod_objects(pod)?;
@@ -700,6 +827,9 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
         // the ordering of drop chains simple (still one transaction). A decision map that
         // comes or goes (a pod's rule list changed) is handled below.
         || old.cluster_chains != new.cluster_chains
+        // Learned-address sets come and go with their rules; their elements are the DNS
+        // reader's and never diffed.
+        || !old.domains.sets.keys().eq(new.domains.sets.keys())
         || old.cluster_sets.iter().any(|(name, a)| {
             new.cluster_sets
                 .get(name)
@@ -858,16 +988,24 @@ pub fn expected_rules(ruleset: &Ruleset) -> Result<BTreeMap<String, Vec<RuleShap
     Ok(out)
 }
 
-/// The raw elements the kernel should hold for every set and map of `ruleset`, by name.
-pub fn expected_elements(ruleset: &Ruleset) -> Result<Vec<(String, Vec<RawElem>)>, BadName> {
+/// A set's name and the elements it should hold (`None`: not compared).
+pub type ExpectedElements = (String, Option<Vec<RawElem>>);
+
+/// The raw elements the kernel should hold for every set and map of `ruleset`, by name. A
+/// learned-address set's elements are the DNS reader's: `None`, not compared.
+pub fn expected_elements(ruleset: &Ruleset) -> Result<Vec<ExpectedElements>, BadName> {
     let mut out = Vec::new();
     for set in ruleset.sets() {
+        if set.kind == SetKind::Learned {
+            out.push((set.name.clone(), None));
+            continue;
+        }
         let mut v = Vec::new();
         for e in &set.elements {
             v.extend(raw_elements(e)?);
         }
         v.sort();
-        out.push((set.name.clone(), v));
+        out.push((set.name.clone(), Some(v)));
     }
     for map in &ruleset.maps {
         let mut v = Vec::new();
@@ -875,7 +1013,7 @@ pub fn expected_elements(ruleset: &Ruleset) -> Result<Vec<(String, Vec<RawElem>)
             v.push(raw_map_entry(ip, chain)?);
         }
         v.sort();
-        out.push((map.name.clone(), v));
+        out.push((map.name.clone(), Some(v)));
     }
     Ok(out)
 }

@@ -68,7 +68,7 @@ fn set_block(set: &NamedSet) -> String {
         Family::V6 => "ipv6_addr",
     };
     let (object, ty, concat) = match set.kind {
-        SetKind::Addr => ("set", addr.to_string(), false),
+        SetKind::Addr | SetKind::Learned => ("set", addr.to_string(), false),
         SetKind::AddrProtoPort => ("set", format!("{addr} . inet_proto . inet_service"), true),
         SetKind::AddrDecide => ("map", format!("{addr} : verdict"), false),
         SetKind::AddrProtoPortDecide => (
@@ -77,8 +77,12 @@ fn set_block(set: &NamedSet) -> String {
             true,
         ),
     };
+    let flags = match set.kind {
+        SetKind::Learned => "timeout",
+        _ => "interval",
+    };
     let mut s = format!(
-        "\t{object} {} {{\n\t\ttype {ty}\n\t\tflags interval\n",
+        "\t{object} {} {{\n\t\ttype {ty}\n\t\tflags {flags}\n",
         set.name
     );
     if !set.elements.is_empty() {
@@ -184,6 +188,50 @@ pub fn rule_text(rule: &Rule) -> String {
             family.keyword(),
             field.keyword()
         ),
+        Rule::DnsHold {
+            family,
+            protocol,
+            set,
+            queue,
+        } => format!(
+            "{} daddr @{set} {} sport 53 queue num {queue} bypass",
+            family.keyword(),
+            protocol.as_str().to_lowercase()
+        ),
+        Rule::LearnedVerdict {
+            family,
+            field,
+            guard,
+            set,
+            ports,
+            log,
+            verdict,
+        } => {
+            let (fam, fld) = (family.keyword(), field.keyword());
+            let guard = match guard {
+                None => String::new(),
+                Some(g) => {
+                    let mut t = format!("{fam} {fld} . meta l4proto . th dport != @{} ", g.tuple);
+                    if let Some(other) = &g.other {
+                        t.push_str(&format!("{fam} {fld} != @{other} "));
+                    }
+                    t
+                }
+            };
+            let ports = match ports {
+                None => String::new(),
+                Some((p, lo, hi)) if lo == hi => {
+                    format!(" {} dport {lo}", p.as_str().to_lowercase())
+                }
+                // nft folds the `>=` and `<=` comparisons into a range when listing.
+                Some((p, lo, hi)) => format!(" {} dport {lo}-{hi}", p.as_str().to_lowercase()),
+            };
+            format!(
+                "{guard}{fam} {fld} @{set}{ports}{} {}",
+                log_text(log),
+                jump_text(verdict)
+            )
+        }
     }
 }
 

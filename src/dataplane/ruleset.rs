@@ -66,6 +66,10 @@ pub struct Options {
     pub audit: bool,
     /// The NFLOG group drop (and audit and `nftpol.io/log`) logs go to; `None`: no logs.
     pub nflog_group: Option<u16>,
+    /// The NFQUEUE DNS answers to pods with a `domainNames` rule are held in until the daemon
+    /// has added their addresses (`--dns-queue`); `None`: no hold, such rules match only what
+    /// something else added (fail closed). See [`super::dns`].
+    pub dns_queue: Option<u16>,
 }
 
 /// What a logged packet's prefix says happened to it.
@@ -249,6 +253,9 @@ pub enum SetKind {
     AddrDecide,
     /// A decision map: `type ipv4_addr . inet_proto . inet_service : verdict; flags interval`.
     AddrProtoPortDecide,
+    /// `type ipv4_addr; flags timeout`: addresses learned from DNS answers, each with its own
+    /// timeout. Its elements are the daemon's at run time, never the ruleset's.
+    Learned,
 }
 
 /// A named interval set (or decision map) owned by one pod direction or shared by the pods of a
@@ -336,6 +343,35 @@ pub enum Rule {
         field: AddrField,
         map: String,
     },
+    /// `ip daddr @dnspods_v4 udp sport 53 queue num N bypass`: a DNS answer to a pod with a
+    /// `domainNames` rule is held in the daemon's queue (passes when nothing reads it).
+    DnsHold {
+        family: Family,
+        protocol: Protocol,
+        set: String,
+        queue: u16,
+    },
+    /// `[ip daddr . meta l4proto . th dport != @guard] [ip daddr != @guard] ip daddr @set
+    /// [tcp dport 80[-90]] [log prefix "..." group N] <verdict>`: a `domainNames` rule's learned
+    /// addresses; the log names the rule (flow logs add the name). The guard leaves to the
+    /// tier's decision map what an earlier rule of the tier matches (the first match decides).
+    LearnedVerdict {
+        family: Family,
+        field: AddrField,
+        guard: Option<Guard>,
+        set: String,
+        ports: Option<(Protocol, u16, u16)>,
+        log: Option<LogTo>,
+        verdict: Jump,
+    },
+}
+
+/// The sets a `domainNames` rule's learned addresses must miss: what the rules before it in
+/// its tier match (by `peer . protocol . port`, and by peer for other protocols).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Guard {
+    pub tuple: String,
+    pub other: Option<String>,
 }
 
 /// Where a ClusterNetworkPolicy decision sends a packet.
@@ -427,6 +463,9 @@ pub struct Ruleset {
     /// The drop (or audit) chain of each Deny rule used on this node, by name: it logs with a
     /// prefix naming the rule, and counts.
     pub cluster_chains: BTreeMap<String, Chain>,
+    /// `domainNames` rules used on this node: their learned-address sets and what the DNS
+    /// reader needs to fill them.
+    pub domains: super::dns::DomainObjects,
 }
 
 /// Name of the set of unknown pod-CIDR addresses of a family.
@@ -500,7 +539,7 @@ pub fn chain_name(pod: &ObjectKey, direction: Direction) -> String {
 pub fn set_name(pod: &ObjectKey, direction: Direction, family: Family, kind: SetKind) -> String {
     let any = match kind {
         SetKind::Addr | SetKind::AddrDecide => "any",
-        SetKind::AddrProtoPort | SetKind::AddrProtoPortDecide => "",
+        SetKind::AddrProtoPort | SetKind::AddrProtoPortDecide | SetKind::Learned => "",
     };
     format!(
         "{}{}{any}/{}",
@@ -614,7 +653,7 @@ pub fn cluster_log_tag(rule: &TierRule, base: &str) -> String {
     tag
 }
 
-fn addr_elements(addrs: &AddrSet, family: Family) -> Vec<Element> {
+pub(super) fn addr_elements(addrs: &AddrSet, family: Family) -> Vec<Element> {
     match family {
         Family::V4 => addrs
             .v4_ranges()
@@ -681,6 +720,7 @@ fn families(ips: &[IpAddr]) -> Vec<Family> {
 struct ClusterObjects<'a> {
     sets: &'a mut BTreeMap<String, NamedSet>,
     chains: &'a mut BTreeMap<String, Chain>,
+    domains: &'a mut super::dns::DomainObjects,
     options: Options,
 }
 
@@ -798,7 +838,7 @@ impl ClusterObjects<'_> {
             }
         }
         let field = AddrField::peer_of(direction);
-        let mut out = Vec::new();
+        let mut out = self.learned(rules, tier, direction, families, list);
         for &family in families {
             out.push(Rule::DecideTuple {
                 family,
@@ -812,6 +852,78 @@ impl ClusterObjects<'_> {
                     map: other_name(family),
                 });
             }
+        }
+        out
+    }
+}
+
+impl ClusterObjects<'_> {
+    /// The rules of the list's `domainNames` rules, in order, before the tier's decision map:
+    /// their addresses are learned at run time, so the map cannot hold them. Each one is
+    /// guarded by what the rules before it match (sets shared per list), which the map still
+    /// decides: the first match wins, and a `domainNames` rule can only Accept.
+    fn learned(
+        &mut self,
+        rules: &[TierRule],
+        tier: Tier,
+        direction: Direction,
+        families: &[Family],
+        list: u64,
+    ) -> Vec<Rule> {
+        let mut out = Vec::new();
+        for (j, r) in rules.iter().enumerate() {
+            if r.matches.domains.is_empty() {
+                continue;
+            }
+            let guard = (j > 0).then(|| {
+                let claimed = decide::claimed(&rules[..j]);
+                let name = |f: Family, k: char| {
+                    let (t, d) = tier_direction_letters(tier, direction);
+                    format!("c{t}{d}{}g{k}/{list:016x}.{j}", f.digit())
+                };
+                for family in [Family::V4, Family::V6] {
+                    let mut tuples = Vec::new();
+                    for (protocol, lo, hi, addrs) in &claimed.ports {
+                        tuples.extend(ranges(addrs, family).map(|addrs| Element::Tuple {
+                            addrs,
+                            protocol: *protocol,
+                            ports: (*lo, *hi),
+                        }));
+                    }
+                    for (kind, k, elements) in [
+                        (SetKind::AddrProtoPort, 't', tuples),
+                        (SetKind::Addr, 'o', addr_elements(&claimed.other, family)),
+                    ] {
+                        let n = name(family, k);
+                        self.sets.entry(n.clone()).or_insert(NamedSet {
+                            name: n,
+                            family,
+                            kind,
+                            elements,
+                        });
+                    }
+                }
+                move |f: Family| Guard {
+                    tuple: name(f, 't'),
+                    // For TCP, UDP and SCTP the tuple guard covers the rules without
+                    // protocols too; only a rule that matches every protocol needs this one.
+                    other: r.matches.all_ports.then(|| name(f, 'o')),
+                }
+            });
+            let base = cluster_rule_base(&r.policy, direction, r.rule);
+            let log = self.options.nflog_group.map(|group| {
+                let mut to = LogTo::new(LogAction::Allow, direction, group);
+                to.prefix = format!("{} {}", to.prefix, cluster_log_tag(r, &base));
+                to
+            });
+            out.extend(self.domains.rule(
+                r,
+                &base,
+                families,
+                &Jump::Return,
+                log,
+                guard.as_ref().map(|g| g as &dyn Fn(Family) -> Guard),
+            ));
         }
         out
     }
@@ -1033,9 +1145,11 @@ impl Ruleset {
         }
         let mut cluster_sets = BTreeMap::new();
         let mut cluster_chains = BTreeMap::new();
+        let mut domains = super::dns::DomainObjects::default();
         let mut cluster = ClusterObjects {
             sets: &mut cluster_sets,
             chains: &mut cluster_chains,
+            domains: &mut domains,
             options,
         };
         for endpoint in plan.endpoints.values() {
@@ -1075,14 +1189,17 @@ impl Ruleset {
                 elements: addr_elements(&isolated, family),
             }));
         }
+        let mut base_chains = base_chains(options);
+        domains.finish(&pods, options, &mut base_chains, &mut node_sets);
         Ruleset {
             options,
             pods,
             maps: maps.into_values().collect(),
-            base_chains: base_chains(options),
+            base_chains,
             node_sets,
             cluster_sets,
             cluster_chains,
+            domains,
         }
     }
 
@@ -1101,12 +1218,13 @@ impl Ruleset {
         }
     }
 
-    /// Every named set in creation order: the base chains' sets, the decision maps, then
-    /// pod sets (by chain name).
+    /// Every named set in creation order: the base chains' sets, the decision maps (and the
+    /// guards of `domainNames` rules), the learned sets, then pod sets (by chain name).
     pub fn sets(&self) -> impl Iterator<Item = &NamedSet> {
         self.node_sets
             .iter()
             .chain(self.cluster_sets.values())
+            .chain(self.domains.sets.values())
             .chain(self.pods.values().flat_map(|p| p.sets.iter()))
     }
 
@@ -1290,6 +1408,8 @@ mod tests {
                 peers: AddrSet::new(),
                 shared: Allowed::default(),
                 named_ingress: Vec::new(),
+                domains: Vec::new(),
+                port_ranges: Vec::new(),
             }),
             own_ports: Vec::new(),
         };

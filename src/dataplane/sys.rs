@@ -41,6 +41,8 @@ pub const fn reg32(n: u32) -> u32 {
 pub const NFT_SET_CONCAT: u32 = 0x80;
 pub const NFT_SET_INTERVAL: u32 = libc::NFT_SET_INTERVAL as u32;
 pub const NFT_SET_MAP: u32 = libc::NFT_SET_MAP as u32;
+/// `NFT_SET_TIMEOUT`: elements carry their own timeout (`flags timeout`).
+pub const NFT_SET_TIMEOUT: u32 = 0x10;
 pub const ELEM_INTERVAL_END: u32 = libc::NFT_SET_ELEM_INTERVAL_END as u32;
 
 /// nft's datatype ids (`enum datatypes` in nftables), which `nft list` uses to print keys.
@@ -119,6 +121,8 @@ pub struct RawElem {
     pub flags: u32,
     /// The verdict of a verdict map element.
     pub verdict: Option<RawVerdict>,
+    /// `timeout`, in milliseconds, of an element of a `flags timeout` set.
+    pub timeout_ms: Option<u64>,
 }
 
 /// A verdict map element's verdict.
@@ -155,6 +159,9 @@ pub fn push_elem(set: &Set<'_, RawKey>, elem: &RawElem) {
         }
         if elem.flags != 0 {
             sys::nftnl_set_elem_set_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16, elem.flags);
+        }
+        if let Some(ms) = elem.timeout_ms {
+            sys::nftnl_set_elem_set_u64(e, sys::NFTNL_SET_ELEM_TIMEOUT as u16, ms);
         }
         let (code, chain) = match &elem.verdict {
             None => (None, None),
@@ -227,6 +234,15 @@ impl PayloadLoad {
     }
 
     /// `th dport`: the destination port is at offset 2 for TCP, UDP and SCTP alike.
+    pub fn th_sport(dreg: u32) -> Self {
+        Self {
+            base: libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
+            offset: 0,
+            len: 2,
+            dreg,
+        }
+    }
+
     pub fn th_dport(dreg: u32) -> Self {
         Self {
             base: libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
@@ -280,12 +296,17 @@ impl Expression for MetaLoad {
     }
 }
 
+/// `NFT_LOOKUP_F_INV` of the kernel's `nft_lookup_flags`.
+const NFT_LOOKUP_F_INV: u32 = 1;
+
 /// `lookup reg 1 set <name> [dreg <dreg>]`; with the verdict register it is a `vmap`.
 #[derive(Clone, Debug)]
 pub struct LookupExt {
     pub set: CString,
     pub set_id: u32,
     pub dreg: Option<u32>,
+    /// Matches when the key is not in the set (`!= @set`).
+    pub invert: bool,
 }
 
 impl Expression for LookupExt {
@@ -299,6 +320,9 @@ impl Expression for LookupExt {
             sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, self.set_id);
             if let Some(d) = self.dreg {
                 sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LOOKUP_DREG as u16, d);
+            }
+            if self.invert {
+                sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LOOKUP_FLAGS as u16, NFT_LOOKUP_F_INV);
             }
         }
         e
@@ -351,6 +375,49 @@ impl Expression for Limit {
             sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LIMIT_BURST as u16, self.burst);
             sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LIMIT_TYPE as u16, NFT_LIMIT_PKTS);
             sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LIMIT_FLAGS as u16, 0);
+        }
+        e
+    }
+}
+
+/// `queue num N bypass`, as the xtables `NFQUEUE` target (revision 3) through nft_compat: the
+/// native `queue` expression needs `CONFIG_NFT_QUEUE`, which some kernels lack while they have
+/// the xtables target (iptables-nft uses it). `nft` lists both the same way.
+#[derive(Clone, Debug)]
+pub struct NfQueueTarget {
+    pub queue: u16,
+}
+
+/// `NFQ_FLAG_BYPASS`: with no listener bound to the queue, the packet is accepted.
+const NFQ_FLAG_BYPASS: u16 = 0x01;
+
+impl Expression for NfQueueTarget {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let e = alloc_expr(c"target");
+        // struct xt_NFQ_info_v3 { __u16 queuenum, queues_total, flags; }, in host byte order,
+        // padded to XT_ALIGN (8 bytes).
+        let mut info = [0u8; 8];
+        info[0..2].copy_from_slice(&self.queue.to_ne_bytes());
+        info[2..4].copy_from_slice(&1u16.to_ne_bytes());
+        info[4..6].copy_from_slice(&NFQ_FLAG_BYPASS.to_ne_bytes());
+        // SAFETY: `e` is a fresh target expression. The name is copied by libnftnl; the info
+        // buffer is not: the target expression keeps the pointer and frees it with the
+        // expression, so it gets its own malloc'd copy (ownership passes to libnftnl).
+        unsafe {
+            let p = e.as_ptr();
+            sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_TG_NAME as u16, c"NFQUEUE".as_ptr());
+            sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_TG_REV as u16, 3);
+            let buf = libc::malloc(info.len()).cast::<u8>();
+            if buf.is_null() {
+                std::process::abort();
+            }
+            std::ptr::copy_nonoverlapping(info.as_ptr(), buf, info.len());
+            sys::nftnl_expr_set(
+                p,
+                sys::NFTNL_EXPR_TG_INFO as u16,
+                buf.cast::<c_void>().cast_const(),
+                info.len() as u32,
+            );
         }
         e
     }
@@ -543,6 +610,7 @@ unsafe fn parse_elems_at(nlh: *const libc::nlmsghdr) -> Vec<RawElem> {
                     out.push(RawElem {
                         key: elem_bytes(e, sys::NFTNL_SET_ELEM_KEY).unwrap_or_default(),
                         key_end: elem_bytes(e, sys::NFTNL_SET_ELEM_KEY_END),
+                        timeout_ms: None,
                         flags: if sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_FLAGS as u16) {
                             sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16)
                         } else {

@@ -99,7 +99,13 @@ pub struct Enforcer {
     /// A `--strict` sweep that ran out of budget: what it left to delete at the next tick,
     /// with the plan and whether node traffic is policed (to dump again if it overflowed).
     resweep: Option<(Cut, Arc<NodePlan>, bool)>,
+    /// Told of every committed ruleset, and whether it replaced the table (the DNS reader
+    /// learns for its `domainNames` rules and puts learned addresses back after a replace).
+    on_applied: Option<OnApplied>,
 }
+
+/// See [`Enforcer::on_applied`].
+pub type OnApplied = Box<dyn FnMut(&Ruleset, bool) + Send>;
 
 impl Enforcer {
     /// Opens the dataplane in the calling thread's network namespace.
@@ -122,7 +128,14 @@ impl Enforcer {
             conntrack: None,
             cut: 0,
             resweep: None,
+            on_applied: None,
         }
+    }
+
+    /// Calls `f` with every ruleset committed from now on, and whether the table was replaced
+    /// (a full apply or a drift repair).
+    pub fn on_applied(&mut self, f: OnApplied) {
+        self.on_applied = Some(f);
     }
 
     /// Records every apply, failure and drift repair in `metrics` from now on.
@@ -253,6 +266,10 @@ impl Enforcer {
                     .then(|| desired.plan.clone())
                     .flatten()
                     .map(|plan| (plan, desired.ruleset.options.police_node_traffic));
+                // Before the status file says it is in force: a pod may resolve right after.
+                if let Some(f) = &mut self.on_applied {
+                    f(&desired.ruleset, report.kind == ApplyKind::Full);
+                }
                 if let Some(path) = &self.status_file
                     && let Err(e) = write_status(path, self.generation, &desired.fingerprint)
                 {
@@ -305,7 +322,10 @@ impl Enforcer {
                 );
                 match self.dp.repair_drift(committed) {
                     Ok(_) => {
-                        tracing::info!(repairs = self.dp.stats().drift_repairs, "drift repaired")
+                        tracing::info!(repairs = self.dp.stats().drift_repairs, "drift repaired");
+                        if let Some(f) = &mut self.on_applied {
+                            f(committed, true);
+                        }
                     }
                     Err(e) => tracing::error!("drift repair failed: {e}"),
                 }

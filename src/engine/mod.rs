@@ -4,10 +4,12 @@
 //! folded in by [`reconcile`] update by update); [`enforce`] programs each resulting ruleset
 //! through a [`crate::dataplane::Driver`] with retry, backoff and drift repair, writing the
 //! [`status`] file and, with `--strict`, running the [`strict`] conntrack sweep; [`signals`]
-//! turns SIGTERM and SIGINT into events.
+//! turns SIGTERM and SIGINT into events; [`dns`] reads the DNS answers held for
+//! `domainNames` rules and learns their addresses.
 
 #![deny(unsafe_code)]
 
+pub mod dns;
 pub mod enforce;
 pub mod event_loop;
 pub mod reconcile;

@@ -40,6 +40,8 @@ pub struct Flow {
     pub action: LogAction,
     pub direction: Direction,
     pub packet: PacketInfo,
+    /// An allow logged by a ClusterNetworkPolicy `domainNames` rule (its prefix names the rule).
+    pub domain_rule: bool,
 }
 
 impl Flow {
@@ -50,6 +52,7 @@ impl Flow {
             action,
             direction,
             packet: logged.packet,
+            domain_rule: action == LogAction::Allow && LogTo::cluster_tag(&logged.prefix).is_some(),
         })
     }
 
@@ -115,8 +118,14 @@ fn keys(list: &[ObjectKey]) -> String {
 }
 
 /// The line for `flow`, or `None` for an allowed connection that no rule of a policy asking
-/// for logs (`nftpol.io/log`) allows.
-pub fn describe(flow: &Flow, plan: &NodePlan, index: &ClusterIndex) -> Option<FlowLine> {
+/// for logs (`nftpol.io/log`) allows. `learned` gives the names (with their rule) the DNS
+/// reader learned an address for, for connections a `domainNames` rule allowed.
+pub fn describe(
+    flow: &Flow,
+    plan: &NodePlan,
+    index: &ClusterIndex,
+    learned: &dyn Fn(IpAddr) -> Vec<String>,
+) -> Option<FlowLine> {
     let p = &flow.packet;
     let (pod_ip, peer_ip) = flow.pod_and_peer();
     let endpoint = plan.endpoint_by_ip(pod_ip);
@@ -141,6 +150,20 @@ pub fn describe(flow: &Flow, plan: &NodePlan, index: &ClusterIndex) -> Option<Fl
         _ => None,
     };
     let (policies, message) = match (flow.action, isolation) {
+        (LogAction::Allow, _) if flow.domain_rule => {
+            let names = learned(peer_ip);
+            let message = if names.is_empty() {
+                format!(
+                    "allowed by a ClusterNetworkPolicy domainNames {dir} rule (the name has expired since)"
+                )
+            } else {
+                format!(
+                    "allowed by a ClusterNetworkPolicy domainNames {dir} rule: learned for {}",
+                    names.join(", ")
+                )
+            };
+            (names, message)
+        }
         (action, _) if cluster_deny.is_some() => {
             let by = cluster_deny.expect("checked");
             let what = if action == LogAction::Audit {
@@ -270,7 +293,14 @@ impl FlowLogger {
             if !self.first(&flow, now) {
                 continue;
             }
-            if let Some(line) = describe(&flow, plan, index) {
+            let metrics = self.metrics.clone();
+            let learned = move |ip: IpAddr| {
+                metrics
+                    .as_ref()
+                    .map(|m| m.dns_names_of(ip))
+                    .unwrap_or_default()
+            };
+            if let Some(line) = describe(&flow, plan, index, &learned) {
                 emit(&line);
                 if let Some(m) = &self.metrics {
                     m.observe_flow_log(line.action.as_str());
@@ -579,7 +609,7 @@ spec:
             packet("10.0.0.3", "10.0.0.2", 40000, 80),
         ))
         .unwrap();
-        let line = describe(&flow, &plan, &index).unwrap();
+        let line = describe(&flow, &plan, &index, &|_| Vec::new()).unwrap();
         assert_eq!(line.action, LogAction::Drop);
         assert_eq!(line.src_pod.as_deref(), Some("prod/api"));
         assert_eq!(line.dst_pod.as_deref(), Some("prod/db"));
@@ -590,6 +620,35 @@ spec:
     }
 
     #[test]
+    fn a_domain_rule_allow_names_the_learned_name() {
+        let (plan, index) = state();
+        let flow = Flow::of(&logged(
+            "nftpol allow egress Admin:c/p/e1",
+            packet("10.0.0.2", "192.0.2.7", 40000, 443),
+        ))
+        .unwrap();
+        assert!(flow.domain_rule);
+        let learned = |ip: IpAddr| {
+            assert_eq!(ip, "192.0.2.7".parse::<IpAddr>().unwrap(), "the peer");
+            vec!["api.example.com (rule Admin:c/p/e1 apis)".to_string()]
+        };
+        let line = describe(&flow, &plan, &index, &learned).unwrap();
+        assert!(
+            line.message.ends_with(
+                "domainNames egress rule: learned for api.example.com (rule Admin:c/p/e1 apis)"
+            ),
+            "{}",
+            line.message
+        );
+        // A plain allow prefix is no domain rule's.
+        let plain = Flow::of(&logged(
+            "nftpol allow egress",
+            packet("10.0.0.2", "192.0.2.7", 1, 443),
+        ));
+        assert!(!plain.unwrap().domain_rule);
+    }
+
+    #[test]
     fn allow_lines_only_for_rules_of_logging_policies() {
         let (plan, index) = state();
         let allowed = Flow::of(&logged(
@@ -597,7 +656,7 @@ spec:
             packet("10.0.0.3", "10.0.0.2", 40000, 5432),
         ))
         .unwrap();
-        let line = describe(&allowed, &plan, &index).unwrap();
+        let line = describe(&allowed, &plan, &index, &|_| Vec::new()).unwrap();
         assert_eq!(line.policies, ["prod/api-to-db#0"]);
         // Not a packet any rule allows: no allow line (the kernel would have dropped it).
         let other = Flow::of(&logged(
@@ -605,7 +664,7 @@ spec:
             packet("10.9.9.9", "10.0.0.2", 40000, 5432),
         ))
         .unwrap();
-        assert_eq!(describe(&other, &plan, &index), None);
+        assert_eq!(describe(&other, &plan, &index, &|_| Vec::new()), None);
     }
 
     #[test]
@@ -632,7 +691,7 @@ spec:
             packet("10.0.0.3", "10.0.0.2", 40000, 80),
         ))
         .unwrap();
-        let line = describe(&flow, &NodePlan::default(), &index).unwrap();
+        let line = describe(&flow, &NodePlan::default(), &index, &|_| Vec::new()).unwrap();
         assert_eq!(line.pod, None);
         assert!(line.policies.is_empty());
         assert!(line.message.contains("not known here"), "{}", line.message);
@@ -699,7 +758,7 @@ spec:
             packet("10.0.0.3", "10.0.0.2", 40000, 80),
         ))
         .unwrap();
-        let mut line = describe(&flow, &plan, &index).unwrap();
+        let mut line = describe(&flow, &plan, &index, &|_| Vec::new()).unwrap();
         for json in [false, true] {
             let text = written(&line, json);
             let back = LoggedLine::parse(&text).unwrap_or_else(|| panic!("unparsed: {text}"));

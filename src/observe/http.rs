@@ -1,5 +1,5 @@
-//! The HTTP server of `--metrics-addr`: `/metrics` (the OpenMetrics exposition), `/livez` and
-//! `/readyz`, HTTP/1 with hyper on a thread of its own, so that the daemon's watchers and the
+//! The HTTP server of `--metrics-addr`: `/metrics` (the OpenMetrics exposition), `/livez`,
+//! `/readyz` and `/dns` (the names `domainNames` rules learned, by address), HTTP/1 with hyper on a thread of its own, so that the daemon's watchers and the
 //! enforcer never wait for a scrape.
 
 use std::convert::Infallible;
@@ -46,6 +46,8 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 fn respond(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
         "/metrics" => (StatusCode::OK, OPENMETRICS, metrics.encode()),
+        // The names `domainNames` rules learned, by address (`nftpol explain --dns-from`).
+        "/dns" => (StatusCode::OK, "application/json", metrics.dns_names()),
         "/livez" | "/readyz" => {
             let check = if path == "/livez" {
                 metrics.livez()
@@ -64,7 +66,7 @@ fn respond(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /livez or /readyz\n".to_string(),
+            "not found: try /metrics, /livez, /readyz or /dns\n".to_string(),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

@@ -67,6 +67,71 @@ struct Inner {
     watch_last_event: Family<Labels, Seconds>,
     strict_cut: Monotonic,
     strict_sweep_time: Histogram,
+    dns_hold_time: Histogram,
+    dns: Arc<DnsCounters>,
+    /// The DNS reader's learned names by address, as JSON (`/dns`); `None` without a reader.
+    dns_names: std::sync::Mutex<Option<DnsNames>>,
+    /// The names learned for one address, `name (rule)` (flow logs).
+    dns_lookup: std::sync::Mutex<Option<DnsLookup>>,
+}
+
+/// See [`Metrics::serve_dns_names`].
+pub type DnsLookup = Box<dyn Fn(std::net::IpAddr) -> Vec<String> + Send + Sync>;
+
+/// See [`Metrics::serve_dns_names`].
+pub type DnsNames = Box<dyn Fn() -> String + Send + Sync>;
+
+/// Counters of the DNS reader of `domainNames` rules (`crate::engine::dns`).
+#[derive(Debug, Default)]
+pub struct DnsCounters {
+    /// Answers held in the queue.
+    pub held: AtomicU64,
+    /// Addresses added to learned sets.
+    pub learned: AtomicU64,
+    /// Answers that were not whole, readable DNS answers: passed, nothing learned.
+    pub unparsed: AtomicU64,
+    /// Learning transactions the kernel refused (the answer passed).
+    pub failed: AtomicU64,
+}
+
+#[derive(Debug)]
+struct DnsCollector(Arc<DnsCounters>);
+
+impl prometheus_client::collector::Collector for DnsCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        for (name, help, v) in [
+            (
+                "nftpol_dns_answers_held",
+                "DNS answers held for domainNames rules until their addresses were programmed (only goes up)",
+                &self.0.held,
+            ),
+            (
+                "nftpol_dns_addresses_learned",
+                "Addresses learned from DNS answers into domainNames rules' sets (only goes up)",
+                &self.0.learned,
+            ),
+            (
+                "nftpol_dns_answers_unparsed",
+                "Held DNS answers that could not be read: passed, nothing learned (only goes up)",
+                &self.0.unparsed,
+            ),
+            (
+                "nftpol_dns_learn_failures",
+                "Transactions adding learned addresses that the kernel refused (only goes up)",
+                &self.0.failed,
+            ),
+        ] {
+            let g: Monotonic = Gauge::default();
+            g.set(v.load(Ordering::Relaxed));
+            let e = encoder.encode_descriptor(name, help, None, g.metric_type())?;
+            g.encode(e)?;
+        }
+        Ok(())
+    }
 }
 
 /// The kinds the API source watches (or, for the Node, reads), as the `kind` label.
@@ -243,6 +308,12 @@ impl Metrics {
             "Time in seconds of each --strict conntrack sweep (dump, judge, delete)",
             strict_sweep_time.clone(),
         );
+        let dns_hold_time = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "nftpol_dns_hold_seconds",
+            "Time in seconds each DNS answer held for a domainNames rule waited (parse, commit of its addresses)",
+            dns_hold_time.clone(),
+        );
         for kind in WATCHED_KINDS {
             watch_errors.get_or_create(&vec![("kind", kind)]).set(0);
         }
@@ -264,6 +335,8 @@ impl Metrics {
                 .get_or_create(&vec![("reason", reason.as_str())])
                 .set(0);
         }
+        let dns = Arc::new(DnsCounters::default());
+        registry.register_collector(Box::new(DnsCollector(dns.clone())));
         let drops = Arc::new(DropCollector::default());
         registry.register_collector(Box::new(drops.clone()));
         registry.register_collector(Box::new(ProcessCollector));
@@ -299,8 +372,65 @@ impl Metrics {
                 watch_last_event,
                 strict_cut,
                 strict_sweep_time,
+                dns_hold_time,
+                dns,
+                dns_names: std::sync::Mutex::new(None),
+                dns_lookup: std::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// The DNS reader's counters (`nftpol_dns_*`), read on every scrape.
+    pub fn dns_counters(&self) -> Arc<DnsCounters> {
+        self.inner.dns.clone()
+    }
+
+    /// Serves `f()` (the learned names by address, JSON) at `/dns`.
+    pub fn serve_dns_names(&self, f: DnsNames) {
+        *self
+            .inner
+            .dns_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    /// Answers [`Metrics::dns_names_of`] with `f`.
+    pub fn lookup_dns_names(&self, f: DnsLookup) {
+        *self
+            .inner
+            .dns_lookup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    /// The names the DNS reader learned `ip` for, as `name (rule)`.
+    pub fn dns_names_of(&self, ip: std::net::IpAddr) -> Vec<String> {
+        match &*self
+            .inner
+            .dns_lookup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            Some(f) => f(ip),
+            None => Vec::new(),
+        }
+    }
+
+    /// The `/dns` document: `{}` when no DNS reader runs.
+    pub fn dns_names(&self) -> String {
+        match &*self
+            .inner
+            .dns_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            Some(f) => f(),
+            None => "{}".to_string(),
+        }
+    }
+
+    pub fn observe_dns_hold(&self, d: Duration) {
+        self.inner.dns_hold_time.observe(d.as_secs_f64());
     }
 
     /// Reads the per-pod drop counters through `reader` on every scrape.
@@ -576,6 +706,11 @@ mod tests {
         "nftpol_watch_errors{kind=\"Node\"}",
         "nftpol_strict_cut_connections",
         "nftpol_strict_sweep_duration_seconds_count",
+        "nftpol_dns_answers_held",
+        "nftpol_dns_addresses_learned",
+        "nftpol_dns_answers_unparsed",
+        "nftpol_dns_learn_failures",
+        "nftpol_dns_hold_seconds_count",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
         "process_open_fds",

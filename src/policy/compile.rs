@@ -89,6 +89,12 @@ pub struct ClusterRuleMatch {
     pub shared: Allowed,
     /// Ingress `destinationNamedPort` names: resolved on the subject pod itself.
     pub named_ingress: Vec<String>,
+    /// Egress `domainNames` of the rule, as written: the rule also matches the addresses
+    /// learned from DNS answers for them (kept by the dataplane, never known here).
+    pub domains: Vec<String>,
+    /// The rule's `protocols` entries with port numbers (those a `domainNames` rule can
+    /// have), for matching learned addresses; unused when `all_ports`.
+    pub port_ranges: Vec<(Protocol, u16, u16)>,
 }
 
 /// One ClusterNetworkPolicy rule as it applies to one endpoint and direction.
@@ -486,7 +492,7 @@ fn cluster_peer_addrs(index: &ClusterIndex, peer: &ClusterPeer, action: Action) 
                 .filter(|n| sel.matches(&n.labels))
                 .flat_map(|n| n.addresses.iter().copied()),
         ),
-        // Not resolved yet: matches nothing (only Accept rules may have them).
+        // Learned from DNS answers at run time (`ClusterRuleMatch::domains`): no static address.
         ClusterPeer::DomainNames(_) => AddrSet::new(),
         // Fail closed: an Accept matches nothing, a Deny or Pass everything.
         ClusterPeer::Unknown(_) => match action {
@@ -563,11 +569,38 @@ fn resolve_cluster_rule(
     }
     named_ingress.sort();
     named_ingress.dedup();
+    let mut domains: Vec<String> = rule
+        .peers
+        .iter()
+        .filter_map(|p| match p {
+            ClusterPeer::DomainNames(names) if direction == Direction::Egress => Some(names),
+            _ => None,
+        })
+        .flatten()
+        .cloned()
+        .collect();
+    domains.sort();
+    domains.dedup();
+    let port_ranges = rule
+        .protocols
+        .iter()
+        .flatten()
+        .filter_map(|p| match p {
+            ClusterPort::Ports {
+                protocol,
+                start,
+                end,
+            } => Some((*protocol, *start, *end)),
+            ClusterPort::Named(_) => None,
+        })
+        .collect();
     ClusterRuleMatch {
         all_ports: rule.protocols.is_none(),
         peers,
         shared: b.finish(),
         named_ingress,
+        domains,
+        port_ranges,
     }
 }
 

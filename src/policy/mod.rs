@@ -3,6 +3,7 @@
 //!
 //! - [`model`]: validated domain types (no Kubernetes wire format).
 //! - [`convert`]: k8s-openapi objects to the model, with field-level errors.
+//! - [`domain`]: `domainNames` matching and the learned addresses' TTL clamp.
 //! - [`index`]: the cluster state and its label and address lookups.
 //! - [`intervals`]: merged address and port intervals.
 //! - [`compile`]: the policy compiler (full and incremental).
@@ -12,6 +13,7 @@
 pub mod cnp_api;
 pub mod compile;
 pub mod convert;
+pub mod domain;
 pub mod index;
 pub mod intervals;
 pub mod model;

@@ -493,7 +493,8 @@ pub enum ClusterPeer {
     Networks(Vec<IpNet>),
     /// Egress only: the addresses of matching Nodes.
     Nodes(Selector),
-    /// Egress only, Accept only: not enforced yet; matches nothing.
+    /// Egress only, Accept only: the addresses DNS answers for these names carry, learned at
+    /// run time (`crate::policy::domain`).
     DomainNames(Vec<String>),
     /// A peer with no field nftpol knows (a newer API): the fields it had. Fails closed: matches
     /// nothing in an Accept rule and everything in a Deny or Pass rule.
@@ -534,7 +535,7 @@ impl ClusterRule {
         }
     }
 
-    /// Only `domainNames` peers: nftpol does not resolve them yet, so the rule matches nothing.
+    /// Only `domainNames` peers: the rule matches learned addresses only.
     pub fn domain_names_only(&self) -> bool {
         !self.peers.is_empty()
             && self

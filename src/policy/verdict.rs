@@ -325,7 +325,7 @@ pub fn describe_cluster_rule(rule: &ClusterRule, direction: Direction) -> String
                 format!("the addresses of {}", selector_words(sel, "node"))
             }
             ClusterPeer::DomainNames(names) => format!(
-                "domain names {} (not enforced yet: match nothing)",
+                "domain names {} (the addresses their DNS answers carried, while their TTL lasts)",
                 names.join(", ")
             ),
             ClusterPeer::Unknown(fields) => format!(

@@ -3,9 +3,9 @@
 //! CRDs' schemas and CEL rules do (experimental channel, the one with every field): an invalid
 //! policy is an error naming the field, and is skipped like an invalid NetworkPolicy.
 //!
-//! What is valid but not enforced as written is a warning: a rule whose only peers are
-//! `domainNames` (not resolved yet: it matches nothing), and peers or protocols with no field
-//! nftpol knows (a newer API), which fail closed.
+//! What is valid but not enforced as written is a warning: peers or protocols with no field
+//! nftpol knows (a newer API), which fail closed. `domainNames` peers are enforced with the
+//! addresses learned from DNS answers (`crate::engine::dns`).
 
 use std::net::IpAddr;
 
@@ -606,14 +606,6 @@ fn finish_rule(
         peers,
         protocols,
     };
-    if rule.domain_names_only() {
-        ctx.warn(
-            field,
-            format!(
-                "rule {label}: domainNames peers are not enforced yet: this Accept rule matches nothing"
-            ),
-        );
-    }
     Ok(rule)
 }
 
@@ -1050,7 +1042,7 @@ mod tests {
         assert!(p.egress[0].domain_names_only());
         assert_eq!(p.egress[1].protocols, None, "Pass: every protocol");
         assert_eq!(p.egress[2].protocols, Some(vec![]), "Accept: nothing");
-        assert_eq!(warnings.len(), 5, "{warnings:?}");
+        assert_eq!(warnings.len(), 4, "{warnings:?}");
     }
 
     #[test]
