@@ -261,6 +261,9 @@ mod figures {
         changes: usize,
         new_pods: usize,
         scale: (usize, usize),
+        /// The columns to measure (default all; `--engines none,nftpol` runs where the kernel
+        /// has no nft_queue).
+        engines: Vec<Option<Enforcer>>,
     }
 
     fn opts(args: &[String]) -> Opts {
@@ -280,6 +283,7 @@ mod figures {
                 changes: 10,
                 new_pods: 5,
                 scale: (1_000, 200),
+                engines: COLUMNS.to_vec(),
             }
         } else {
             Opts {
@@ -290,8 +294,28 @@ mod figures {
                 changes: 40,
                 new_pods: 20,
                 scale: (10_000, 2_000),
+                engines: COLUMNS.to_vec(),
             }
         };
+        if let Some(i) = args.iter().position(|a| a == "--engines")
+            && let Some(list) = args.get(i + 1)
+        {
+            o.engines = list
+                .split(',')
+                .filter_map(|e| match e {
+                    "none" => Some(None),
+                    "nftpol" => Some(Some(Enforcer::Nftpol)),
+                    "kube-network-policies" => Some(Some(Enforcer::KubeNetworkPolicies)),
+                    _ => None,
+                })
+                .collect();
+        }
+        if let Some(n) = get("--changes") {
+            o.changes = n;
+        }
+        if let Some(n) = get("--new-pods") {
+            o.new_pods = n;
+        }
         if let Some(r) = get("--rounds") {
             o.rounds = r;
         }
@@ -305,11 +329,12 @@ mod figures {
     }
 
     fn pod(ns: &str, name: &str, ip: Option<&str>, node: &str, app: &str) -> Value {
+        // No container ports: the testbed would serve them itself, and the bench's own server
+        // (accept, then close at once) must own PORT.
         let mut p = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": ns, "labels": {"app": app}},
-            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "none",
-                     "ports": [{"name": "http", "containerPort": PORT}]}]}
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "none"}]}
         });
         if let Some(ip) = ip {
             p["status"] = json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]});
@@ -572,6 +597,7 @@ mod figures {
             if round % 2 == 1 {
                 order.swap(1, 2);
             }
+            order.retain(|e| o.engines.contains(e));
             for engine in order {
                 let c = col(engine);
                 let name = engine.map(Enforcer::as_str).unwrap_or("no engine");
@@ -677,6 +703,7 @@ mod figures {
             if round % 2 == 1 {
                 order.reverse();
             }
+            order.retain(|e| o.engines.contains(&Some(*e)));
             for e in order {
                 bed.set_engine(config(e)?)?;
                 let first = bed.start_engine()?;

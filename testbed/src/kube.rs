@@ -119,7 +119,13 @@ impl Cluster {
             addr: get("NFTPOL_KUBE_ADDR")?,
             port,
             token_file: PathBuf::from(get("NFTPOL_KUBE_TOKEN_FILE")?),
-            scripts: Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/kube"),
+            scripts: std::env::var_os("NFTPOL_KUBE_SCRIPTS")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    // Not `testbed/..`: the VM of hack/compare/vm.sh has hack/ but no testbed/.
+                    let testbed = Path::new(env!("CARGO_MANIFEST_DIR"));
+                    testbed.parent().unwrap_or(testbed).join("hack/kube")
+                }),
         })
     }
 
