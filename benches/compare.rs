@@ -100,6 +100,12 @@ fn run_corpus(enforcer: Enforcer, mode: Mode) -> Result<Score> {
             continue;
         }
         score.cases += 1;
+        eprintln!(
+            "{} {mode}: {} ({:.0} s)",
+            enforcer.as_str(),
+            case.id,
+            started.elapsed().as_secs_f64()
+        );
         let mut case_failed = false;
         let mut state = corpus::State::new(&model, case);
         for (si, step) in case.steps.iter().enumerate() {
@@ -568,6 +574,19 @@ mod figures {
         COLUMNS.iter().position(|c| *c == e).unwrap_or(0)
     }
 
+    /// Stops the running engine and starts `engine` on `objects` (waiting until it enforces
+    /// them), or leaves the node without one.
+    fn switch(bed: &mut Testbed, engine: Option<Enforcer>, objects: &[Value]) -> Result<()> {
+        match engine {
+            None => bed.stop_engine(),
+            Some(e) => {
+                bed.set_engine(config(e)?)?;
+                bed.apply_objects(objects)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn run(args: &[String]) -> Result<()> {
         let o = opts(args);
         let rt = tokio::runtime::Runtime::new()?;
@@ -592,37 +611,46 @@ mod figures {
         }
         let mut table = Table::default();
         let started = Instant::now();
-        for round in 0..o.rounds {
+        let order_of = |round: usize| {
             let mut order = COLUMNS.to_vec();
             if round % 2 == 1 {
                 order.swap(1, 2);
             }
             order.retain(|e| o.engines.contains(e));
-            for engine in order {
-                let c = col(engine);
-                let name = engine.map(Enforcer::as_str).unwrap_or("no engine");
-                eprintln!(
-                    "round {round}: {name} ({:.0} s)",
-                    started.elapsed().as_secs_f64()
-                );
-                match engine {
-                    None => bed.stop_engine(),
-                    Some(e) => bed.set_engine(config(e)?)?,
-                }
-                for (k, &n) in o.policies.iter().enumerate() {
-                    if engine.is_some() {
-                        bed.apply_objects(&rate_objects(n))?;
-                    }
+            order
+        };
+        // Connection rate: the objects are written once per policy count (1,000 policies take
+        // a while through kubectl), then the engines take turns on them.
+        for (k, &n) in o.policies.iter().enumerate() {
+            let objects = rate_objects(n);
+            for round in 0..o.rounds {
+                for engine in order_of(round) {
+                    let name = engine.map(Enforcer::as_str).unwrap_or("no engine");
+                    eprintln!(
+                        "{n} policies, round {round}: {name} ({:.0} s)",
+                        started.elapsed().as_secs_f64()
+                    );
+                    switch(&mut bed, engine, &objects)?;
                     let r = rate(&bed, o.run)?;
                     table.add(
                         k,
                         &format!("new TCP connections/s, server selected by {n} policies"),
-                        c,
+                        col(engine),
                         r,
                     );
                 }
-                let Some(_) = engine else { continue };
-                bed.apply_objects(&cluster())?;
+            }
+        }
+        for round in 0..o.rounds {
+            for engine in order_of(round) {
+                let c = col(engine);
+                let Some(e) = engine else { continue };
+                eprintln!(
+                    "changes and new pods, round {round}: {} ({:.0} s)",
+                    e.as_str(),
+                    started.elapsed().as_secs_f64()
+                );
+                switch(&mut bed, engine, &cluster())?;
                 // Policy change to enforced: the allowed port moves; timed from the API write to
                 // the first new connection on the new port that gets through.
                 let np: Api<NetworkPolicy> = Api::namespaced(client.clone(), "bench");
