@@ -62,6 +62,8 @@ struct Score {
     failed_cases: Vec<String>,
     cases: usize,
     not_applicable: Vec<String>,
+    /// Cases whose objects the API server refuses.
+    rejected: Vec<String>,
     seconds: f64,
 }
 
@@ -92,6 +94,7 @@ fn run_corpus(enforcer: Enforcer, mode: Mode) -> Result<Score> {
         failed_cases: vec![],
         cases: 0,
         not_applicable: vec![],
+        rejected: vec![],
         seconds: 0.0,
     };
     for case in cases.iter().chain(&own) {
@@ -107,14 +110,30 @@ fn run_corpus(enforcer: Enforcer, mode: Mode) -> Result<Score> {
             started.elapsed().as_secs_f64()
         );
         let mut case_failed = false;
+        let mut rejected = false;
+        let mut case_matrices = 0;
         let mut state = corpus::State::new(&model, case);
         for (si, step) in case.steps.iter().enumerate() {
             state.apply(step);
             let objects = state.manifests(Some(NODE_NAME));
-            bed.apply_objects(&objects)
-                .with_context(|| format!("{} step {si}: apply", case.id))?;
+            // An object today's API server refuses (upstream's e2e builds some ipBlocks from a pod
+            // address and a short prefix, e.g. 10.244.1.10/4, which strict CIDR validation
+            // rejects since Kubernetes 1.33) cannot reach an API-reading engine: the case is
+            // listed, not scored.
+            if let Err(e) = bed.apply_objects(&objects) {
+                let text = format!("{e:#}");
+                if text.contains("is invalid") {
+                    let why = text.lines().last().unwrap_or_default().to_string();
+                    score.rejected.push(format!("{} step {si}: {why}", case.id));
+                    score.cases -= 1;
+                    rejected = true;
+                    break;
+                }
+                return Err(e).with_context(|| format!("{} step {si}: apply", case.id));
+            }
             for probe in &step.probes {
                 score.matrices += 1;
+                case_matrices += 1;
                 let protocol: Protocol =
                     probe.protocol.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
                 let m = bed.probe_matrix(probe.port, protocol)?;
@@ -135,8 +154,14 @@ fn run_corpus(enforcer: Enforcer, mode: Mode) -> Result<Score> {
                 }
             }
         }
-        if case_failed {
+        if case_failed && !rejected {
             score.failed_cases.push(case.id.clone());
+        }
+        if rejected {
+            score
+                .failed
+                .retain(|f| !f.starts_with(&format!("{} ", case.id)));
+            score.matrices -= case_matrices;
         }
     }
     score.seconds = started.elapsed().as_secs_f64();
@@ -187,18 +212,24 @@ fn corpus_cmd(args: &[String]) -> Result<()> {
         }
     }
     println!("## Conformance corpus through the API server\n");
-    println!("| engine, node | cases passed | matrices passed | not applicable |");
+    println!("| engine, node | cases passed | matrices passed | not scored |");
     println!("| --- | --- | --- | --- |");
     for s in &scores {
         println!(
-            "| {} | {}/{} | {}/{} | {} (ClusterNetworkPolicy, AdminNetworkPolicy) |",
+            "| {} | {}/{} | {}/{} | {} with cluster-scoped policies, {} the API server refuses |",
             s.label,
             s.cases - s.failed_cases.len(),
             s.cases,
             s.matrices - s.failed.len(),
             s.matrices,
-            s.not_applicable.len()
+            s.not_applicable.len(),
+            s.rejected.len()
         );
+    }
+    for s in scores.iter().take(1) {
+        for r in &s.rejected {
+            println!("\nRefused by the API server: {r}");
+        }
     }
     for s in &scores {
         if s.failed.is_empty() {
