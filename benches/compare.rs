@@ -123,7 +123,12 @@ fn run_corpus(enforcer: Enforcer, mode: Mode) -> Result<Score> {
             if let Err(e) = bed.apply_objects(&objects) {
                 let text = format!("{e:#}");
                 if text.contains("is invalid") {
-                    let why = text.lines().last().unwrap_or_default().to_string();
+                    let why = text
+                        .lines()
+                        .find(|l| l.contains("is invalid"))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string();
                     score.rejected.push(format!("{} step {si}: {why}", case.id));
                     score.cases -= 1;
                     rejected = true;

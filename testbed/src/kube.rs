@@ -523,7 +523,7 @@ impl Api {
         changed.sort_by_key(|(k, _)| order(&k.0));
         if !changed.is_empty() {
             let items: Vec<Value> = changed.iter().map(|(_, v)| (*v).clone()).collect();
-            self.cluster.kubectl(
+            let applied = self.cluster.kubectl(
                 &[
                     "apply",
                     "--server-side",
@@ -533,10 +533,19 @@ impl Api {
                     "-",
                 ],
                 Some(&json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()),
-            )?;
+            );
+            // kubectl applies what it can of a list: after a failure any of these objects may
+            // exist, so each is remembered as unknown (written again while wanted, deleted once
+            // not).
             for (k, v) in changed {
-                self.written.objects.insert(k.clone(), v.clone());
+                let known = if applied.is_ok() {
+                    v.clone()
+                } else {
+                    Value::Null
+                };
+                self.written.objects.insert(k.clone(), known);
             }
+            applied?;
         }
         let statuses: Vec<(&Key, &Value)> = status_of
             .iter()
