@@ -84,7 +84,11 @@ fn run_corpus(enforcer: Enforcer, mode: Mode) -> Result<Score> {
     let first = corpus::State::new(&model, &cases[0]);
     let objects = first.manifests(Some(NODE_NAME));
     let loaded = nftpol::source::manifest::load_values("model", objects)?;
-    let mut bed = Testbed::with_engine(mode, &loaded.state, Engine::Api(config(enforcer)?))?;
+    let mut bed = Testbed::with_engine(
+        mode,
+        &loaded.state,
+        Engine::Api(Box::new(config(enforcer)?)),
+    )?;
     bed.set_probe_timeout(Duration::from_secs(1));
     bed.set_apply_timeout(Duration::from_secs(120));
     let mut score = Score {
@@ -636,8 +640,11 @@ mod figures {
         let mut topo = cluster();
         topo.push(pod("bench", "newpod", Some(NEWPOD_IP), NODE_NAME, "newpod"));
         let state = nftpol::source::manifest::load_values("bench", topo)?.state;
-        let mut bed =
-            Testbed::with_engine(Mode::Bridge, &state, Engine::Api(config(Enforcer::Nftpol)?))?;
+        let mut bed = Testbed::with_engine(
+            Mode::Bridge,
+            &state,
+            Engine::Api(Box::new(config(Enforcer::Nftpol)?)),
+        )?;
         bed.set_apply_timeout(Duration::from_secs(300));
         let listener = ns_of(&bed, "server").run(|| TcpListener::bind((SERVER_IP, PORT)))??;
         std::thread::spawn(move || while listener.accept().is_ok() {});

@@ -52,7 +52,7 @@ pub enum Engine {
     Nftpol,
     /// An enforcer that reads a real API server, which the testbed writes its objects to (see
     /// [`kube`]): `nftpol daemon` or kube-network-policies.
-    Api(kube::Config),
+    Api(Box<kube::Config>),
 }
 
 /// A node of network namespaces with its pods, servers and (once manifests are applied) the
@@ -361,7 +361,7 @@ impl Testbed {
             bail!("only a testbed built with an API engine can switch engines");
         }
         self.stop_engine();
-        self.engine = Engine::Api(config);
+        self.engine = Engine::Api(Box::new(config));
         Ok(())
     }
 

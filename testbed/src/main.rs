@@ -133,12 +133,12 @@ fn probe(args: ProbeArgs) -> Result<()> {
                 let metrics = vec!["--metrics-addr".into(), format!("127.0.0.1:{METRICS_PORT}")];
                 (Enforcer::Nftpol, bin.clone(), metrics)
             };
-            Engine::Api(testbed::kube::Config {
+            Engine::Api(Box::new(testbed::kube::Config {
                 enforcer,
                 binary,
                 cluster,
                 args: extra,
-            })
+            }))
         }
     };
     // `cargo run --bin nftpol-testbed` does not rebuild `nftpol`: say which one enforces.
