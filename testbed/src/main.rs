@@ -4,6 +4,10 @@
 //! address on one testbed node, runs the real `nftpol run` in the node namespace, waits until it
 //! enforces the manifests, then tries a new connection for every ordered pair of pods and prints
 //! the result in `nftpol simulate`'s JSON schema (or as a table). Needs root.
+//!
+//! `--engine nftpol-api` or `--engine kube-network-policies` (with `--kube-state`, a cluster of
+//! `hack/kube/up.sh`) writes the manifests to a real API server instead and runs `nftpol daemon`
+//! or kube-network-policies (`--knp`, from `hack/compare/build.sh`) in the node namespace.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
