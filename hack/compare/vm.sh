@@ -61,6 +61,9 @@ for t in jq openssl curl; do
     mkdir -p "$stage$(dirname "$dst")"; cp -Ln "$lib" "$stage$dst" 2>/dev/null || true
   done
 done
+# The bench's API client (rustls) wants a system root store, even with insecure-skip-tls-verify.
+mkdir -p "$stage/etc/ssl/certs"
+cp -L /etc/ssl/certs/ca-certificates.crt "$stage/etc/ssl/certs/"
 cp -a hack/kube "$stage$repo/hack/"
 cp -a tests/conformance "$stage$repo/tests/"
 for f in ${NFTPOL_COMPARE_FILES:-}; do
