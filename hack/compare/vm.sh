@@ -29,8 +29,10 @@ bindir=${NFTPOL_BIN_DIR:-${CARGO_TARGET_DIR:-$repo/target}/release}
 [ $# -eq 1 ] || { echo "usage: $0 'COMMAND'" >&2; exit 2; }
 log() { echo "compare/vm.sh: $*" >&2; }
 
-if ! command -v qemu-system-x86_64 >/dev/null || ! command -v cpio >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 cpio >/dev/null
+if ! command -v qemu-system-x86_64 >/dev/null || ! command -v cpio >/dev/null ||
+  ! command -v mmdebstrap >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    qemu-system-x86 cpio mmdebstrap >/dev/null
 fi
 [ -f "$cache/$suite/vmlinuz" ] || { bash hack/kernels/apt-suites.sh; bash hack/kernels/fetch-kernel.sh "$suite" "$cache/$suite"; }
 [ -s "$cache/rootfs.cpio" ] || bash hack/kernels/rootfs.sh "$cache/rootfs.cpio"
