@@ -16,7 +16,7 @@
 # Env:   NFTPOL_COMPARE_VM=1 forces the VM; =0 forbids it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-short=() corpus=1 figures=1 modes=bridge
+short=() corpus=1 figures=1 modes=bridge args="$*"
 while [ $# -gt 0 ]; do
   case $1 in
     --short) short=(--short) corpus=0 ;;
@@ -82,6 +82,6 @@ echo "# nftpol vs kube-network-policies"
 echo
 echo "- Machine: $where $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r), shared with other jobs)"
 echo "- Versions: nftpol $(git describe --always --dirty) ($profile build), kube-network-policies $(basename "$knp" | sed 's/kube-network-policies-//') (unchanged, $(go version | cut -d' ' -f3)), Kubernetes v$(cat /var/cache/nftpol-cluster/kube.version) ($kube)"
-echo "- Command: hack/compare/run.sh $*; took $((SECONDS - t0)) s"
+echo "- Command: hack/compare/run.sh $args; took $((SECONDS - t0)) s"
 echo
 cat "$out"
