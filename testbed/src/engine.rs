@@ -23,6 +23,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use super::daemon::{self, Daemon, Status};
+use super::kube;
 use super::listen::Responder;
 use super::manifests::{self, TempDir};
 use super::netns::Netns;
@@ -44,13 +45,27 @@ struct PodHandles {
     sctp: (OwnedFd, OwnedFd),
 }
 
+/// What enforces on the testbed's node.
+#[derive(Debug, Clone)]
+pub enum Engine {
+    /// `nftpol run` on a folder of manifests (the default).
+    Nftpol,
+    /// An enforcer that reads a real API server, which the testbed writes its objects to (see
+    /// [`kube`]): `nftpol daemon` or kube-network-policies.
+    Api(Box<kube::Config>),
+}
+
 /// A node of network namespaces with its pods, servers and (once manifests are applied) the
-/// `nftpol run` daemon. Everything is torn down on drop.
+/// enforcer: the `nftpol run` daemon, or an [`Engine::Api`] enforcer. Everything is torn down
+/// on drop (an API engine's objects are deleted from the API server too).
 #[derive(Debug)]
 pub struct Testbed {
     // Fields drop in order: the daemon first (it lives in the node namespace), then the servers
     // and sockets, then the namespaces, then the folder.
     daemon: Option<Daemon>,
+    process: Option<kube::Process>,
+    engine: Engine,
+    api: Option<kube::Api>,
     responder: Responder,
     pods: Vec<PodHandles>,
     listening: HashSet<(usize, u16, Protocol)>,
@@ -68,6 +83,12 @@ impl Testbed {
     /// hostNetwork, is not terminated), wherever its manifest placed it, and starts servers on
     /// each pod's container ports. The daemon starts at the first [`Testbed::apply`].
     pub fn new(mode: Mode, state: &ClusterState) -> Result<Self> {
+        Self::with_engine(mode, state, Engine::Nftpol)
+    }
+
+    /// [`Testbed::new`] with another enforcer. An [`Engine::Api`] testbed also places the
+    /// canary pods (namespace [`kube::CANARY_NS`]), which probe matrices leave out.
+    pub fn with_engine(mode: Mode, state: &ClusterState, engine: Engine) -> Result<Self> {
         let mut endpoints: Vec<(ObjectKey, Vec<IpAddr>)> = state
             .pods
             .iter()
@@ -82,10 +103,14 @@ impl Testbed {
         if let Err(e) = super::cleanup::remove_stale() {
             tracing::debug!("removing stale testbed namespaces: {e:#}");
         }
+        let listed = endpoints.len();
+        if matches!(engine, Engine::Api(_)) {
+            endpoints.extend(kube::canary_endpoints());
+        }
         let topology = Topology::new(mode, &endpoints).context("building the topology")?;
         let responder = Responder::start()?;
         let mut pods = Vec::with_capacity(topology.pods.len());
-        for pod in &topology.pods {
+        for pod in &topology.pods[..listed] {
             responder.watch_sctp(&pod.ns)?;
             let socks = pod
                 .ns
@@ -104,8 +129,29 @@ impl Testbed {
         let manifests_dir = work.path().join("manifests");
         std::fs::create_dir_all(&manifests_dir)
             .with_context(|| format!("creating {}", manifests_dir.display()))?;
+        let api = match &engine {
+            Engine::Api(config) => {
+                let client = topology
+                    .pods
+                    .iter()
+                    .find(|p| {
+                        p.key.namespace == kube::CANARY_NS && p.key.name == kube::CANARY_PODS[0].0
+                    })
+                    .context("the canary client is not on the testbed")?;
+                for server in &topology.pods[listed + 1..] {
+                    for port in [kube::CANARY_ALLOW, kube::CANARY_DENY] {
+                        responder.listen(&server.ns, &server.ips, port, Protocol::Tcp)?;
+                    }
+                }
+                Some(kube::Api::new(config.cluster.clone(), client.ns.path()))
+            }
+            Engine::Nftpol => None,
+        };
         let mut bed = Testbed {
             daemon: None,
+            process: None,
+            engine,
+            api,
             responder,
             pods,
             listening: HashSet::new(),
@@ -227,6 +273,33 @@ impl Testbed {
     /// [`NODE_NAME`] on the pods that live here), starts the daemon if needed, and waits until
     /// it reports the folder's fingerprint.
     pub fn apply_objects(&mut self, objects: &[Value]) -> Result<Status> {
+        if let Engine::Api(config) = self.engine.clone() {
+            let loaded = nftpol::source::manifest::load_values("testbed", objects.iter().cloned())
+                .context("loading the testbed's objects")?;
+            self.listen_on_container_ports(&loaded.state)?;
+            let Some(api) = self.api.as_mut() else {
+                bail!("an API engine without its API state");
+            };
+            api.write(objects)?;
+            if self.process.is_none() {
+                self.process = Some(kube::Process::start(
+                    &config,
+                    api,
+                    &self.topology.node,
+                    NODE_NAME,
+                    self.work.path(),
+                )?);
+            }
+            let Some(process) = self.process.as_mut() else {
+                bail!("the enforcer is not running");
+            };
+            api.wait(process, self.apply_timeout)?;
+            let generation = api.generation();
+            return Ok(Status {
+                generation,
+                fingerprint: format!("canary-{generation}"),
+            });
+        }
         manifests::sync_dir(&self.manifests_dir, objects)?;
         let dirs = [self.manifests_dir.clone()];
         // Check the input here: a daemon that cannot load it would only time out.
@@ -256,6 +329,70 @@ impl Testbed {
             Some(d) => d.wait_for_fingerprint(&fingerprint, timeout),
             None => bail!("the daemon is not running"),
         }
+    }
+
+    /// The engine this testbed enforces with.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The pid of the running enforcer, if any.
+    pub fn enforcer_pid(&self) -> Option<u32> {
+        match (&self.daemon, &self.process) {
+            (Some(d), _) => Some(d.pid()),
+            (_, Some(p)) => Some(p.pid()),
+            _ => None,
+        }
+    }
+
+    /// Stops the enforcer; an API engine's objects stay in the API server, so that
+    /// [`Testbed::start_engine`] measures a start on a populated cluster.
+    pub fn stop_engine(&mut self) {
+        self.daemon = None;
+        if let Some(p) = self.process.take() {
+            p.stop(&self.topology.node);
+        }
+    }
+
+    /// Switches an API testbed to another enforcer (stopping the running one). It starts at the
+    /// next [`Testbed::apply_objects`] or [`Testbed::start_engine`].
+    pub fn set_engine(&mut self, config: kube::Config) -> Result<()> {
+        if !matches!(self.engine, Engine::Api(_)) {
+            bail!("only a testbed built with an API engine can switch engines");
+        }
+        self.stop_engine();
+        self.engine = Engine::Api(Box::new(config));
+        Ok(())
+    }
+
+    /// Starts the API engine on what the API server already holds and waits until it
+    /// enforces the last generation written; returns how long that took from its start.
+    pub fn start_engine(&mut self) -> Result<Duration> {
+        let Engine::Api(config) = &self.engine else {
+            bail!("start_engine needs an API engine");
+        };
+        let config = config.clone();
+        self.stop_engine();
+        let Some(api) = self.api.as_mut() else {
+            bail!("an API engine without its API state");
+        };
+        let mut p = kube::Process::start(
+            &config,
+            api,
+            &self.topology.node,
+            NODE_NAME,
+            self.work.path(),
+        )?;
+        api.wait(&mut p, self.apply_timeout)?;
+        let took = p.started.elapsed();
+        self.process = Some(p);
+        Ok(took)
+    }
+
+    /// The API state of an API testbed (to write objects and wait for them separately).
+    pub fn api(&mut self) -> Option<(&mut kube::Api, Option<&mut kube::Process>)> {
+        let p = self.process.as_mut();
+        self.api.as_mut().map(|a| (a, p))
     }
 
     /// Probes every ordered pair of pods (a pod to itself included) on `port`/`protocol`, all
@@ -314,5 +451,16 @@ impl Testbed {
             pods: self.pods.iter().map(|p| p.key.to_string()).collect(),
             allowed,
         })
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        self.stop_engine();
+        if let Some(api) = self.api.as_mut()
+            && let Err(e) = api.delete_all(Duration::from_secs(60))
+        {
+            tracing::warn!("deleting the testbed's objects from the API server: {e:#}");
+        }
     }
 }

@@ -18,6 +18,7 @@ pub mod cleanup;
 pub mod daemon;
 pub mod echo;
 pub mod engine;
+pub mod kube;
 pub mod listen;
 pub mod manifests;
 pub mod netns;
@@ -25,6 +26,6 @@ pub mod probe;
 pub mod sctp;
 pub mod topology;
 
-pub use engine::{NODE_NAME, Testbed};
+pub use engine::{Engine, NODE_NAME, Testbed};
 pub use probe::{Matrix, Mismatch, cell, diff_off_diagonal};
 pub use topology::Mode;

@@ -4,6 +4,10 @@
 //! address on one testbed node, runs the real `nftpol run` in the node namespace, waits until it
 //! enforces the manifests, then tries a new connection for every ordered pair of pods and prints
 //! the result in `nftpol simulate`'s JSON schema (or as a table). Needs root.
+//!
+//! `--engine nftpol-api` or `--engine kube-network-policies` (with `--kube-state`, a cluster of
+//! `hack/kube/up.sh`) writes the manifests to a real API server instead and runs `nftpol daemon`
+//! or kube-network-policies (`--knp`, from `hack/compare/build.sh`) in the node namespace.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use nftpol::policy::model::Protocol;
-use nftpol_testbed::{self as testbed, Mode, Testbed};
+use nftpol_testbed::kube::Enforcer;
+use nftpol_testbed::{self as testbed, Engine, Mode, Testbed};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +42,16 @@ enum Command {
 enum Output {
     Json,
     Table,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EngineArg {
+    /// `nftpol run` on a folder of the manifests.
+    Nftpol,
+    /// `nftpol daemon` reading a real API server (needs --kube-state).
+    NftpolApi,
+    /// kube-network-policies reading a real API server (needs --kube-state and --knp).
+    KubeNetworkPolicies,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -65,6 +80,16 @@ struct ProbeArgs {
     /// The nftpol binary (default: next to this one).
     #[arg(long, env = testbed::daemon::BIN_ENV)]
     nftpol: Option<PathBuf>,
+    /// What enforces: nftpol on a folder, or an enforcer that reads the API server of
+    /// --kube-state, where the testbed writes the manifests (Namespaces, Pods, NetworkPolicies).
+    #[arg(long, value_enum, default_value = "nftpol")]
+    engine: EngineArg,
+    /// State folder of a cluster made by hack/kube/up.sh (API engines).
+    #[arg(long, env = "NFTPOL_KUBE_STATE")]
+    kube_state: Option<PathBuf>,
+    /// The kube-network-policies binary (hack/compare/build.sh prints its path).
+    #[arg(long, env = "NFTPOL_KNP_BIN")]
+    knp: Option<PathBuf>,
     /// Write the daemon's final /metrics scrape (OpenMetrics text) to this file.
     #[arg(long)]
     metrics_out: Option<PathBuf>,
@@ -95,9 +120,38 @@ fn probe(args: ProbeArgs) -> Result<()> {
         Some(b) => b,
         None => testbed::daemon::find_binary()?,
     };
+    let engine = match args.engine {
+        EngineArg::Nftpol => Engine::Nftpol,
+        api => {
+            let dir = args
+                .kube_state
+                .clone()
+                .context("--engine nftpol-api and kube-network-policies need --kube-state")?;
+            let cluster = testbed::kube::Cluster::from_state(&dir)?;
+            let (enforcer, binary, extra) = if api == EngineArg::KubeNetworkPolicies {
+                let knp = args.knp.clone().context(
+                    "--engine kube-network-policies needs --knp (hack/compare/build.sh prints it)",
+                )?;
+                (Enforcer::KubeNetworkPolicies, knp, vec![])
+            } else {
+                let metrics = vec!["--metrics-addr".into(), format!("127.0.0.1:{METRICS_PORT}")];
+                (Enforcer::Nftpol, bin.clone(), metrics)
+            };
+            Engine::Api(Box::new(testbed::kube::Config {
+                enforcer,
+                binary,
+                cluster,
+                args: extra,
+            }))
+        }
+    };
     // `cargo run --bin nftpol-testbed` does not rebuild `nftpol`: say which one enforces.
-    eprintln!("nftpol-testbed: enforcing with {}", bin.display());
-    let mut bed = Testbed::new(mode, &state)?;
+    let shown = match &engine {
+        Engine::Api(c) => c.binary.clone(),
+        Engine::Nftpol => bin.clone(),
+    };
+    eprintln!("nftpol-testbed: enforcing with {}", shown.display());
+    let mut bed = Testbed::with_engine(mode, &state, engine)?;
     bed.set_binary(bin);
     bed.set_daemon_args(vec![
         "--metrics-addr".into(),
@@ -119,7 +173,11 @@ fn probe(args: ProbeArgs) -> Result<()> {
         Output::Table => print!("{}", matrix.to_table()),
     }
     if let Some(path) = args.metrics_out {
-        let (code, body) = bed.http_get(METRICS_PORT, "/metrics")?;
+        let port = match args.engine {
+            EngineArg::KubeNetworkPolicies => 9080,
+            _ => METRICS_PORT,
+        };
+        let (code, body) = bed.http_get(port, "/metrics")?;
         if code != 200 {
             anyhow::bail!("GET /metrics answered {code}: {body}");
         }
