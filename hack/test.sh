@@ -6,7 +6,9 @@
 # and etcd from the Go module proxy through hack/cluster/build.sh and caches them), then a
 # subset of the upstream Netpol suite on a real kubelet cluster with nftpol installed from the
 # manifests (hack/cluster/ci.sh; its first run also builds e2e.test, containerd, runc and the
-# CNI plugins).
+# CNI plugins), then the short side-by-side run with kube-network-policies (hack/compare/run.sh
+# --short: in a QEMU VM with Debian's kernel when this one lacks nft_queue; its first run builds
+# kube-network-policies and fetches that kernel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,3 +26,4 @@ python3 hack/doc-check.py --bin "$tools" --nftpol "$bins/nftpol" --testbed "$bin
 cargo test --no-fail-fast
 bash hack/e2e.sh
 bash hack/cluster/ci.sh
+bash hack/compare/run.sh --short
