@@ -19,6 +19,7 @@
 //! (hack/compare/build.sh) and a kernel with nft_queue; `hack/compare/run.sh` sets all that up.
 //! Prints figures; asserts nothing about time.
 
+mod connrate;
 #[path = "../tests/corpus/mod.rs"]
 mod corpus;
 
@@ -280,7 +281,6 @@ fn main() {
 mod figures {
     use std::collections::BTreeMap;
     use std::fmt::Write as _;
-    use std::io::Read as _;
     use std::net::{SocketAddr, TcpListener, TcpStream};
 
     use futures::{StreamExt, stream};
@@ -292,10 +292,9 @@ mod figures {
 
     use super::*;
 
-    const CLIENT_IP: &str = "10.244.1.2";
-    const SERVER_IP: &str = "10.244.1.3";
+    use super::connrate::{CLIENT_IP, PORT, SERVER_IP, pod_ns as ns_of, rate_for};
+
     const NEWPOD_IP: &str = "10.244.1.4";
-    const PORT: u16 = 8080;
     /// The ports the policy-change figure moves the allowed port between.
     const CHANGE_PORTS: [u16; 4] = [9001, 9002, 9003, 9004];
 
@@ -427,35 +426,6 @@ mod figures {
             })
         }));
         out
-    }
-
-    fn ns_of<'a>(bed: &'a Testbed, name: &str) -> &'a nftpol_testbed::netns::Netns {
-        &bed.topology()
-            .pods
-            .iter()
-            .find(|p| p.key == ObjectKey::new("bench", name))
-            .expect("pod on the testbed")
-            .ns
-    }
-
-    /// New connections per second from the client to the server over `run` (connect, wait for
-    /// the server's FIN, close), as benches/connrate does.
-    fn rate(bed: &Testbed, run: Duration) -> Result<f64> {
-        let dst: SocketAddr = format!("{SERVER_IP}:{PORT}").parse()?;
-        ns_of(bed, "client").run(move || {
-            let start = Instant::now();
-            let mut ok = 0u64;
-            let mut buf = [0u8; 1];
-            while start.elapsed() < run {
-                if let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-                    if matches!(s.read(&mut buf), Ok(0)) {
-                        ok += 1;
-                    }
-                }
-            }
-            ok as f64 / start.elapsed().as_secs_f64()
-        })
     }
 
     /// Polls new connections from `from` to the server's `port` (20 ms each) until one gets
@@ -674,7 +644,7 @@ mod figures {
                         started.elapsed().as_secs_f64()
                     );
                     switch(&mut bed, engine, &objects)?;
-                    let r = rate(&bed, o.run)?;
+                    let r = rate_for(&bed, o.run);
                     table.add(
                         k,
                         &format!("new TCP connections/s, server selected by {n} policies"),

@@ -38,13 +38,18 @@ pub fn serve(bed: &Testbed) -> anyhow::Result<()> {
 /// New connections per second from the client to the server over `RUN` (connect, then wait
 /// for the server's FIN, then close).
 pub fn rate(bed: &Testbed) -> f64 {
+    rate_for(bed, RUN)
+}
+
+/// [`rate`] over `run`.
+pub fn rate_for(bed: &Testbed, run: Duration) -> f64 {
     let dst: SocketAddr = format!("{SERVER_IP}:{PORT}").parse().expect("addr");
     pod_ns(bed, "client")
         .run(move || {
             let start = Instant::now();
             let mut ok = 0u64;
             let mut buf = [0u8; 1];
-            while start.elapsed() < RUN {
+            while start.elapsed() < run {
                 if let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) {
                     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
                     if matches!(s.read(&mut buf), Ok(0)) {

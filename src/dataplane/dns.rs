@@ -324,22 +324,19 @@ mod tests {
         )
     }
 
+    /// The rules of the (only) pod chain, as nft lists them.
+    fn first_chain(rs: &Ruleset) -> Vec<String> {
+        let pod = rs.pods.values().next().expect("a pod chain");
+        pod.chain.rules.iter().map(rule_text).collect()
+    }
+
     #[test]
     fn learned_rules_sit_at_the_rule_position_and_the_hold_needs_a_queue() {
         let p = plan(json!([
             {"action": "Accept", "to": [{"domainNames": ["a.example"]}, {"networks": ["192.0.2.0/24"]}]},
             {"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}]));
         let rs = Ruleset::build(&p, Options::default());
-        let chain: Vec<String> = rs
-            .pods
-            .values()
-            .next()
-            .unwrap()
-            .chain
-            .rules
-            .iter()
-            .map(rule_text)
-            .collect();
+        let chain = first_chain(&rs);
         // The learned addresses first (the rule is the tier's first: no guard), then the
         // tier's decision maps with the static peers of both rules.
         assert_eq!(chain[0], "ip daddr @d4/c/d/e0 return");
@@ -394,16 +391,7 @@ mod tests {
             {"action": "Pass", "to": [{"networks": ["203.0.113.7/32"]}]},
             {"action": "Accept", "to": [{"domainNames": ["*.example.com"]}]}]));
         let rs = Ruleset::build(&p, Options::default());
-        let chain: Vec<String> = rs
-            .pods
-            .values()
-            .next()
-            .unwrap()
-            .chain
-            .rules
-            .iter()
-            .map(rule_text)
-            .collect();
+        let chain = first_chain(&rs);
         let guard = chain[0].clone();
         assert!(
             guard.starts_with("ip daddr . meta l4proto . th dport != @cbe4gt/")
