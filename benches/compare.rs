@@ -800,10 +800,14 @@ mod figures {
                     }
                 }
             };
-            let ratio = if cols[1].is_empty() || cols[2].is_empty() {
-                "—".to_string()
-            } else {
-                format!("{:.2}", percentile(&cols[1], p) / percentile(&cols[2], p))
+            // No ratio without both engines, nor of a figure that is zero for the second (an
+            // idle CPU too small to measure).
+            let ratio = match (
+                cols[1].is_empty() || cols[2].is_empty(),
+                percentile(&cols[2], p),
+            ) {
+                (false, d) if d > 0.0 => format!("{:.2}", percentile(&cols[1], p) / d),
+                _ => "—".to_string(),
             };
             let _ = writeln!(
                 out,
