@@ -11,31 +11,15 @@
 
 mod connrate;
 
-use nftpol_testbed::{Mode, NODE_NAME, Testbed};
+use nftpol_testbed::{Mode, Testbed};
 use serde_json::{Value, json};
 
-use connrate::{CLIENT_IP, PORT, RUN, SERVER_IP, median, rate, serve};
+use connrate::{PORT, RUN, cluster, median, rate, serve};
 
 /// More rounds than `packets`: the differences measured here are small, the machines noisy.
 const REPEATS: usize = 9;
 
 const RULES: usize = 25;
-
-fn cluster() -> Vec<Value> {
-    let pod = |name: &str, ip: &str| {
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "bench", "labels": {"app": name}},
-            "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c", "ports": [{"containerPort": 80}]}]},
-            "status": {"phase": "Running", "podIP": ip}
-        })
-    };
-    vec![
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}),
-        pod("client", CLIENT_IP),
-        pod("server", SERVER_IP),
-    ]
-}
 
 /// A NetworkPolicy allowing the client into the server on PORT, and `n` Admin
 /// ClusterNetworkPolicies selecting both pods, each with 25 ingress rules that match nobody

@@ -13,26 +13,10 @@ mod connrate;
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
-use nftpol_testbed::{Mode, NODE_NAME, Testbed};
+use nftpol_testbed::{Mode, Testbed};
 use serde_json::{Value, json};
 
-use connrate::{CLIENT_IP, PORT, REPEATS, RUN, SERVER_IP, median, rate, serve};
-
-fn cluster() -> Vec<Value> {
-    let pod = |name: &str, ip: &str| {
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "bench", "labels": {"app": name}},
-            "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c", "ports": [{"containerPort": 80}]}]},
-            "status": {"phase": "Running", "podIP": ip}
-        })
-    };
-    vec![
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}),
-        pod("client", CLIENT_IP),
-        pod("server", SERVER_IP),
-    ]
-}
+use connrate::{CLIENT_IP, PORT, REPEATS, RUN, SERVER_IP, cluster, median, rate, serve};
 
 /// The CIDR policy `i` allows (none of them holds the client).
 fn cidr(i: usize) -> String {

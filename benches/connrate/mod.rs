@@ -9,13 +9,31 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use nftpol::policy::model::ObjectKey;
-use nftpol_testbed::Testbed;
+use nftpol_testbed::{NODE_NAME, Testbed};
+use serde_json::{Value, json};
 
 pub const CLIENT_IP: &str = "10.244.1.2";
 pub const SERVER_IP: &str = "10.244.1.3";
 pub const PORT: u16 = 8080;
 pub const RUN: Duration = Duration::from_millis(1000);
 pub const REPEATS: usize = 5;
+
+/// Namespace `bench` with the client and server pods (the server declares port 80).
+pub fn cluster() -> Vec<Value> {
+    let pod = |name: &str, ip: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "bench", "labels": {"app": name}},
+            "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c", "ports": [{"containerPort": 80}]}]},
+            "status": {"phase": "Running", "podIP": ip}
+        })
+    };
+    vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}),
+        pod("client", CLIENT_IP),
+        pod("server", SERVER_IP),
+    ]
+}
 
 /// The network namespace of pod `bench/NAME` on the testbed.
 pub fn pod_ns<'a>(bed: &'a Testbed, name: &str) -> &'a nftpol_testbed::netns::Netns {

@@ -876,12 +876,20 @@ impl ClusterObjects<'_> {
                 continue;
             }
             let guard = (j > 0).then(|| {
-                let claimed = decide::claimed(&rules[..j]);
                 let name = |f: Family, k: char| {
                     let (t, d) = tier_direction_letters(tier, direction);
                     format!("c{t}{d}{}g{k}/{list:016x}.{j}", f.digit())
                 };
-                for family in [Family::V4, Family::V6] {
+                // Once per list: every pod that shares it shares the guard sets.
+                let claimed = if self.sets.contains_key(&name(Family::V4, 't')) {
+                    None
+                } else {
+                    Some(decide::claimed(&rules[..j]))
+                };
+                for (family, claimed) in claimed
+                    .iter()
+                    .flat_map(|c| [(Family::V4, c), (Family::V6, c)])
+                {
                     let mut tuples = Vec::new();
                     for (protocol, lo, hi, addrs) in &claimed.ports {
                         tuples.extend(ranges(addrs, family).map(|addrs| Element::Tuple {
@@ -895,12 +903,15 @@ impl ClusterObjects<'_> {
                         (SetKind::Addr, 'o', addr_elements(&claimed.other, family)),
                     ] {
                         let n = name(family, k);
-                        self.sets.entry(n.clone()).or_insert(NamedSet {
-                            name: n,
-                            family,
-                            kind,
-                            elements,
-                        });
+                        self.sets.insert(
+                            n.clone(),
+                            NamedSet {
+                                name: n,
+                                family,
+                                kind,
+                                elements,
+                            },
+                        );
                     }
                 }
                 move |f: Family| Guard {
