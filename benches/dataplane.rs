@@ -62,12 +62,12 @@ fn synthetic_500x10() -> Ruleset {
                     (i / 250) as u8,
                     (i % 250) as u8 + 1,
                 ))],
-                ingress: Some(Isolation {
+                ingress: Some(std::sync::Arc::new(Isolation {
                     policies: vec![],
                     rules: vec![],
                     allowed: b.finish(),
                     log_allowed: false,
-                }),
+                })),
                 egress: None,
                 audit: false,
                 cluster_ingress: Default::default(),
@@ -148,9 +148,9 @@ fn main() {
 
         let mut with = rs.clone();
         let set = with
-            .pods
+            .shared_sets
             .values_mut()
-            .flat_map(|p| p.sets.iter_mut())
+            .chain(with.pods.values_mut().flat_map(|p| p.sets.iter_mut()))
             .find(|s| s.kind == SetKind::AddrProtoPort)
             .expect("a port set");
         set.elements.push(Element::Tuple {

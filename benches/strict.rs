@@ -52,7 +52,7 @@ fn plan() -> NodePlan {
             let e = Endpoint {
                 pod: key.clone(),
                 ips: vec![pod_ip(i)],
-                ingress: Some(iso),
+                ingress: Some(std::sync::Arc::new(iso)),
                 egress: None,
                 audit: false,
                 cluster_ingress: Default::default(),

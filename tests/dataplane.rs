@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use nftpol::dataplane::ruleset::{AddrRange, Element};
+use nftpol::dataplane::ruleset::{AddrRange, Element, Family, Rule as NftRule};
 use nftpol::dataplane::{Dataplane, DataplaneError, Options, Ruleset, render};
 use nftpol::policy::compile::{Endpoint, Isolation, NodePlan, Scope, compile};
 use nftpol::policy::index::ClusterIndex;
@@ -32,13 +32,22 @@ fn nets(list: &[&str]) -> AddrSet {
     AddrSet::from_nets(nets.iter())
 }
 
-fn iso(allowed: Allowed) -> Isolation {
-    Isolation {
+fn iso_of(ns: &str, policy: &str, allowed: Allowed) -> std::sync::Arc<Isolation> {
+    std::sync::Arc::new(Isolation {
+        policies: vec![ObjectKey::new(ns, policy)],
+        rules: vec![],
+        allowed,
+        log_allowed: false,
+    })
+}
+
+fn iso(allowed: Allowed) -> std::sync::Arc<Isolation> {
+    std::sync::Arc::new(Isolation {
         policies: vec![ObjectKey::new("default", "p")],
         rules: vec![],
         allowed,
         log_allowed: false,
-    }
+    })
 }
 
 fn endpoint(
@@ -51,12 +60,31 @@ fn endpoint(
     Endpoint {
         pod: ObjectKey::new(ns, name),
         ips: ips.iter().map(|s| ip(s)).collect(),
-        ingress: ingress.map(iso),
-        egress: egress.map(iso),
+        // A policy per pod: each has sets of its own, as pods of different apps do.
+        ingress: ingress.map(|a| iso_of(ns, name, a)),
+        egress: egress.map(|a| iso_of(ns, name, a)),
         audit: false,
         cluster_ingress: Default::default(),
         cluster_egress: Default::default(),
     }
+}
+
+/// The `addr . proto . port` set a pod chain (`ing/<ns>/<pod>`) looks up for IPv4: shared by
+/// the pods its policies isolate, so named after them.
+fn tuple_set(rs: &Ruleset, chain: &str) -> String {
+    rs.pods[chain]
+        .chain
+        .rules
+        .iter()
+        .find_map(|r| match r {
+            NftRule::TupleReturn {
+                set,
+                family: Family::V4,
+                ..
+            } => Some(set.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{chain} looks up no IPv4 tuple set"))
 }
 
 fn plan(endpoints: Vec<Endpoint>) -> NodePlan {
@@ -122,7 +150,7 @@ fn plan_v4() -> NodePlan {
             .into_iter()
             .flatten()
         {
-            iso.log_allowed = true;
+            std::sync::Arc::make_mut(iso).log_allowed = true;
         }
     }
     p
@@ -329,7 +357,7 @@ fn log_allowed(mut plan: NodePlan) -> NodePlan {
             .into_iter()
             .flatten()
         {
-            iso.log_allowed = true;
+            std::sync::Arc::make_mut(iso).log_allowed = true;
         }
     }
     plan
@@ -553,9 +581,10 @@ fn render_equals_kernel_listing() {
         match name {
             "v4" => assert!(!rendered.contains(" log "), "no NFLOG group, no logs"),
             "v4-logs" => {
-                assert!(rendered.contains(
-                    r#"@egr4/prod/web log prefix "nftpol allow egress" group 100 return"#
-                ));
+                assert!(rendered.contains(&format!(
+                    r#"@{} log prefix "nftpol allow egress" group 100 return"#,
+                    tuple_set(&rs, "egr/prod/web")
+                )));
                 assert!(rendered.contains(
                     r#"limit rate 10/second burst 20 packets log prefix "nftpol drop ingress" group 100"#
                 ));
@@ -605,12 +634,8 @@ fn replace_is_idempotent_and_checks_clean() {
 
 /// Two tuples whose address ranges overlap on the same protocol and port: pipapo rejects it.
 fn with_overlap(mut rs: Ruleset) -> Ruleset {
-    let pod = rs.pods.get_mut("ing/prod/api").expect("pod chain");
-    let set = pod
-        .sets
-        .iter_mut()
-        .find(|s| s.name == "ing4/prod/api")
-        .expect("set");
+    let name = tuple_set(&rs, "ing/prod/api");
+    let set = rs.shared_sets.get_mut(&name).expect("set");
     set.elements.push(Element::Tuple {
         addrs: AddrRange {
             lo: ip("10.1.1.1"),
@@ -652,13 +677,17 @@ fn rejected_batch_changes_nothing_and_names_the_object() {
         render(&good),
         "previous ruleset must stay in force"
     );
+    let overlap = format!(
+        "set {} element 10.1.1.1 . tcp . 80",
+        tuple_set(&good, "ing/prod/api")
+    );
     for (e, want) in [
-        (&e1, "set ing4/prod/api element 10.1.1.1 . tcp . 80"),
+        (&e1, overlap.as_str()),
         (
             &e2,
             "map ingress_v4 element 10.244.9.9 : jump ing/no/such-chain",
         ),
-        (&e3, "set ing4/prod/api element 10.1.1.1 . tcp . 80"),
+        (&e3, overlap.as_str()),
     ] {
         eprintln!("rejected as expected: {e}");
         assert!(matches!(e, DataplaneError::Rejected(_)), "{e}");
@@ -704,6 +733,7 @@ fn drift_is_detected_and_repaired() {
     // (`accept` for `return`), a lookup inverted (`!=`). Only a structural comparison of the
     // expressions' attributes sees these.
     let api = &rs.pods["ing/prod/api"].chain;
+    let api_set = tuple_set(&rs, "ing/prod/api");
     let rewritten = |change: &dyn Fn(String) -> String| {
         let mut cmd = "flush chain inet nftpol ing/prod/api".to_string();
         for (i, rule) in api.rules.iter().enumerate() {
@@ -727,7 +757,7 @@ fn drift_is_detected_and_repaired() {
             "element",
             "inet",
             "nftpol",
-            "ing4/prod/api",
+            &api_set,
             "{ 10.2.3.4 . tcp . 8000-8100 }",
         ],
         vec![
@@ -902,15 +932,8 @@ fn large_plan_loads_in_one_transaction() {
         let replace = dp.apply_full(&rs2).unwrap();
         assert_eq!(dp.check_drift().unwrap(), None);
         let mut next = rs2.clone();
-        let set = next
-            .pods
-            .values_mut()
-            .next()
-            .unwrap()
-            .sets
-            .iter_mut()
-            .find(|s| !s.name.contains("any"))
-            .unwrap();
+        let first = tuple_set(&next, "ing/bulk/pod-0");
+        let set = next.shared_sets.get_mut(&first).unwrap();
         set.elements.push(Element::Tuple {
             addrs: AddrRange {
                 lo: ip("172.16.0.1"),
@@ -1023,6 +1046,7 @@ fn apply_recovers_from_a_stale_diff_with_a_full_replace() {
     let a = Ruleset::build(&plan_with_peers(600), Options::default());
     let b = Ruleset::build(&plan_with_peers(599), Options::default());
     let (a2, b2) = (a.clone(), b.clone());
+    let server_set = tuple_set(&a, "ing/x/server");
     let (kind, failures) = ns.run(move || {
         let mut dp = Dataplane::new().unwrap();
         dp.apply(&a2).unwrap();
@@ -1034,7 +1058,7 @@ fn apply_recovers_from_a_stale_diff_with_a_full_replace() {
                 "element",
                 "inet",
                 "nftpol",
-                "ing4/x/server",
+                &server_set,
                 "{ 10.9.2.100 . tcp . 80 }",
             ],
         );

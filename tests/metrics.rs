@@ -256,12 +256,22 @@ fn rejected_transaction_is_counted() {
     let transactions = value(&text, "nftpol_nft_transactions");
     assert_eq!(value(&text, "nftpol_nft_errors"), 0.0);
 
-    bed.node()
+    // The server's tuple set, shared by the pods its policies isolate: named after them.
+    let chain = bed
+        .node()
         .exec(
             "nft",
-            &["flush", "set", "inet", "nftpol", "ing4/x/server"],
+            &["list", "chain", "inet", "nftpol", "ing/x/server"],
             None,
         )
+        .expect("nft list chain");
+    let set = chain
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("@ing4/"))
+        .map(|rest| format!("ing4/{rest}"))
+        .unwrap_or_else(|| panic!("no tuple set in {chain}"));
+    bed.node()
+        .exec("nft", &["flush", "set", "inet", "nftpol", &set], None)
         .expect("nft flush set");
     let mut objects = cluster();
     let mut changed = policies();

@@ -4,12 +4,15 @@
 //! address. Plus property tests of the interval normal form the dataplane relies on.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use nftpol::cli::simulate::Matrix;
+use nftpol::dataplane::ruleset::Rule;
+use nftpol::dataplane::{Options, Ruleset};
 use nftpol::policy::compile::{NodePlan, Scope, compile};
 use nftpol::policy::index::ClusterIndex;
 use nftpol::policy::intervals::{AddrSet, AllowedBuilder, Ranges};
-use nftpol::policy::model::{Protocol, SkipReason};
+use nftpol::policy::model::{ObjectKey, Protocol, SkipReason};
 use nftpol::policy::verdict::judge;
 use nftpol::source::manifest;
 use proptest::prelude::*;
@@ -555,4 +558,65 @@ proptest! {
             prop_assert_eq!(allowed.allows(a, proto(pi), port), want);
         }
     }
+}
+
+/// Pods that the same policies isolate share one isolation in the plan and one pair of sets in
+/// the ruleset; one whose ingress named port resolves to another number gets its own sets.
+#[test]
+fn replicas_share_their_isolation_and_sets_unless_a_named_port_differs() {
+    let replica = |name: &str, ip: &str, port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: web}}}}\n\
+             spec: {{nodeName: n1, containers: [{{name: c, ports: [{{name: http, containerPort: {port}}}]}}]}}\n\
+             status: {{podIP: {ip}}}\n---\n"
+        )
+    };
+    let yaml = format!(
+        "{}{}{}{}",
+        replica("w0", "10.0.0.1", 8080),
+        replica("w1", "10.0.0.2", 8080),
+        replica("w2", "10.0.0.3", 9090),
+        r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{ports: [{port: http}]}]
+"#
+    );
+    let (_, p) = plan(&yaml);
+    let iso = |pod: &str| {
+        p.endpoints[&ObjectKey::new("x", pod)]
+            .ingress
+            .clone()
+            .expect("isolated")
+    };
+    assert!(
+        Arc::ptr_eq(&iso("w0"), &iso("w1")),
+        "one copy for equal isolations"
+    );
+    assert!(!Arc::ptr_eq(&iso("w0"), &iso("w2")));
+    let rs = Ruleset::build(&p, Options::default());
+    let used = |pod: &str| -> Vec<String> {
+        rs.pods[&format!("ing/x/{pod}")]
+            .chain
+            .rules
+            .iter()
+            .filter_map(|r| match r {
+                Rule::AddrReturn { set, .. } | Rule::TupleReturn { set, .. } => Some(set.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(used("w0"), used("w1"));
+    assert!(used("w0").iter().all(|s| rs.shared_sets.contains_key(s)));
+    assert!(
+        used("w2").iter().all(|s| s.ends_with("/x/w2")),
+        "{:?}",
+        used("w2")
+    );
+    // Each still enforces its own port.
+    assert!(allowed(&p, "x/w2", "x/w0", 8080, Protocol::Tcp));
+    assert!(!allowed(&p, "x/w0", "x/w2", 8080, Protocol::Tcp));
+    assert!(allowed(&p, "x/w0", "x/w2", 9090, Protocol::Tcp));
 }

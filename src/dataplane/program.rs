@@ -756,7 +756,7 @@ fn add_contents(tx: &mut Tx, ruleset: &Ruleset) -> Result<(), BadName> {
     for set in &ruleset.node_sets {
         tx.add_set(set)?;
     }
-    for set in ruleset.cluster_sets.values() {
+    for set in ruleset.shared_sets.values() {
         tx.add_set_object(set)?;
     }
     for set in ruleset.domains.sets.values() {
@@ -771,7 +771,7 @@ fn add_contents(tx: &mut Tx, ruleset: &Ruleset) -> Result<(), BadName> {
     for chain in ruleset.cluster_chains.values() {
         tx.add_chain(chain)?;
     }
-    for set in ruleset.cluster_sets.values() {
+    for set in ruleset.shared_sets.values() {
         tx.add_set_elements(set)?;
     }
     for pod in ruleset.pods.values() {
@@ -792,18 +792,25 @@ fn add_contents(tx: &mut Tx, ruleset: &Ruleset) -> Result<(), BadName> {
 /// and deleting a whole set almost nothing.
 const DELETE_COST: usize = 64;
 
-/// Whether replacing a pod direction's sets outright is cheaper than deleting the elements
-/// that left them.
-fn cheaper_to_rebuild(old: &PodDirection, new: &PodDirection) -> bool {
+/// Whether replacing sets outright is cheaper than deleting the elements that left them.
+fn cheaper_to_rebuild<'a>(pairs: impl IntoIterator<Item = (&'a NamedSet, &'a NamedSet)>) -> bool {
     let mut deletes = 0;
     let mut total = 0;
-    for (os, ns) in old.sets.iter().zip(&new.sets) {
+    for (os, ns) in pairs {
         total += ns.elements.len();
         if os.elements != ns.elements {
             deletes += element_diff(os, ns).0.len();
         }
     }
     deletes * DELETE_COST > total + DELETE_COST
+}
+
+/// Whether `rule` looks up one of the NetworkPolicy sets `sets`.
+fn uses_set(rule: &Rule, sets: &BTreeSet<&String>) -> bool {
+    match rule {
+        Rule::AddrReturn { set, .. } | Rule::TupleReturn { set, .. } => sets.contains(set),
+        _ => false,
+    }
 }
 
 /// The changes from `old` to `new` as one transaction, or `None` when the shape changed
@@ -830,37 +837,49 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
         // Learned-address sets come and go with their rules; their elements are the DNS
         // reader's and never diffed.
         || !old.domains.sets.keys().eq(new.domains.sets.keys())
-        || old.cluster_sets.iter().any(|(name, a)| {
-            new.cluster_sets
+        || old.shared_sets.iter().any(|(name, a)| {
+            new.shared_sets
                 .get(name)
                 .is_some_and(|b| a.family != b.family || a.kind != b.kind)
         })
     {
         return Ok(None);
     }
-    for (name, o) in &old.pods {
-        if let Some(n) = new.pods.get(name) {
-            let same_sets = o.sets.len() == n.sets.len()
-                && o.sets
-                    .iter()
-                    .zip(&n.sets)
-                    .all(|(a, b)| a.name == b.name && a.family == b.family && a.kind == b.kind);
-            if !same_sets {
-                return Ok(None);
-            }
-        }
-    }
+    let same_sets = |o: &PodDirection, n: &PodDirection| {
+        o.sets.len() == n.sets.len()
+            && o.sets
+                .iter()
+                .zip(&n.sets)
+                .all(|(a, b)| a.name == b.name && a.family == b.family && a.kind == b.kind)
+    };
+    // Shared NetworkPolicy sets whose element deletions would cost more than re-adding them
+    // are deleted and added again whole, with the chains of every pod that uses them.
+    let rebuilt_sets: BTreeSet<&String> = old
+        .shared_sets
+        .iter()
+        .filter(|(name, os)| {
+            matches!(os.kind, SetKind::Addr | SetKind::AddrProtoPort)
+                && new
+                    .shared_sets
+                    .get(*name)
+                    .is_some_and(|ns| cheaper_to_rebuild([(*os, ns)]))
+        })
+        .map(|(name, _)| name)
+        .collect();
     // Pod directions whose element deletions would cost more than re-adding their sets are
     // taken out (map entries, chain, sets) and put back, in the same transaction.
     let rebuilt: BTreeSet<&String> = new
         .pods
         .iter()
         .filter(|(name, n)| {
-            // A chain whose rules changed (audit mode switched, logging asked for) is rebuilt
-            // whole: its rules have no stable handles to replace them by.
-            old.pods
-                .get(*name)
-                .is_some_and(|o| o.chain != n.chain || cheaper_to_rebuild(o, n))
+            // A chain whose rules changed (audit mode switched, logging asked for, other
+            // policies) is rebuilt whole: its rules have no stable handles to replace them by.
+            old.pods.get(*name).is_some_and(|o| {
+                o.chain != n.chain
+                    || !same_sets(o, n)
+                    || cheaper_to_rebuild(o.sets.iter().zip(&n.sets))
+                    || n.chain.rules.iter().any(|r| uses_set(r, &rebuilt_sets))
+            })
         })
         .map(|(name, _)| name)
         .collect();
@@ -890,23 +909,24 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             }
         }
     }
-    // Decision maps no pod chain uses any more (their chains are gone by now).
-    for (name, set) in &old.cluster_sets {
-        if !new.cluster_sets.contains_key(name) {
+    // Shared sets no pod chain uses any more, and those rebuilt (their chains are gone by now).
+    for (name, set) in &old.shared_sets {
+        if !new.shared_sets.contains_key(name) || rebuilt_sets.contains(name) {
             tx.delete_set(set)?;
         }
     }
     // 3. Changed pods, base chains' address sets and cluster policy rules' sets: element
     // deletes before adds, so a replaced interval never overlaps.
-    let kept_cluster_sets = old
-        .cluster_sets
+    let kept_shared_sets = old
+        .shared_sets
         .iter()
-        .filter_map(|(name, os)| new.cluster_sets.get(name).map(|ns| (os, ns)));
+        .filter(|(name, _)| !rebuilt_sets.contains(name))
+        .filter_map(|(name, os)| new.shared_sets.get(name).map(|ns| (os, ns)));
     for (os, ns) in old
         .node_sets
         .iter()
         .zip(&new.node_sets)
-        .chain(kept_cluster_sets)
+        .chain(kept_shared_sets)
     {
         if os.elements != ns.elements {
             let (del, add) = element_diff(os, ns);
@@ -927,9 +947,9 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
             tx.set_elements(ns, &add, ElemOp::Add)?;
         }
     }
-    // 4. New decision maps, then new (and rebuilt) pods: sets, then chains.
-    for (name, set) in &new.cluster_sets {
-        if !old.cluster_sets.contains_key(name) {
+    // 4. New (and rebuilt) shared sets, then new (and rebuilt) pods: sets, then chains.
+    for (name, set) in &new.shared_sets {
+        if !old.shared_sets.contains_key(name) || rebuilt_sets.contains(name) {
             tx.add_set(set)?;
         }
     }
@@ -1191,13 +1211,22 @@ mod tests {
         b.finish()
     }
 
-    fn iso(allowed: Allowed) -> Isolation {
-        Isolation {
+    fn iso_of(policy: &str, allowed: Allowed) -> std::sync::Arc<Isolation> {
+        std::sync::Arc::new(Isolation {
+            policies: vec![ObjectKey::new("default", policy)],
+            rules: vec![],
+            allowed,
+            log_allowed: false,
+        })
+    }
+
+    fn iso(allowed: Allowed) -> std::sync::Arc<Isolation> {
+        std::sync::Arc::new(Isolation {
             policies: vec![ObjectKey::new("default", "p")],
             rules: vec![],
             allowed,
             log_allowed: false,
-        }
+        })
     }
 
     fn pod(
@@ -1209,8 +1238,9 @@ mod tests {
         Endpoint {
             pod: ObjectKey::new("default", name),
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
-            ingress: ingress.map(iso),
-            egress: egress.map(iso),
+            // A policy per pod: each has sets of its own, as pods of different apps do.
+            ingress: ingress.map(|a| iso_of(name, a)),
+            egress: egress.map(|a| iso_of(name, a)),
             audit: false,
             cluster_ingress: Default::default(),
             cluster_egress: Default::default(),
@@ -1303,15 +1333,24 @@ mod tests {
             .unwrap()
             .chain
             .name;
+        // Its policy is its own: its sets are new shared sets.
+        let sets: Vec<&String> = new
+            .shared_sets
+            .keys()
+            .filter(|n| !old.shared_sets.contains_key(*n))
+            .collect();
+        assert_eq!(sets.len(), 2, "{sets:?}");
         let add_chain = position(&labels, |l| l == format!("add chain {chain}"));
         let add_entry = position(&labels, |l| l.ends_with(&format!(": jump {chain}")));
-        let add_set = position(&labels, |l| l.starts_with("add set ") && l.contains("new"));
-        assert!(add_set < add_chain && add_chain < add_entry);
+        for set in &sets {
+            let add_set = position(&labels, |l| l == format!("add set {set}"));
+            assert!(add_set < add_chain && add_chain < add_entry);
+        }
         // Nothing else is touched.
         assert!(
             labels
                 .iter()
-                .all(|l| l.contains("new") || l.contains(&chain[..]))
+                .all(|l| l.contains(&chain[..]) || sets.iter().any(|s| l.contains(&s[..])))
         );
     }
 
@@ -1403,13 +1442,129 @@ mod tests {
         let old = ruleset_with(base(), logs);
         let mut pods = base();
         // Logging changes the rules of the chain: it is deleted and created again.
-        pods[1].egress.as_mut().unwrap().log_allowed = true;
+        std::sync::Arc::make_mut(pods[1].egress.as_mut().unwrap()).log_allowed = true;
         let new = ruleset_with(pods, logs);
         assert_ne!(old, new);
         let labels = converge(&old, &new);
         let del_chain = position(&labels, |l| l == "delete chain egr/default/web");
         let add_chain = position(&labels, |l| l == "add chain egr/default/web");
         assert!(del_chain < add_chain);
+    }
+
+    /// `n` pods of one app: the same policy, the same allowed peers.
+    fn replicas(n: usize, peers: &[&str]) -> Vec<Endpoint> {
+        let shared = iso_of("app", allowed(&[], peers));
+        (0..n)
+            .map(|i| {
+                let mut e = pod(
+                    &format!("r{i}"),
+                    &[&format!("10.244.1.{}", i + 1)],
+                    None,
+                    None,
+                );
+                e.ingress = Some(shared.clone());
+                e
+            })
+            .collect()
+    }
+
+    fn sets_used(rs: &Ruleset, pod: &str) -> Vec<String> {
+        let chain = &rs.pods[&format!("ing/default/{pod}")].chain;
+        chain
+            .rules
+            .iter()
+            .filter_map(|r| match r {
+                Rule::AddrReturn { set, .. } | Rule::TupleReturn { set, .. } => Some(set.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pods_the_same_policies_isolate_share_their_sets() {
+        let rs = ruleset(replicas(3, &["10.9.0.0/16"]));
+        assert_eq!(rs.shared_sets.len(), 2, "{:?}", rs.shared_sets.keys());
+        assert!(rs.pods.values().all(|p| p.sets.is_empty()));
+        assert_eq!(sets_used(&rs, "r0"), sets_used(&rs, "r2"));
+        assert!(
+            sets_used(&rs, "r0")
+                .iter()
+                .all(|s| rs.shared_sets.contains_key(s))
+        );
+        assert_eq!(
+            rs.element_count(),
+            1 + 3,
+            "one copy of the peers, three map entries"
+        );
+    }
+
+    #[test]
+    fn a_pod_the_same_policies_allow_otherwise_gets_sets_of_its_own() {
+        let mut pods = replicas(2, &["10.9.0.0/16"]);
+        // As an ingress named port its containers number differently would.
+        pods[1].ingress = Some(iso_of("app", allowed(&[], &["10.8.0.0/16"])));
+        let rs = ruleset(pods);
+        assert_ne!(sets_used(&rs, "r0"), sets_used(&rs, "r1"));
+        assert_eq!(rs.pods["ing/default/r1"].sets.len(), 2);
+        for set in sets_used(&rs, "r1") {
+            assert!(set.ends_with("/default/r1"), "{set}");
+        }
+        // And both converge either way.
+        let shared = ruleset(replicas(2, &["10.9.0.0/16"]));
+        converge(&shared, &rs);
+        converge(&rs, &shared);
+    }
+
+    #[test]
+    fn diff_of_shared_sets_changes_their_elements_once() {
+        let old = ruleset(replicas(3, &["10.9.0.0/16"]));
+        let new = ruleset(replicas(3, &["10.9.0.0/16", "10.7.0.0/16"]));
+        let labels = converge(&old, &new);
+        let adds: Vec<&String> = labels
+            .iter()
+            .filter(|l| l.contains(" element 10.7.0.0/16"))
+            .collect();
+        assert_eq!(adds.len(), 1, "{labels:#?}");
+        assert!(!labels.iter().any(|l| l.contains("chain")), "{labels:#?}");
+    }
+
+    #[test]
+    fn diff_of_a_mass_change_in_shared_sets_rebuilds_them_with_their_chains() {
+        let many = |third: u8| -> Vec<String> {
+            (0..100)
+                .map(|i| format!("10.{third}.{}.0/24", 2 * i))
+                .collect()
+        };
+        let with = |nets: &[String]| {
+            let refs: Vec<&str> = nets.iter().map(String::as_str).collect();
+            ruleset(replicas(3, &refs))
+        };
+        let (old, new) = (with(&many(50)), with(&many(60)));
+        let labels = converge(&old, &new);
+        assert!(
+            !labels
+                .iter()
+                .any(|l| l.starts_with("delete set ") && l.contains(" element ")),
+            "{labels:#?}"
+        );
+        for r in ["r0", "r1", "r2"] {
+            position(&labels, |l| l == format!("delete chain ing/default/{r}"));
+        }
+    }
+
+    #[test]
+    fn diff_of_a_pod_that_other_policies_isolate_moves_it_to_their_sets() {
+        let old = ruleset(replicas(2, &["10.9.0.0/16"]));
+        let mut pods = replicas(2, &["10.9.0.0/16"]);
+        pods[1].ingress = Some(iso_of("other", allowed(&[], &["10.9.0.0/16"])));
+        let new = ruleset(pods);
+        assert_ne!(sets_used(&new, "r0"), sets_used(&new, "r1"));
+        let labels = converge(&old, &new);
+        position(&labels, |l| l == "delete chain ing/default/r1");
+        assert!(
+            !labels.iter().any(|l| l.contains("ing/default/r0")),
+            "{labels:#?}"
+        );
     }
 
     #[test]
@@ -1539,7 +1694,7 @@ mod tests {
             .into_iter()
             .flatten()
         {
-            iso.log_allowed = log;
+            std::sync::Arc::make_mut(iso).log_allowed = log;
         }
         e
     }

@@ -9,10 +9,14 @@
 //! - Per-pod chains `return` on allowed traffic instead of accepting, so that the other end's
 //!   policy is still checked (egress of the client, then ingress of the server). Only the base
 //!   chain policy (`accept`) lets traffic through.
-//! - Each per-pod chain has the same rules whatever the allowed traffic is (one any-port set and
-//!   one `addr . proto . port` set per address family the pod has), so a policy change is only
-//!   set-element adds and deletes: cheap transactions and no chain rewrites. Only the pod's
-//!   logging (`nftpol.io/log`) and audit mode change its rules.
+//! - A per-pod chain's NetworkPolicy part is one any-port set and one `addr . proto . port`
+//!   set per address family the pod has, shared by the pods that the same policies isolate
+//!   ([`shared_set_name`]; the pods of a Deployment): a node's 200 pods of one app hold one copy
+//!   of their 5,000 peers, not 200. A change in what those policies allow is only set-element
+//!   adds and deletes; a pod's rules change when its set of policies does (a label change, a
+//!   policy that starts or stops selecting it), with its logging (`nftpol.io/log`) and its
+//!   audit mode. A pod whose policies resolve differently for it alone (an ingress named port
+//!   its containers number differently) gets sets of its own.
 //! - A chain ends with a rate-limited NFLOG statement (the flow logs, `crate::observe::flowlog`), then
 //!   `counter drop`, or in audit mode `counter return`: the counter is what the metrics read.
 //! - `--default-deny-unknown`: one interval set per family, `unknown_v4`/`unknown_v6`, holds
@@ -26,9 +30,10 @@
 //! - Names are derived from `namespace/name`, stable across runs; k8s names never contain `/`
 //!   or `_`, so `/` separates and `_` marks a hashed suffix when a name would exceed 255 bytes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -457,9 +462,10 @@ pub struct Ruleset {
     /// `unknown_v6`; with `strict`, then `strict_v4` and `strict_v6` (every isolated local
     /// pod's addresses).
     pub node_sets: Vec<NamedSet>,
-    /// ClusterNetworkPolicy decision maps used on this node, by name: per tier, direction and
-    /// family, one per distinct ordered rule list, shared by every pod that list applies to.
-    pub cluster_sets: BTreeMap<String, NamedSet>,
+    /// Sets shared by pods, by name: the NetworkPolicy sets of the pods that the same policies
+    /// isolate ([`shared_set_name`]), and the ClusterNetworkPolicy decision maps, per tier,
+    /// direction and family, one per distinct ordered rule list.
+    pub shared_sets: BTreeMap<String, NamedSet>,
     /// The drop (or audit) chain of each Deny rule used on this node, by name: it logs with a
     /// prefix naming the rule, and counts.
     pub cluster_chains: BTreeMap<String, Chain>,
@@ -535,7 +541,38 @@ pub fn chain_name(pod: &ObjectKey, direction: Direction) -> String {
     format!("{}/{}", dir_prefix(direction), pod_base_name(pod))
 }
 
-/// Per-pod set names: `ing4any/<ns>/<pod>` (any port) and `ing4/<ns>/<pod>` (addr.proto.port).
+/// The NetworkPolicy set shared by the pods of `namespace` that `policies` isolate in
+/// `direction`: `ing4any/<ns>/_<hash>` (any port) and `ing4/<ns>/_<hash>` (addr.proto.port), the
+/// hash of the policies' names. Pod names never start with `_`, so these never meet
+/// [`set_name`]'s.
+pub fn shared_set_name(
+    namespace: &str,
+    policies: &[ObjectKey],
+    direction: Direction,
+    family: Family,
+    kind: SetKind,
+) -> String {
+    let any = match kind {
+        SetKind::Addr | SetKind::AddrDecide => "any",
+        SetKind::AddrProtoPort | SetKind::AddrProtoPortDecide | SetKind::Learned => "",
+    };
+    let mut identity = String::new();
+    for p in policies {
+        identity.push_str(&p.namespace);
+        identity.push('/');
+        identity.push_str(&p.name);
+        identity.push(' ');
+    }
+    format!(
+        "{}{}{any}/{namespace}/_{:016x}",
+        dir_prefix(direction),
+        family.digit(),
+        fnv1a64(identity.as_bytes())
+    )
+}
+
+/// Per-pod set names: `ing4any/<ns>/<pod>` (any port) and `ing4/<ns>/<pod>` (addr.proto.port),
+/// for a pod whose sets cannot be shared.
 pub fn set_name(pod: &ObjectKey, direction: Direction, family: Family, kind: SetKind) -> String {
     let any = match kind {
         SetKind::Addr | SetKind::AddrDecide => "any",
@@ -715,16 +752,20 @@ fn families(ips: &[IpAddr]) -> Vec<Family> {
     f
 }
 
-/// The shared objects of the ClusterNetworkPolicy rules used on the node, filled while the
-/// pod chains are built.
-struct ClusterObjects<'a> {
+/// The objects pod chains share, filled while the chains are built: NetworkPolicy sets, and
+/// the ClusterNetworkPolicy rules' maps and chains.
+struct SharedObjects<'a> {
     sets: &'a mut BTreeMap<String, NamedSet>,
+    /// The isolation each shared NetworkPolicy tuple set was made from: a pod whose policies
+    /// give the same name but other contents (ingress named ports resolve on the pod itself)
+    /// gets sets of its own.
+    np_owners: HashMap<String, Arc<Isolation>>,
     chains: &'a mut BTreeMap<String, Chain>,
     domains: &'a mut super::dns::DomainObjects,
     options: Options,
 }
 
-impl ClusterObjects<'_> {
+impl SharedObjects<'_> {
     /// The drop (or audit) chain of Deny rule `r`, created on first use.
     fn drop_chain(&mut self, r: &TierRule, direction: Direction, audit: bool) -> String {
         let base = cluster_rule_base(&r.policy, direction, r.rule);
@@ -857,7 +898,7 @@ impl ClusterObjects<'_> {
     }
 }
 
-impl ClusterObjects<'_> {
+impl SharedObjects<'_> {
     /// The rules of the list's `domainNames` rules, in order, before the tier's decision map:
     /// their addresses are learned at run time, so the map cannot hold them. Each one is
     /// guarded by what the rules before it match (sets shared per list), which the map still
@@ -959,8 +1000,9 @@ fn ranges(addrs: &AddrSet, family: Family) -> Box<dyn Iterator<Item = AddrRange>
 fn network_policy_part(
     endpoint: &Endpoint,
     direction: Direction,
-    iso: &Isolation,
+    iso: &Arc<Isolation>,
     options: Options,
+    shared: &mut SharedObjects<'_>,
     sets: &mut Vec<NamedSet>,
     rules: &mut Vec<Rule>,
 ) {
@@ -973,20 +1015,44 @@ fn network_policy_part(
         .filter(|_| iso.log_allowed)
         .map(|group| LogTo::new(LogAction::Allow, direction, group));
     for family in families(&endpoint.ips) {
-        let any = set_name(&endpoint.pod, direction, family, SetKind::Addr);
-        let tuples = set_name(&endpoint.pod, direction, family, SetKind::AddrProtoPort);
-        sets.push(NamedSet {
-            name: any.clone(),
-            family,
-            kind: SetKind::Addr,
-            elements: addr_elements(&iso.allowed.any_port, family),
-        });
-        sets.push(NamedSet {
-            name: tuples.clone(),
-            family,
-            kind: SetKind::AddrProtoPort,
-            elements: tuple_elements(&iso.allowed, family),
-        });
+        let ns = &endpoint.pod.namespace;
+        let shared_any = shared_set_name(ns, &iso.policies, direction, family, SetKind::Addr);
+        let shared_tuples =
+            shared_set_name(ns, &iso.policies, direction, family, SetKind::AddrProtoPort);
+        let new_sets = |any: &str, tuples: &str| {
+            [
+                NamedSet {
+                    name: any.to_string(),
+                    family,
+                    kind: SetKind::Addr,
+                    elements: addr_elements(&iso.allowed.any_port, family),
+                },
+                NamedSet {
+                    name: tuples.to_string(),
+                    family,
+                    kind: SetKind::AddrProtoPort,
+                    elements: tuple_elements(&iso.allowed, family),
+                },
+            ]
+        };
+        let (any, tuples) = match shared.np_owners.get(&shared_tuples) {
+            Some(owner) if Arc::ptr_eq(owner, iso) || owner.allowed == iso.allowed => {
+                (shared_any, shared_tuples)
+            }
+            Some(_) => {
+                let any = set_name(&endpoint.pod, direction, family, SetKind::Addr);
+                let tuples = set_name(&endpoint.pod, direction, family, SetKind::AddrProtoPort);
+                sets.extend(new_sets(&any, &tuples));
+                (any, tuples)
+            }
+            None => {
+                shared.np_owners.insert(shared_tuples.clone(), iso.clone());
+                for set in new_sets(&shared_any, &shared_tuples) {
+                    shared.sets.insert(set.name.clone(), set);
+                }
+                (shared_any, shared_tuples)
+            }
+        };
         rules.push(Rule::AddrReturn {
             family,
             field,
@@ -1023,15 +1089,21 @@ fn pod_direction(
     endpoint: &Endpoint,
     direction: Direction,
     options: Options,
-    cluster: &mut ClusterObjects<'_>,
+    cluster: &mut SharedObjects<'_>,
 ) -> PodDirection {
     let tiers = endpoint.cluster(direction);
     let fams = families(&endpoint.ips);
     let audit = options.audit || endpoint.audit;
     let mut rules = cluster.tier(&tiers.admin, Tier::Admin, direction, &fams, audit);
     let mut sets = Vec::new();
-    match endpoint.isolation(direction) {
-        Some(iso) => network_policy_part(endpoint, direction, iso, options, &mut sets, &mut rules),
+    let isolation = match direction {
+        Direction::Ingress => endpoint.ingress.as_ref(),
+        Direction::Egress => endpoint.egress.as_ref(),
+    };
+    match isolation {
+        Some(iso) => network_policy_part(
+            endpoint, direction, iso, options, cluster, &mut sets, &mut rules,
+        ),
         None => {
             rules.extend(cluster.tier(&tiers.baseline, Tier::Baseline, direction, &fams, audit))
         }
@@ -1154,11 +1226,12 @@ impl Ruleset {
                 );
             }
         }
-        let mut cluster_sets = BTreeMap::new();
+        let mut shared_sets = BTreeMap::new();
         let mut cluster_chains = BTreeMap::new();
         let mut domains = super::dns::DomainObjects::default();
-        let mut cluster = ClusterObjects {
-            sets: &mut cluster_sets,
+        let mut cluster = SharedObjects {
+            sets: &mut shared_sets,
+            np_owners: HashMap::new(),
             chains: &mut cluster_chains,
             domains: &mut domains,
             options,
@@ -1208,7 +1281,7 @@ impl Ruleset {
             maps: maps.into_values().collect(),
             base_chains,
             node_sets,
-            cluster_sets,
+            shared_sets,
             cluster_chains,
             domains,
         }
@@ -1234,7 +1307,7 @@ impl Ruleset {
     pub fn sets(&self) -> impl Iterator<Item = &NamedSet> {
         self.node_sets
             .iter()
-            .chain(self.cluster_sets.values())
+            .chain(self.shared_sets.values())
             .chain(self.domains.sets.values())
             .chain(self.pods.values().flat_map(|p| p.sets.iter()))
     }
@@ -1394,7 +1467,7 @@ mod tests {
                 Endpoint {
                     pod,
                     ips: vec![ip.parse().unwrap()],
-                    ingress: isolated.then_some(iso),
+                    ingress: isolated.then_some(Arc::new(iso)),
                     egress: None,
                     audit: false,
                     cluster_ingress: Default::default(),

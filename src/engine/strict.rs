@@ -253,7 +253,7 @@ mod tests {
         let endpoint = |name: &str, addr: &str, ingress: Option<Allowed>, audit: bool| Endpoint {
             pod: ObjectKey::new("default", name),
             ips: vec![ip(addr)],
-            ingress: ingress.map(iso),
+            ingress: ingress.map(|a| std::sync::Arc::new(iso(a))),
             egress: None,
             audit,
             cluster_ingress: Default::default(),

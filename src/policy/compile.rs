@@ -39,7 +39,7 @@ impl Scope {
 }
 
 /// What one rule of one policy allows for one endpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RuleAllow {
     pub policy: ObjectKey,
     /// Index of the rule in the policy's `ingress` or `egress` list.
@@ -47,8 +47,10 @@ pub struct RuleAllow {
     pub allowed: Allowed,
 }
 
-/// An isolated direction of an endpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An isolated direction of an endpoint. Endpoints with equal isolations share one
+/// ([`Interner`]): the pods of a Deployment usually do, and each can hold the addresses of
+/// thousands of peers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Isolation {
     /// The policies that select the pod for this direction, sorted.
     pub policies: Vec<ObjectKey>,
@@ -157,9 +159,9 @@ pub struct Endpoint {
     pub pod: ObjectKey,
     pub ips: Vec<IpAddr>,
     /// `None`: not isolated for ingress, everything is allowed in.
-    pub ingress: Option<Isolation>,
+    pub ingress: Option<Arc<Isolation>>,
     /// `None`: not isolated for egress, everything is allowed out.
-    pub egress: Option<Isolation>,
+    pub egress: Option<Arc<Isolation>>,
     /// The pod's namespace is in audit mode (`nftpol.io/enforcement: audit`): what its
     /// policies deny is logged and counted, and let through.
     pub audit: bool,
@@ -171,8 +173,8 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn isolation(&self, direction: Direction) -> Option<&Isolation> {
         match direction {
-            Direction::Ingress => self.ingress.as_ref(),
-            Direction::Egress => self.egress.as_ref(),
+            Direction::Ingress => self.ingress.as_deref(),
+            Direction::Egress => self.egress.as_deref(),
         }
     }
 
@@ -343,6 +345,40 @@ pub struct Compiler {
     cluster_resolved: HashMap<ClusterPolicyKey, Arc<ClusterResolved>>,
     /// Endpoints that some cluster policy selects.
     cluster_users: BTreeSet<ObjectKey>,
+    isolations: Interner,
+}
+
+/// One shared copy of each distinct [`Isolation`] in the plan. Entries only the interner still
+/// holds are dropped once the table has doubled since the last sweep.
+#[derive(Debug, Default)]
+struct Interner {
+    by_hash: HashMap<u64, Vec<Arc<Isolation>>>,
+    len: usize,
+    swept_at: usize,
+}
+
+impl Interner {
+    fn intern(&mut self, isolation: Isolation) -> Arc<Isolation> {
+        use std::hash::{BuildHasher, RandomState};
+        static HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+        let h = HASHER.get_or_init(RandomState::new).hash_one(&isolation);
+        let bucket = self.by_hash.entry(h).or_default();
+        if let Some(shared) = bucket.iter().find(|i| ***i == isolation) {
+            return shared.clone();
+        }
+        let shared = Arc::new(isolation);
+        bucket.push(shared.clone());
+        self.len += 1;
+        if self.len > 2 * self.swept_at + 64 {
+            self.by_hash.retain(|_, b| {
+                b.retain(|i| Arc::strong_count(i) > 1 || Arc::ptr_eq(i, &shared));
+                !b.is_empty()
+            });
+            self.len = self.by_hash.values().map(Vec::len).sum();
+            self.swept_at = self.len;
+        }
+        shared
+    }
 }
 
 type ClusterResolved = (Vec<Arc<ClusterRuleMatch>>, Vec<Arc<ClusterRuleMatch>>);
@@ -613,6 +649,7 @@ impl Compiler {
             selected_by: HashMap::new(),
             cluster_resolved: HashMap::new(),
             cluster_users: BTreeSet::new(),
+            isolations: Interner::default(),
         }
     }
 
@@ -635,6 +672,7 @@ impl Compiler {
         self.cluster_resolved.clear();
         self.cluster_users.clear();
         self.plan = NodePlan::default();
+        self.isolations = Interner::default();
         let pods: Vec<&Pod> = match &self.scope {
             Scope::Node(node) => index.pods_on_node(node).collect(),
             Scope::Cluster => index.pods().collect(),
@@ -728,6 +766,8 @@ impl Compiler {
         };
         let ingress = side(Direction::Ingress);
         let egress = side(Direction::Egress);
+        let ingress = ingress.map(|i| self.isolations.intern(i));
+        let egress = egress.map(|i| self.isolations.intern(i));
         let (cluster_ingress, cluster_egress) = self.cluster_rules(index, pod);
         if cluster_ingress.policies.is_empty() {
             self.cluster_users.remove(&key);

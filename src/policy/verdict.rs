@@ -518,7 +518,7 @@ pub fn explain_text(
         Direction::Egress,
         from,
         &verdict.egress,
-        src.and_then(|e| e.egress.as_ref()),
+        src.and_then(|e| e.egress.as_deref()),
         src,
         &verdict.egress_passed,
     );
@@ -529,7 +529,7 @@ pub fn explain_text(
         Direction::Ingress,
         to,
         &verdict.ingress,
-        dst.and_then(|e| e.ingress.as_ref()),
+        dst.and_then(|e| e.ingress.as_deref()),
         dst,
         &verdict.ingress_passed,
     );
