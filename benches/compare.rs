@@ -7,6 +7,7 @@
 //! ```text
 //! compare corpus  [--engine nftpol|kube-network-policies|both] [--modes bridge,routed]
 //! compare figures [--short]
+//! compare scale   [--pods N] [--policies M] [--rounds R] [--populate-only | --no-populate]
 //! ```
 //!
 //! `corpus` runs the conformance corpus (tests/conformance: the upstream cases and nftpol's own
@@ -264,6 +265,7 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("corpus") => corpus_cmd(&args[1..]),
         Some("figures") => figures::run(&args[1..]),
+        Some("scale") => figures::scale(&args[1..]),
         _ => {
             if std::env::var_os("NFTPOL_KUBE_STATE").is_none() {
                 println!("compare: NFTPOL_KUBE_STATE is not set; run hack/compare/run.sh");
@@ -295,13 +297,19 @@ mod figures {
     use super::connrate::{CLIENT_IP, PORT, SERVER_IP, pod_ns as ns_of, rate_for};
 
     const NEWPOD_IP: &str = "10.244.1.4";
+    /// iperf3's port on the server, which the server's policy allows the client.
+    const STREAM_PORT: u16 = 5201;
     /// The ports the policy-change figure moves the allowed port between.
     const CHANGE_PORTS: [u16; 4] = [9001, 9002, 9003, 9004];
 
     struct Opts {
         short: bool,
+        /// Rows without the table's header, to continue an earlier table.
+        rows_only: bool,
         rounds: usize,
         policies: Vec<usize>,
+        /// AdminNetworkPolicy counts of the connection-rate figure (their CRDs are needed).
+        anps: Vec<usize>,
         run: Duration,
         changes: usize,
         new_pods: usize,
@@ -322,8 +330,10 @@ mod figures {
         let mut o = if short {
             Opts {
                 short,
+                rows_only: false,
                 rounds: 3,
                 policies: vec![0, 10],
+                anps: vec![10],
                 run: Duration::from_millis(1000),
                 changes: 10,
                 new_pods: 5,
@@ -333,8 +343,10 @@ mod figures {
         } else {
             Opts {
                 short,
+                rows_only: false,
                 rounds: 5,
                 policies: vec![0, 10, 100, 1000],
+                anps: vec![10, 100],
                 run: Duration::from_millis(2000),
                 changes: 40,
                 new_pods: 20,
@@ -355,6 +367,7 @@ mod figures {
                 })
                 .collect();
         }
+        o.rows_only = args.iter().any(|a| a == "--rows-only");
         if let Some(n) = get("--changes") {
             o.changes = n;
         }
@@ -400,7 +413,7 @@ mod figures {
                 "spec": {"podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress"],
                          "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}},
                                                {"podSelector": {"matchLabels": {"app": "newpod"}}}],
-                                      "ports": [{"port": PORT}]}]}
+                                      "ports": [{"port": PORT}, {"port": STREAM_PORT}]}]}
             }),
         ]
     }
@@ -426,6 +439,110 @@ mod figures {
             })
         }));
         out
+    }
+
+    /// The node's busy CPU time so far, in seconds over all CPUs (/proc/stat: everything but
+    /// idle and iowait), so that softirq work on any CPU counts.
+    fn node_busy_seconds() -> f64 {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+            return 0.0;
+        };
+        let v: Vec<f64> = cpu
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let total: f64 = v.iter().take(8).sum();
+        let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+        (total - idle) / 100.0
+    }
+
+    /// One allowed TCP stream from the client to the server for `run` (iperf3, one stream):
+    /// its throughput in Gbit/s and the node's CPU time per GB it carried (core-seconds).
+    fn stream(bed: &Testbed, run: Duration) -> Result<(f64, f64)> {
+        let mut server = ns_of(bed, "server")
+            .command("iperf3")
+            .args(["-s", "-B", SERVER_IP, "-p", &STREAM_PORT.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting iperf3 -s (install iperf3)")?;
+        let dst: SocketAddr = format!("{SERVER_IP}:{STREAM_PORT}").parse()?;
+        // iperf3 -s is ready once it accepts (it drops that probe and serves the next client).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ns_of(bed, "client").tcp_connects(dst, Duration::from_millis(200)) {
+            if Instant::now() > deadline {
+                let _ = server.kill();
+                let _ = server.wait();
+                bail!("iperf3 -s did not accept within 30 s");
+            }
+        }
+        let busy0 = node_busy_seconds();
+        let out = ns_of(bed, "client")
+            .command("iperf3")
+            .args(["-c", SERVER_IP, "-p", &STREAM_PORT.to_string(), "-J", "-t"])
+            .arg(format!("{:.1}", run.as_secs_f64()))
+            .output()
+            .context("running iperf3 -c")?;
+        let busy = node_busy_seconds() - busy0;
+        let _ = server.kill();
+        let _ = server.wait();
+        let report: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+        let bytes = report["end"]["sum_received"]["bytes"].as_f64();
+        let bps = report["end"]["sum_received"]["bits_per_second"].as_f64();
+        match (bytes, bps) {
+            (Some(bytes), Some(bps)) if bytes > 0.0 => Ok((bps / 1e9, busy / (bytes / 1e9))),
+            _ => bail!("iperf3 reported no transfer: {}", report["error"]),
+        }
+    }
+
+    /// The AdminNetworkPolicy rate figure's objects: client, server, the policy isolating the
+    /// server that allows the client (the NetworkPolicy tier decides), and `n`
+    /// AdminNetworkPolicies (v1alpha1, which both engines read) selecting the server, each with
+    /// a Deny rule that the client does not match, so that every one is tried.
+    fn anp_objects(n: usize) -> Vec<Value> {
+        let mut out = cluster();
+        out.extend((0..n).map(|i| {
+            json!({
+                "apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+                "metadata": {"name": format!("anp{i}")},
+                "spec": {
+                    "priority": i,
+                    "subject": {"pods": {
+                        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "bench"}},
+                        "podSelector": {"matchLabels": {"app": "server"}}}},
+                    "ingress": [{"name": "deny-nobody", "action": "Deny",
+                                 "from": [{"pods": {"namespaceSelector": {},
+                                                    "podSelector": {"matchLabels": {"app": format!("nobody-{i}")}}}}],
+                                 "ports": [{"portNumber": {"protocol": "TCP", "port": PORT}}]}]
+                }
+            })
+        }));
+        out
+    }
+
+    /// Installs the AdminNetworkPolicy and BaselineAdminNetworkPolicy CRDs named in
+    /// `NFTPOL_COMPARE_NPA_CRDS` (hack/kube/npa-crds.sh's v1alpha1 files); false when unset.
+    fn install_anp_crds() -> Result<bool> {
+        let Some(files) = std::env::var_os("NFTPOL_COMPARE_NPA_CRDS") else {
+            return Ok(false);
+        };
+        let cluster = config(Enforcer::Nftpol)?.cluster;
+        for f in files.to_string_lossy().split_whitespace() {
+            cluster.kubectl(&["apply", "--server-side", "-f", f], None)?;
+            cluster.kubectl(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=300s",
+                    "-f",
+                    f,
+                ],
+                None,
+            )?;
+        }
+        Ok(true)
     }
 
     /// Polls new connections from `from` to the server's `port` (20 ms each) until one gets
@@ -497,22 +614,25 @@ mod figures {
         v[((v.len() as f64 - 1.0) * p).round() as usize]
     }
 
-    /// Creates `pods` pods in `pods / 20` namespaces (every tenth on this node, an address each)
-    /// and `policies` policies, through the API with some concurrency.
+    /// Creates `pods` pods (an address each) in `pods / 20` namespaces, at most 500, and
+    /// `policies` policies, through the API with some concurrency. Every 50th of the first
+    /// 10,000 pods is on this node (200 from 10,000 pods on: a busy node, kubelet's default
+    /// limit is 110), the others on 97 other nodes. Objects that exist already are kept, so a
+    /// cluster grows from one scale to the next with the same local pods.
     async fn populate(client: &kube::Client, pods: usize, policies: usize) -> Result<()> {
-        let namespaces = (pods / 20).max(1);
+        let namespaces = (pods / 20).clamp(1, 500);
         let nss: Api<Namespace> = Api::all(client.clone());
         for n in 0..namespaces {
             let ns: Namespace =
                 serde_json::from_value(json!({"metadata": {"name": format!("scale-{n}")}}))?;
-            nss.create(&PostParams::default(), &ns).await?;
+            created(nss.create(&PostParams::default(), &ns).await)?;
         }
         let jobs = (0..pods).map(|i| {
             let client = client.clone();
             async move {
                 let ns = format!("scale-{}", i % namespaces);
                 let api: Api<Pod> = Api::namespaced(client, &ns);
-                let node = if i % 10 == 0 {
+                let node = if i % 50 == 0 && i < 10_000 {
                     NODE_NAME.to_string()
                 } else {
                     format!("node-{}", i % 97)
@@ -525,7 +645,9 @@ mod figures {
                     &node,
                     &format!("app-{}", i % 10),
                 ))?;
-                api.create(&PostParams::default(), &p).await?;
+                if !created(api.create(&PostParams::default(), &p).await)? {
+                    return Ok(());
+                }
                 let ip = format!(
                     "10.{}.{}.{}",
                     100 + i / 64_000,
@@ -552,13 +674,22 @@ mod figures {
                              "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": format!("app-{}", (i + 1) % 10)}}}],
                                           "ports": [{"port": 8080 + (i % 7) as i32}]}]}
                 }))?;
-                api.create(&PostParams::default(), &p).await?;
+                created(api.create(&PostParams::default(), &p).await)?;
                 anyhow::Ok(())
             }
         });
         let results: Vec<Result<()>> = stream::iter(jobs).buffer_unordered(16).collect().await;
         results.into_iter().collect::<Result<Vec<()>>>()?;
         Ok(())
+    }
+
+    /// Whether a create made the object: false when it exists already (409).
+    fn created<T>(r: kube::Result<T>) -> Result<bool> {
+        match r {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Engine columns: no engine, nftpol, kube-network-policies.
@@ -600,12 +731,7 @@ mod figures {
     pub fn run(args: &[String]) -> Result<()> {
         let o = opts(args);
         let rt = tokio::runtime::Runtime::new()?;
-        let cluster_cfg = config(Enforcer::KubeNetworkPolicies)?.cluster;
-        let client = rt.block_on(async {
-            let kc = kube::config::Kubeconfig::read_from(&cluster_cfg.kubeconfig)?;
-            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-            anyhow::Ok(kube::Client::try_from(config)?)
-        })?;
+        let client = rt.block_on(api_client())?;
         // The topology holds the new pod too; the API does not until the new-pod figure.
         let mut topo = cluster();
         topo.push(pod("bench", "newpod", Some(NEWPOD_IP), NODE_NAME, "newpod"));
@@ -652,6 +778,84 @@ mod figures {
                         r,
                     );
                 }
+            }
+        }
+        // The same with AdminNetworkPolicies: kube-network-policies then queues the first
+        // packet of every pod's connections, selected or not (its --admin-network-policy and
+        // --baseline-admin-network-policy).
+        let anps = if o.anps.is_empty() || install_anp_crds()? {
+            o.anps.clone()
+        } else {
+            eprintln!("NFTPOL_COMPARE_NPA_CRDS is not set: no AdminNetworkPolicy figures");
+            vec![]
+        };
+        for (k, &n) in anps.iter().enumerate() {
+            let objects = anp_objects(n);
+            for round in 0..o.rounds {
+                for engine in order_of(round) {
+                    let name = engine.map(Enforcer::as_str).unwrap_or("no engine");
+                    eprintln!(
+                        "{n} AdminNetworkPolicies, round {round}: {name} ({:.0} s)",
+                        started.elapsed().as_secs_f64()
+                    );
+                    let engine_cfg = match engine {
+                        Some(Enforcer::KubeNetworkPolicies) => {
+                            let mut c = config(Enforcer::KubeNetworkPolicies)?;
+                            c.args = vec![
+                                "--admin-network-policy".into(),
+                                "--baseline-admin-network-policy".into(),
+                            ];
+                            Some(c)
+                        }
+                        Some(e) => Some(config(e)?),
+                        None => None,
+                    };
+                    match engine_cfg {
+                        None => bed.stop_engine(),
+                        Some(c) => {
+                            bed.set_engine(c)?;
+                            bed.apply_objects(&objects)?;
+                        }
+                    }
+                    let r = rate_for(&bed, o.run);
+                    table.add(
+                        4 + k,
+                        &format!(
+                            "new TCP connections/s, server selected by {n} AdminNetworkPolicies and 1 policy"
+                        ),
+                        col(engine),
+                        r,
+                    );
+                }
+            }
+        }
+        // AdminNetworkPolicies are cluster-scoped: gone before the next figures.
+        if !anps.is_empty() {
+            switch(&mut bed, Some(Enforcer::Nftpol), &cluster())?;
+        }
+        // One allowed stream: both engines leave an established connection to conntrack, so
+        // this shows what the policies cost a stream once it flows (nothing, or it is a bug).
+        for round in 0..o.rounds {
+            for engine in order_of(round) {
+                let name = engine.map(Enforcer::as_str).unwrap_or("no engine");
+                eprintln!(
+                    "one stream, round {round}: {name} ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                );
+                switch(&mut bed, engine, &cluster())?;
+                let (gbps, cpu) = stream(&bed, o.run * 2)?;
+                table.add(
+                    8,
+                    "one allowed TCP stream (iperf3): throughput (Gbit/s)",
+                    col(engine),
+                    gbps,
+                );
+                table.add(
+                    9,
+                    "same: node CPU per GB carried (core-seconds)",
+                    col(engine),
+                    cpu,
+                );
             }
         }
         for round in 0..o.rounds {
@@ -726,26 +930,47 @@ mod figures {
                 }
             }
         }
-        // Scale: pods and policies in the API, each engine started on them (alternating).
+        // Scale: pods and policies in the API, each engine started on them (alternating);
+        // `--scale-pods 0` leaves it to `compare scale`.
         let (sp, spol) = o.scale;
-        let t = Instant::now();
-        rt.block_on(populate(&client, sp, spol))?;
-        eprintln!(
-            "created {sp} pods and {spol} policies in {:.0} s",
-            t.elapsed().as_secs_f64()
-        );
-        let idle = if o.short {
-            Duration::from_secs(5)
-        } else {
-            Duration::from_secs(20)
-        };
-        for round in 0..o.rounds.min(if o.short { 1 } else { 2 }) {
+        if sp > 0 {
+            let t = Instant::now();
+            rt.block_on(populate(&client, sp, spol))?;
+            eprintln!(
+                "created {sp} pods and {spol} policies in {:.0} s",
+                t.elapsed().as_secs_f64()
+            );
+            let idle = Duration::from_secs(if o.short { 5 } else { 20 });
+            let rounds = o.rounds.min(if o.short { 1 } else { 2 });
+            measure_scale(&mut bed, &o.engines, (sp, spol), rounds, idle, &mut table)?;
+        }
+        bed.stop_engine();
+        print_table(&table, &o);
+        Ok(())
+    }
+
+    /// Starts each engine on what the API server holds (`pods` pods, `policies` policies),
+    /// alternating which goes first, and records the time to its first enforcement, then its
+    /// resident memory and CPU over `idle` of quiet.
+    fn measure_scale(
+        bed: &mut Testbed,
+        engines: &[Option<Enforcer>],
+        (pods, policies): (usize, usize),
+        rounds: usize,
+        idle: Duration,
+        table: &mut Table,
+    ) -> Result<()> {
+        for round in 0..rounds {
             let mut order = vec![Enforcer::Nftpol, Enforcer::KubeNetworkPolicies];
             if round % 2 == 1 {
                 order.reverse();
             }
-            order.retain(|e| o.engines.contains(&Some(*e)));
+            order.retain(|e| engines.contains(&Some(*e)));
             for e in order {
+                eprintln!(
+                    "{pods} pods, {policies} policies, round {round}: {}",
+                    e.as_str()
+                );
                 bed.set_engine(config(e)?)?;
                 let first = bed.start_engine()?;
                 let pid = bed.enforcer_pid().context("no enforcer pid")?;
@@ -756,7 +981,7 @@ mod figures {
                 }
                 let (cpu1, rss) = proc_stat(pid);
                 let c = col(Some(e));
-                let label = format!("{sp} pods, {spol} policies");
+                let label = format!("{pods} pods, {policies} policies ({rounds} starts each)");
                 table.add(
                     13,
                     &format!("{label}: start -> first enforcement (s)"),
@@ -773,19 +998,79 @@ mod figures {
             }
         }
         bed.stop_engine();
+        Ok(())
+    }
+
+    /// `compare scale --pods N --policies M [--rounds R] [--engines ...] [--idle S]
+    /// [--populate-only | --no-populate]`: the scale figures alone. The API server may be
+    /// populated from another machine than the one the engines run on (`--populate-only`
+    /// there, `--no-populate` here): hack/compare/run.sh --scale populates the host's API
+    /// server natively and measures the engines in the VM.
+    pub fn scale(args: &[String]) -> Result<()> {
+        let get = |name: &str| -> Option<usize> {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .and_then(|v| v.parse().ok())
+        };
+        let mut o = opts(args);
+        o.rounds = get("--rounds").unwrap_or(2);
+        let pods = get("--pods").unwrap_or(10_000);
+        let policies = get("--policies").unwrap_or(2_000);
+        let idle = Duration::from_secs(get("--idle").unwrap_or(20) as u64);
+        let rt = tokio::runtime::Runtime::new()?;
+        if !args.iter().any(|a| a == "--no-populate") {
+            let client = rt.block_on(api_client())?;
+            let t = Instant::now();
+            rt.block_on(populate(&client, pods, policies))?;
+            eprintln!(
+                "created {pods} pods and {policies} policies in {:.0} s",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        if args.iter().any(|a| a == "--populate-only") {
+            return Ok(());
+        }
+        let state = nftpol::source::manifest::load_values("bench", cluster())?.state;
+        let mut bed = Testbed::with_engine(
+            Mode::Bridge,
+            &state,
+            Engine::Api(Box::new(config(Enforcer::Nftpol)?)),
+        )?;
+        bed.set_apply_timeout(Duration::from_secs(900));
+        // The testbed's own objects (and its canary) go in once, through nftpol.
+        bed.apply_objects(&cluster())?;
+        let mut table = Table::default();
+        measure_scale(
+            &mut bed,
+            &o.engines,
+            (pods, policies),
+            o.rounds,
+            idle,
+            &mut table,
+        )?;
         print_table(&table, &o);
         Ok(())
     }
 
+    async fn api_client() -> Result<kube::Client> {
+        let cluster = config(Enforcer::Nftpol)?.cluster;
+        let kc = kube::config::Kubeconfig::read_from(&cluster.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
     fn print_table(t: &Table, o: &Opts) {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "| figure (medians over {} interleaved rounds{}) | no engine | nftpol | kube-network-policies | nftpol ÷ kube-network-policies |",
-            o.rounds,
-            if o.short { ", --short" } else { "" }
-        );
-        let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: |");
+        if !o.rows_only {
+            let _ = writeln!(
+                out,
+                "| figure (medians over {} interleaved rounds{}) | no engine | nftpol | kube-network-policies | nftpol ÷ kube-network-policies |",
+                o.rounds,
+                if o.short { ", --short" } else { "" }
+            );
+            let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: |");
+        }
         for ((_, figure), cols) in &t.samples {
             let p = if figure.contains("p99") { 0.99 } else { 0.5 };
             let cell = |v: &Vec<f64>| {

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what nftpol needs to build and what its tests need to run, from Debian's packages;
 # with --test-tools also Chromium (tests/browser.rs drives the HTML pages in it, headless), the
-# Python YAML module (hack/chart-check.py, hack/doc-check.py) and cargo-deny (hack/test.sh's
-# license, ban and source checks), built from crates.io at a pinned version; with --bench-tools
-# also iptables and ipset (the comparison layout of `cargo bench --bench packets`, which runs
-# this itself when they are missing). Idempotent: only installs what is missing. Needs root.
+# Python YAML module (hack/chart-check.py, hack/doc-check.py), iperf3 (hack/compare) and
+# cargo-deny (hack/test.sh's license, ban and source checks), built from crates.io at a pinned
+# version; with --bench-tools also iptables and ipset (the comparison layout of
+# `cargo bench --bench packets`, which runs this itself when they are missing). Idempotent:
+# only installs what is missing. Needs root.
 set -euo pipefail
 
 packages=(
@@ -16,6 +17,7 @@ packages=(
 if [ "${1:-}" = "--test-tools" ]; then
   packages+=(python3 python3-yaml)     # hack/chart-check.py, hack/doc-check.py
   packages+=(chromium)                 # tests/browser.rs: the HTML pages in a real browser
+  packages+=(iperf3)                   # hack/compare/run.sh: one stream's throughput
 fi
 if [ "${1:-}" = "--bench-tools" ]; then
   packages+=(iptables ipset)           # benches/packets.rs: the kube-router-style layout

@@ -9,21 +9,29 @@
 # /var/lock/nftpol-kube.use; otherwise inside a VM booting Debian trixie's kernel under TCG
 # (hack/compare/vm.sh), where figures are slower than the host's, alike for both engines.
 #
-# Usage: hack/compare/run.sh [--short] [--corpus-only | --figures-only] [--modes bridge,routed]
-#   --short: the CI run: figures only (3 rounds, 0 and 10 policies, 10 changes, 5 new pods,
-#            1,000 pods / 200 policies) with the debug build the tests already made; its figures
-#            only prove that the comparison still runs.
+# The scale figures (10,000 pods / 2,000 policies, then 50,000 / 5,000) need an API server that
+# holds that many objects, which the emulated one takes hours to fill: they use an API server on
+# this machine (hack/compare/with-kube.sh), filled natively by `compare scale --populate-only`,
+# which the VM reaches over QEMU's user-mode network (vm.sh, NFTPOL_COMPARE_REMOTE_STATE).
+#
+# Usage: hack/compare/run.sh [--short] [--corpus-only | --figures-only | --scale-only]
+#                            [--modes bridge,routed]
+#   --short: the CI run: figures and scale only (3 rounds, 0 and 10 policies, 10 changes, 5 new
+#            pods, one start at 1,000 pods / 200 policies) with the debug build the tests already
+#            made; its figures only prove that the comparison still runs.
 # Env:   NFTPOL_COMPARE_VM=1 forces the VM; =0 forbids it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-short=() corpus=1 figures=1 modes=bridge args="$*"
+short=() corpus=1 figures=1 scale=1 modes=bridge args="$*"
+scales="10000/2000 50000/5000" scale_args="--rounds 2 --idle 20"
 while [ $# -gt 0 ]; do
   case $1 in
-    --short) short=(--short) corpus=0 ;;
-    --corpus-only) figures=0 ;;
-    --figures-only) corpus=0 ;;
+    --short) short=(--short) corpus=0 scales="1000/200" scale_args="--rounds 1 --idle 5" ;;
+    --corpus-only) figures=0 scale=0 ;;
+    --figures-only) corpus=0 scale=0 ;;
+    --scale-only) corpus=0 figures=0 ;;
     --modes) modes=$2; shift ;;
-    *) echo "usage: $0 [--short] [--corpus-only|--figures-only] [--modes bridge,routed]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--short] [--corpus-only|--figures-only|--scale-only] [--modes bridge,routed]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -31,6 +39,10 @@ log() { echo "compare/run.sh: $*" >&2; }
 t0=$SECONDS
 
 knp=$(bash hack/compare/build.sh | tail -n1)
+# The v1alpha1 AdminNetworkPolicy and BaselineAdminNetworkPolicy CRDs (the last two lines), for
+# the AdminNetworkPolicy figures: kube-network-policies v0.8.0 reads those, not
+# ClusterNetworkPolicy.
+crds=$(bash hack/kube/npa-crds.sh | tail -n2 | tr '\n' ' ')
 kube=$(bash hack/kube/build.sh | tail -n1)
 target=${CARGO_TARGET_DIR:-$PWD/target}
 # The engines are release builds; the harness (benches/compare.rs: it only opens connections and
@@ -61,22 +73,48 @@ if [ -z "$vm" ]; then
 fi
 steps=()
 [ "$corpus" = 1 ] && steps+=("corpus --engine both --modes $modes")
-[ "$figures" = 1 ] && steps+=("figures ${short[*]}")
+[ "$figures" = 1 ] && steps+=("figures ${short[*]} --scale-pods 0")
 
 out=$(mktemp /tmp/nftpol-compare-out.XXXXXX)
 trap 'rm -f "$out"' EXIT
 if [ "$vm" = 1 ]; then
   log "this kernel ($(uname -r)) has no nft_queue: running in a VM (Debian trixie, TCG)"
-  cmd=""
-  for s in "${steps[@]}"; do cmd="$cmd/compare/compare $s && "; done
-  NFTPOL_BIN_DIR=$target/$profile NFTPOL_COMPARE_BENCH=$bench bash hack/compare/vm.sh "${cmd}true" >"$out"
+  export NFTPOL_BIN_DIR=$target/$profile NFTPOL_COMPARE_BENCH=$bench NFTPOL_COMPARE_FILES=$crds
+  if [ ${#steps[@]} -gt 0 ]; then
+    cmd="export NFTPOL_COMPARE_NPA_CRDS='$crds'; "
+    for s in "${steps[@]}"; do cmd="$cmd/compare/compare $s && "; done
+    bash hack/compare/vm.sh "${cmd}true" >"$out"
+  fi
   where="a VM (qemu TCG, 2 vCPUs, 6 GiB) booting Debian's $(cat /var/cache/nftpol-kernels/trixie/release) on"
 else
-  export NFTPOL_KNP_BIN=$knp NFTPOL_BIN=$target/$profile/nftpol
+  export NFTPOL_KNP_BIN=$knp NFTPOL_BIN=$target/$profile/nftpol NFTPOL_COMPARE_NPA_CRDS=$crds
   export bench
-  STEPS=$(printf '%s\n' "${steps[@]}") bash hack/compare/with-kube.sh bash -c '
-    while read -r line; do [ -n "$line" ] || continue; read -r -a a <<<"$line"; "$bench" "${a[@]}"; done <<<"$STEPS"' >"$out"
+  if [ ${#steps[@]} -gt 0 ]; then
+    STEPS=$(printf '%s\n' "${steps[@]}") bash hack/compare/with-kube.sh bash -c '
+      while read -r line; do [ -n "$line" ] || continue; read -r -a a <<<"$line"; "$bench" "${a[@]}"; done <<<"$STEPS"' >"$out"
+  fi
   where="this machine:"
+fi
+if [ "$scale" = 1 ]; then
+  # One API server on this machine grows from one scale to the next; the engines start on it
+  # here, or in the VM. The rows continue the figures' table (--rows-only).
+  [ "$figures" = 1 ] && rows=--rows-only || rows=
+  export bench vm scales scale_args rows
+  bash hack/compare/with-kube.sh bash -c '
+    set -e
+    for s in $scales; do
+      pods=${s%/*} policies=${s#*/}
+      t=$SECONDS
+      "$bench" scale --pods "$pods" --policies "$policies" --populate-only
+      echo "compare/run.sh: $pods pods and $policies policies in the API server in $((SECONDS - t)) s" >&2
+      run="scale --no-populate --pods $pods --policies $policies $scale_args $rows"
+      if [ "$vm" = 1 ]; then
+        NFTPOL_COMPARE_REMOTE_STATE=$NFTPOL_KUBE_STATE bash hack/compare/vm.sh "/compare/compare $run"
+      else
+        read -r -a a <<<"$run"; "$bench" "${a[@]}"
+      fi
+      rows=--rows-only
+    done' >>"$out"
 fi
 echo "# nftpol vs kube-network-policies"
 echo

@@ -15,8 +15,16 @@
 # these machines (hack/kernels/README.md), so the VM runs under TCG: figures measured inside are
 # slower than on the host, the same for both engines.
 #
+# With NFTPOL_COMPARE_REMOTE_STATE=DIR (the state folder of a cluster hack/kube/up.sh started on
+# this machine), the guest starts no API server: it gets a network link to this machine (QEMU's
+# user-mode network) and reaches that API server by its own addresses, through a namespace named
+# like the cluster's that routes and NATs (vm-init), so that the testbed's connect.sh works as
+# it does here. The scale figures use it: this machine fills the API server natively, which the
+# emulated one takes hours to hold.
+#
 # Usage: hack/compare/vm.sh 'SHELL COMMAND'   (runs in the repository's folder inside the VM)
-# Env:   NFTPOL_COMPARE_SMP (2), NFTPOL_COMPARE_MEM (6G), NFTPOL_COMPARE_TIMEOUT (seconds, 3600)
+# Env:   NFTPOL_COMPARE_SMP (2), NFTPOL_COMPARE_MEM (6G), NFTPOL_COMPARE_TIMEOUT (seconds, 3600),
+#        NFTPOL_COMPARE_REMOTE_STATE
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
@@ -30,11 +38,11 @@ bindir=${NFTPOL_BIN_DIR:-${CARGO_TARGET_DIR:-$repo/target}/release}
 log() { echo "compare/vm.sh: $*" >&2; }
 
 if ! command -v qemu-system-x86_64 >/dev/null || ! command -v cpio >/dev/null ||
-  ! command -v mmdebstrap >/dev/null; then
+  ! command -v mmdebstrap >/dev/null || ! command -v iperf3 >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    qemu-system-x86 cpio mmdebstrap >/dev/null
+    qemu-system-x86 cpio mmdebstrap iperf3 >/dev/null
 fi
-[ -f "$cache/$suite/vmlinuz" ] || { bash hack/kernels/apt-suites.sh; bash hack/kernels/fetch-kernel.sh "$suite" "$cache/$suite"; }
+[ -e "$cache/$suite/modules-v2" ] || { bash hack/kernels/apt-suites.sh; bash hack/kernels/fetch-kernel.sh "$suite" "$cache/$suite"; }
 [ -s "$cache/rootfs.cpio" ] || bash hack/kernels/rootfs.sh "$cache/rootfs.cpio"
 knp=$(bash hack/compare/build.sh | tail -n1)
 kube=$(bash hack/kube/build.sh | tail -n1)
@@ -53,7 +61,7 @@ if [ -n "${NFTPOL_COMPARE_BENCH:-}" ]; then
 fi
 for b in etcd kube-apiserver kube-controller-manager kubectl; do cp "$kube/$b" "$stage/kube/"; done
 # up.sh's tools, with their libraries (this machine runs the guest's bookworm).
-for t in jq openssl curl; do
+for t in jq openssl curl iperf3; do
   p=$(command -v "$t")
   mkdir -p "$stage$(dirname "$p")"; cp -L "$p" "$stage$p"
   # Under /usr only: a /lib folder in the fragment would replace the userland's /lib -> usr/lib
@@ -71,6 +79,23 @@ cp -a tests/conformance "$stage$repo/tests/"
 for f in ${NFTPOL_COMPARE_FILES:-}; do
   mkdir -p "$stage$(dirname "$f")"; cp -a "$f" "$stage$f"
 done
+net=()
+remote=${NFTPOL_COMPARE_REMOTE_STATE:-}
+if [ -n "$remote" ]; then
+  # At /compare/kube-state in the guest (the state folder is under /tmp here, a tmpfs there),
+  # with the paths in its files rewritten.
+  remote=$(cd "$remote" && pwd)
+  guest=/compare/kube-state
+  mkdir -p "$stage$guest/certs"
+  cp -a "$remote"/{.nftpol-kube,admin.token} "$stage$guest/"
+  cp -a "$remote/certs/apiserver.crt" "$stage$guest/certs/"
+  for f in env kubeconfig; do
+    sed -e "s|$remote|$guest|g" -e 's|^NFTPOL_KUBE_BIN=.*|NFTPOL_KUBE_BIN=/kube|' \
+      "$remote/$f" >"$stage$guest/$f"
+  done
+  echo "$guest" >"$stage/compare/remote"
+  net=(-netdev user,id=n0 -device virtio-net-pci,netdev=n0)
+fi
 echo "$repo" >"$stage/compare/repo"
 printf '%s\n' "$1" >"$stage/compare/cmd"
 install -m 0755 hack/compare/vm-init "$stage/init"
@@ -82,7 +107,7 @@ log "booting $suite ($(cat "$cache/$suite/release"), TCG, -smp $smp -m $mem)"
 start=$(date +%s)
 set +e
 timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp "$smp" -m "$mem" \
-  -M q35 -nodefaults -display none -no-reboot -serial "file:$console" \
+  -M q35 -nodefaults -display none -no-reboot -serial "file:$console" "${net[@]}" \
   -kernel "$cache/$suite/vmlinuz" -initrd "$work/initrd.cpio" \
   -append "console=ttyS0 rdinit=/init panic=-1 loglevel=4 mitigations=off"
 qrc=$?
@@ -90,5 +115,6 @@ set -e
 log "VM ran $(($(date +%s) - start)) s (qemu rc $qrc)"
 cp "$console" /tmp/nftpol-compare-console.log
 grep -E '^NFTPOL-(KERNEL|CPUS|KUBE|MODPROBE)' "$console" >&2 || true
-sed -n '/^NFTPOL-CMD-BEGIN/,/^NFTPOL-CMD-END/p' "$console" | sed '1d' | tr -d '\r'
+sed -n 's/^NFTPOL-ERR //p' "$console" | tr -d '\r' >&2
+sed -n '/^NFTPOL-CMD-BEGIN/,/^NFTPOL-CMD-END/p' "$console" | sed -e '1d' -e '$d' | tr -d '\r'
 grep -q '^NFTPOL-CMD-END rc=0' "$console"

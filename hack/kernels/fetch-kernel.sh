@@ -3,11 +3,12 @@
 # (what linux-image-amd64 depends on), and unpacks into OUTDIR:
 #   vmlinuz, release (the uname -r), modules.cpio (the modules the tests need, with their
 #   modules.dep, as an initramfs fragment at /lib/modules/RELEASE).
-# Skips the work when OUTDIR/modules.cpio exists.
+# Skips the work when OUTDIR holds this version's set (the marker modules-v2: virtio_net added,
+# for hack/compare/vm.sh's link to the host).
 set -euo pipefail
 suite=$1
 out=$2
-[[ -s $out/modules.cpio && -s $out/vmlinuz ]] && exit 0
+[[ -s $out/modules.cpio && -s $out/vmlinuz && -e $out/modules-v2 ]] && exit 0
 mkdir -p "$out"
 dep=$(apt-cache show "linux-image-amd64/$suite" | sed -n 's/^Depends: \(linux-image-[^ ,]*\).*/\1/p' | head -1)
 [[ -n $dep ]] || { echo "fetch-kernel: no linux-image-amd64 in $suite" >&2; exit 1; }
@@ -33,7 +34,7 @@ for d in net lib crypto arch; do
 		cp -a "$src/$release/kernel/$d" "$root/$mod/kernel/"
 	fi
 done
-cp -a "$src/$release"/kernel/drivers/net/{veth,dummy}.ko* "$root/$mod/kernel/drivers/net/"
+cp -a "$src/$release"/kernel/drivers/net/{veth,dummy,virtio_net,net_failover}.ko* "$root/$mod/kernel/drivers/net/"
 depmod -b "$root" "$release"
 # The bookworm root is merged-/usr (/lib is a symlink): put the modules where it resolves.
 mkdir -p "$root/usr/lib"
@@ -42,3 +43,4 @@ rmdir "$root/lib"
 (cd "$root" && find usr | cpio -o -H newc --quiet) >"$out/modules.cpio.tmp"
 mv "$out/modules.cpio.tmp" "$out/modules.cpio"
 echo "$release" >"$out/release"
+touch "$out/modules-v2"

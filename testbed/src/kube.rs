@@ -218,7 +218,7 @@ fn key_of(obj: &Value) -> Result<Key> {
         .and_then(Value::as_str)
         .with_context(|| format!("a {kind} without a name"))?;
     let ns = match kind {
-        "Namespace" => "",
+        "Namespace" | "AdminNetworkPolicy" => "",
         _ => obj
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
@@ -435,8 +435,14 @@ impl Api {
         let mut desired: BTreeMap<Key, Value> = BTreeMap::new();
         for obj in objects.iter().chain(canary_objects(self.generation).iter()) {
             let kind = obj["kind"].as_str().unwrap_or_default();
-            if !matches!(kind, "Namespace" | "Pod" | "NetworkPolicy") {
-                bail!("the API engines take Namespaces, Pods and NetworkPolicies, not {kind}");
+            if !matches!(
+                kind,
+                "Namespace" | "Pod" | "NetworkPolicy" | "AdminNetworkPolicy"
+            ) {
+                bail!(
+                    "the API engines take Namespaces, Pods, NetworkPolicies and \
+                     AdminNetworkPolicies (v1alpha1, its CRD installed), not {kind}"
+                );
             }
             let key = key_of(obj)?;
             if !key.1.is_empty() {
@@ -654,6 +660,7 @@ fn connect_from(ns: &File, dst: SocketAddr, t: Duration) -> Result<bool> {
 fn api_version(kind: &str) -> &'static str {
     match kind {
         "NetworkPolicy" => "networking.k8s.io/v1",
+        "AdminNetworkPolicy" => "policy.networking.k8s.io/v1alpha1",
         _ => "v1",
     }
 }
