@@ -79,7 +79,7 @@ fn main() {
         };
         let mut new = old.clone();
         let app = if n % 2 == 0 { "app-0" } else { "app-3" };
-        new.labels.insert("app".into(), app.into());
+        std::sync::Arc::make_mut(&mut new.labels).insert("app".into(), app.into());
         let t = Instant::now();
         index.upsert_pod(new.clone());
         compiler.pod_changed(&index, Some(&old), Some(&new));

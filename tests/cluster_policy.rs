@@ -308,7 +308,7 @@ fn pod_and_namespace_churn_keeps_cluster_policy_plans_exact() {
                 let i = next(state.pods.len() as u64) as usize;
                 let p = &mut state.pods[i];
                 if what == 0 {
-                    p.labels
+                    std::sync::Arc::make_mut(&mut p.labels)
                         .insert("app".into(), ["x", "y", "z"][next(3) as usize].into());
                 } else {
                     p.ips = vec![format!("10.0.0.{}", 1 + next(8)).parse().unwrap()];

@@ -220,7 +220,7 @@ fn plan_compiled(node: &str) -> NodePlan {
         |ns: &str, name: &str, app: &str, node: &str, ipaddr: &str, ports: Vec<ContainerPort>| {
             Pod {
                 key: ObjectKey::new(ns, name),
-                labels: labels(&[("app", app)]),
+                labels: std::sync::Arc::new(labels(&[("app", app)])),
                 node: Some(node.to_string()),
                 ips: vec![ip(ipaddr)],
                 ports,

@@ -18,7 +18,7 @@ use nftpol_testbed::{Matrix, Mode, Testbed, cell};
 fn pod(ns: &str, name: &str, ips: &[&str]) -> Pod {
     Pod {
         key: ObjectKey::new(ns, name),
-        labels: BTreeMap::from([("pod".to_owned(), name.to_owned())]),
+        labels: std::sync::Arc::new(BTreeMap::from([("pod".to_owned(), name.to_owned())])),
         node: Some(nftpol_testbed::NODE_NAME.to_owned()),
         ips: ips.iter().map(|s| s.parse().expect("ip")).collect(),
         ports: vec![ContainerPort {

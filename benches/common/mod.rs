@@ -34,10 +34,10 @@ pub fn pod(ns: usize, i: usize) -> Pod {
     let n = ns * PODS_PER_NS + i;
     Pod {
         key: ObjectKey::new(format!("ns-{ns}"), format!("pod-{i}")),
-        labels: labels(&[
+        labels: std::sync::Arc::new(labels(&[
             ("app", format!("app-{}", i % APPS)),
             ("version", format!("v{}", i % 3)),
-        ]),
+        ])),
         node: Some(format!("node-{}", n % NODES)),
         ips: vec![IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + n as u32 + 1))],
         ports: vec![

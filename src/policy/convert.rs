@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
@@ -325,7 +326,7 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, InvalidObject> {
     }
     Ok(Pod {
         key,
-        labels,
+        labels: Arc::new(labels),
         node: spec
             .and_then(|s| s.node_name.clone())
             .filter(|n| !n.is_empty()),

@@ -5,8 +5,9 @@
 //! The index is plain data owned by one task; watchers and the file source feed it with
 //! upserts and deletes, and the compiler only reads it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::policy::model::{
     ClusterPolicy, ClusterPolicyKey, ClusterState, Labels, Namespace, NamespaceScope, Node,
@@ -25,7 +26,10 @@ pub struct ClusterIndex {
     pods_by_label: HashMap<(String, String), BTreeSet<ObjectKey>>,
     pods_by_node: HashMap<String, BTreeSet<ObjectKey>>,
     pods_by_port_name: HashMap<String, BTreeSet<ObjectKey>>,
-    pods_by_ip: HashMap<IpAddr, BTreeSet<ObjectKey>>,
+    /// Almost always one pod an address: a sorted Vec, not a B-tree node per address.
+    pods_by_ip: HashMap<IpAddr, Vec<ObjectKey>>,
+    /// One copy of each distinct label map of the indexed pods (replicas share theirs).
+    pod_labels: HashSet<Arc<Labels>>,
     policies_by_ns: HashMap<String, BTreeSet<ObjectKey>>,
     /// ClusterNetworkPolicies (and the v1alpha1 kinds), in evaluation order within a tier
     /// only after sorting by [`ClusterPolicy::order`].
@@ -84,11 +88,17 @@ impl ClusterIndex {
     }
 
     /// Inserts or replaces a pod; returns the previous version.
-    pub fn upsert_pod(&mut self, pod: Pod) -> Option<Pod> {
+    pub fn upsert_pod(&mut self, mut pod: Pod) -> Option<Pod> {
         let old = self.remove_pod(&pod.key);
         let key = pod.key.clone();
+        match self.pod_labels.get(&*pod.labels) {
+            Some(shared) => pod.labels = shared.clone(),
+            None => {
+                self.pod_labels.insert(pod.labels.clone());
+            }
+        }
         add(&mut self.pods_by_ns, key.namespace.clone(), &key);
-        for (k, v) in &pod.labels {
+        for (k, v) in pod.labels.iter() {
             add(&mut self.pods_by_label, (k.clone(), v.clone()), &key);
         }
         if let Some(node) = &pod.node {
@@ -100,7 +110,10 @@ impl ClusterIndex {
             }
         }
         for ip in &pod.ips {
-            add(&mut self.pods_by_ip, *ip, &key);
+            let keys = self.pods_by_ip.entry(*ip).or_default();
+            if let Err(at) = keys.binary_search(&key) {
+                keys.insert(at, key.clone());
+            }
         }
         self.pods.insert(key, pod);
         old
@@ -108,8 +121,12 @@ impl ClusterIndex {
 
     pub fn remove_pod(&mut self, key: &ObjectKey) -> Option<Pod> {
         let pod = self.pods.remove(key)?;
+        // The pod's copy and the index's: the last pod with these labels is gone.
+        if Arc::strong_count(&pod.labels) == 2 {
+            self.pod_labels.remove(&*pod.labels);
+        }
         remove(&mut self.pods_by_ns, key.namespace.clone(), key);
-        for (k, v) in &pod.labels {
+        for (k, v) in pod.labels.iter() {
             remove(&mut self.pods_by_label, (k.clone(), v.clone()), key);
         }
         if let Some(node) = &pod.node {
@@ -121,7 +138,12 @@ impl ClusterIndex {
             }
         }
         for ip in &pod.ips {
-            remove(&mut self.pods_by_ip, *ip, key);
+            if let Some(keys) = self.pods_by_ip.get_mut(ip) {
+                keys.retain(|k| k != key);
+                if keys.is_empty() {
+                    self.pods_by_ip.remove(ip);
+                }
+            }
         }
         Some(pod)
     }
@@ -352,5 +374,68 @@ impl ClusterIndex {
                 .is_some_and(|l| sel.matches(l)),
         };
         ns_ok && pods.matches(labels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, app: &str, ip: &str) -> Pod {
+        Pod {
+            key: ObjectKey::new("ns", name),
+            labels: Arc::new(Labels::from([("app".to_string(), app.to_string())])),
+            node: None,
+            ips: vec![ip.parse().expect("ip")],
+            ports: vec![],
+            host_network: false,
+            phase: None,
+        }
+    }
+
+    #[test]
+    fn pods_with_equal_labels_share_one_copy_until_the_last_is_gone() {
+        let mut index = ClusterIndex::new();
+        index.upsert_pod(pod("a", "web", "10.0.0.1"));
+        index.upsert_pod(pod("b", "web", "10.0.0.2"));
+        index.upsert_pod(pod("c", "db", "10.0.0.3"));
+        let labels =
+            |index: &ClusterIndex, n: &str| index.pods[&ObjectKey::new("ns", n)].labels.clone();
+        assert!(Arc::ptr_eq(&labels(&index, "a"), &labels(&index, "b")));
+        assert!(!Arc::ptr_eq(&labels(&index, "a"), &labels(&index, "c")));
+        assert_eq!(index.pod_labels.len(), 2);
+        // A relabel moves the pod to the other copy; deleting every "web" pod drops that copy.
+        index.upsert_pod(pod("a", "db", "10.0.0.1"));
+        assert!(Arc::ptr_eq(&labels(&index, "a"), &labels(&index, "c")));
+        index.remove_pod(&ObjectKey::new("ns", "b"));
+        assert_eq!(index.pod_labels.len(), 1);
+        assert_eq!(
+            index.pods_by_label[&("app".to_string(), "db".to_string())].len(),
+            2
+        );
+    }
+
+    #[test]
+    fn an_address_two_pods_claim_lists_both_until_one_lets_go() {
+        let mut index = ClusterIndex::new();
+        index.upsert_pod(pod("b", "web", "10.0.0.9"));
+        index.upsert_pod(pod("a", "web", "10.0.0.9"));
+        let names = |index: &ClusterIndex| -> Vec<String> {
+            index
+                .pods_with_ip("10.0.0.9".parse().expect("ip"))
+                .map(|p| p.key.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&index), ["a", "b"], "sorted");
+        index.upsert_pod(pod("a", "web", "10.0.0.8"));
+        assert_eq!(names(&index), ["b"]);
+        index.remove_pod(&ObjectKey::new("ns", "b"));
+        assert!(names(&index).is_empty());
+        assert!(
+            index
+                .pods_by_ip
+                .get(&"10.0.0.9".parse().expect("ip"))
+                .is_none()
+        );
     }
 }

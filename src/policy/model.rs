@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -187,7 +188,8 @@ pub struct ContainerPort {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
     pub key: ObjectKey,
-    pub labels: Labels,
+    /// Shared by the pods with the same labels (the replicas of a Deployment) once indexed.
+    pub labels: Arc<Labels>,
     pub node: Option<String>,
     /// status.podIPs (or status.podIP), deduplicated, in the order the API lists them.
     pub ips: Vec<IpAddr>,
