@@ -432,10 +432,9 @@ mod tests {
         index.remove_pod(&ObjectKey::new("ns", "b"));
         assert!(names(&index).is_empty());
         assert!(
-            index
+            !index
                 .pods_by_ip
-                .get(&"10.0.0.9".parse().expect("ip"))
-                .is_none()
+                .contains_key(&"10.0.0.9".parse().expect("ip"))
         );
     }
 }
