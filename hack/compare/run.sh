@@ -20,6 +20,8 @@
 #            pods, one start at 1,000 pods / 200 policies) with the debug build the tests already
 #            made; its figures only prove that the comparison still runs.
 # Env:   NFTPOL_COMPARE_VM=1 forces the VM; =0 forbids it.
+#        NFTPOL_COMPARE_FIGURES_ARGS: more arguments of `compare figures` (--rounds N, --changes N,
+#        --new-pods N), to fit a run in the time at hand.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 short=() corpus=1 figures=1 scale=1 modes=bridge args="$*"
@@ -73,7 +75,7 @@ if [ -z "$vm" ]; then
 fi
 steps=()
 [ "$corpus" = 1 ] && steps+=("corpus --engine both --modes $modes")
-[ "$figures" = 1 ] && steps+=("figures ${short[*]} --scale-pods 0")
+[ "$figures" = 1 ] && steps+=("figures ${short[*]} --scale-pods 0 ${NFTPOL_COMPARE_FIGURES_ARGS:-}")
 
 out=$(mktemp /tmp/nftpol-compare-out.XXXXXX)
 trap 'rm -f "$out"' EXIT
