@@ -942,7 +942,7 @@ mod figures {
             );
             let idle = Duration::from_secs(if o.short { 5 } else { 20 });
             let rounds = o.rounds.min(if o.short { 1 } else { 2 });
-            measure_scale(&mut bed, &o.engines, (sp, spol), rounds, idle, &mut table)?;
+            measure_scale(&mut bed, &o.engines, (sp, spol), rounds, idle, &mut table, "")?;
         }
         bed.stop_engine();
         print_table(&table, &o);
@@ -959,6 +959,7 @@ mod figures {
         rounds: usize,
         idle: Duration,
         table: &mut Table,
+        note: &str,
     ) -> Result<()> {
         for round in 0..rounds {
             let mut order = vec![Enforcer::Nftpol, Enforcer::KubeNetworkPolicies];
@@ -981,7 +982,8 @@ mod figures {
                 }
                 let (cpu1, rss) = proc_stat(pid);
                 let c = col(Some(e));
-                let label = format!("{pods} pods, {policies} policies ({rounds} starts each)");
+                let label =
+                    format!("{pods} pods, {policies} policies ({rounds} starts each{note})");
                 table.add(
                     13,
                     &format!("{label}: start -> first enforcement (s)"),
@@ -1002,7 +1004,7 @@ mod figures {
     }
 
     /// `compare scale --pods N --policies M [--rounds R] [--engines ...] [--idle S]
-    /// [--populate-only | --no-populate]`: the scale figures alone. The API server may be
+    /// [--populate-only | --no-populate] [--note TEXT]`: the scale figures alone. The API server may be
     /// populated from another machine than the one the engines run on (`--populate-only`
     /// there, `--no-populate` here): hack/compare/run.sh --scale populates the host's API
     /// server natively and measures the engines in the VM.
@@ -1041,6 +1043,13 @@ mod figures {
         // The testbed's own objects (and its canary) go in once, through nftpol.
         bed.apply_objects(&cluster())?;
         let mut table = Table::default();
+        // `--note TEXT` tells rows of another place apart (nftpol on the host's own kernel).
+        let note = args
+            .iter()
+            .position(|a| a == "--note")
+            .and_then(|i| args.get(i + 1))
+            .map(|n| format!(", {n}"))
+            .unwrap_or_default();
         measure_scale(
             &mut bed,
             &o.engines,
@@ -1048,6 +1057,7 @@ mod figures {
             o.rounds,
             idle,
             &mut table,
+            &note,
         )?;
         print_table(&table, &o);
         Ok(())

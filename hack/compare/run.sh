@@ -112,6 +112,9 @@ if [ "$scale" = 1 ]; then
       run="scale --no-populate --pods $pods --policies $policies $scale_args $rows"
       if [ "$vm" = 1 ]; then
         NFTPOL_COMPARE_REMOTE_STATE=$NFTPOL_KUBE_STATE bash hack/compare/vm.sh "/compare/compare $run"
+        # And nftpol alone on this machine'"'"'s kernel, not emulated: what its targets are about.
+        read -r -a a <<<"$run"
+        NFTPOL_BIN=$NFTPOL_BIN_DIR/nftpol "$bench" "${a[@]}" --rows-only --engines nftpol           --note "nftpol on this machine, not emulated"
       else
         read -r -a a <<<"$run"; "$bench" "${a[@]}"
       fi
