@@ -7,7 +7,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use nftpol::cli::simulate::Matrix;
-use nftpol::dataplane::ruleset::Rule;
 use nftpol::dataplane::{Options, Ruleset};
 use nftpol::policy::compile::{NodePlan, Scope, compile};
 use nftpol::policy::index::ClusterIndex;
@@ -597,19 +596,16 @@ spec:
     );
     assert!(!Arc::ptr_eq(&iso("w0"), &iso("w2")));
     let rs = Ruleset::build(&p, Options::default());
-    let used = |pod: &str| -> Vec<String> {
+    let used = |pod: &str| -> Vec<&str> {
         rs.pods[&format!("ing/x/{pod}")]
             .chain
             .rules
             .iter()
-            .filter_map(|r| match r {
-                Rule::AddrReturn { set, .. } | Rule::TupleReturn { set, .. } => Some(set.clone()),
-                _ => None,
-            })
+            .filter_map(|r| r.network_policy_set())
             .collect()
     };
     assert_eq!(used("w0"), used("w1"));
-    assert!(used("w0").iter().all(|s| rs.shared_sets.contains_key(s)));
+    assert!(used("w0").iter().all(|s| rs.shared_sets.contains_key(*s)));
     assert!(
         used("w2").iter().all(|s| s.ends_with("/x/w2")),
         "{:?}",

@@ -807,10 +807,8 @@ fn cheaper_to_rebuild<'a>(pairs: impl IntoIterator<Item = (&'a NamedSet, &'a Nam
 
 /// Whether `rule` looks up one of the NetworkPolicy sets `sets`.
 fn uses_set(rule: &Rule, sets: &BTreeSet<&String>) -> bool {
-    match rule {
-        Rule::AddrReturn { set, .. } | Rule::TupleReturn { set, .. } => sets.contains(set),
-        _ => false,
-    }
+    rule.network_policy_set()
+        .is_some_and(|set| sets.iter().any(|s| s.as_str() == set))
 }
 
 /// The changes from `old` to `new` as one transaction, or `None` when the shape changed
@@ -1473,10 +1471,14 @@ mod tests {
         chain
             .rules
             .iter()
-            .filter_map(|r| match r {
-                Rule::AddrReturn { set, .. } | Rule::TupleReturn { set, .. } => Some(set.clone()),
-                _ => None,
-            })
+            .filter_map(|r| r.network_policy_set().map(str::to_string))
+            .collect()
+    }
+
+    /// 100 /24 networks in 10.`third`.0.0/16: a change from one to another is a mass change.
+    fn many_nets(third: u8) -> Vec<String> {
+        (0..100)
+            .map(|i| format!("10.{third}.{}.0/24", 2 * i))
             .collect()
     }
 
@@ -1530,16 +1532,11 @@ mod tests {
 
     #[test]
     fn diff_of_a_mass_change_in_shared_sets_rebuilds_them_with_their_chains() {
-        let many = |third: u8| -> Vec<String> {
-            (0..100)
-                .map(|i| format!("10.{third}.{}.0/24", 2 * i))
-                .collect()
-        };
         let with = |nets: &[String]| {
             let refs: Vec<&str> = nets.iter().map(String::as_str).collect();
             ruleset(replicas(3, &refs))
         };
-        let (old, new) = (with(&many(50)), with(&many(60)));
+        let (old, new) = (with(&many_nets(50)), with(&many_nets(60)));
         let labels = converge(&old, &new);
         assert!(
             !labels
@@ -1569,18 +1566,13 @@ mod tests {
 
     #[test]
     fn diff_of_a_mass_change_rebuilds_the_sets_instead_of_deleting_elements() {
-        let many = |third: u8| -> Vec<String> {
-            (0..100)
-                .map(|i| format!("10.{third}.{}.0/24", 2 * i))
-                .collect()
-        };
         let with = |nets: &[String]| {
             let refs: Vec<&str> = nets.iter().map(String::as_str).collect();
             let mut pods = base();
             pods[0].ingress = Some(iso(allowed(&[], &refs)));
             ruleset(pods)
         };
-        let (a, b) = (many(50), many(60));
+        let (a, b) = (many_nets(50), many_nets(60));
         let old = with(&a);
         let new = with(&b);
         let labels = converge(&old, &new);

@@ -371,6 +371,16 @@ pub enum Rule {
     },
 }
 
+impl Rule {
+    /// The NetworkPolicy set this rule looks up (`ip saddr @ing4any/...`, `... @ing4/...`).
+    pub fn network_policy_set(&self) -> Option<&str> {
+        match self {
+            Rule::AddrReturn { set, .. } | Rule::TupleReturn { set, .. } => Some(set),
+            _ => None,
+        }
+    }
+}
+
 /// The sets a `domainNames` rule's learned addresses must miss: what the rules before it in
 /// its tier match (by `peer . protocol . port`, and by peer for other protocols).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
