@@ -331,7 +331,7 @@ mod figures {
             Opts {
                 short,
                 rows_only: false,
-                rounds: 3,
+                rounds: 2,
                 policies: vec![0, 10],
                 anps: vec![10],
                 run: Duration::from_millis(1000),
@@ -942,7 +942,15 @@ mod figures {
             );
             let idle = Duration::from_secs(if o.short { 5 } else { 20 });
             let rounds = o.rounds.min(if o.short { 1 } else { 2 });
-            measure_scale(&mut bed, &o.engines, (sp, spol), rounds, idle, &mut table, "")?;
+            measure_scale(
+                &mut bed,
+                &o.engines,
+                (sp, spol),
+                rounds,
+                idle,
+                &mut table,
+                "",
+            )?;
         }
         bed.stop_engine();
         print_table(&table, &o);

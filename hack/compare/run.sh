@@ -16,7 +16,7 @@
 #
 # Usage: hack/compare/run.sh [--short] [--corpus-only | --figures-only | --scale-only]
 #                            [--modes bridge,routed]
-#   --short: the CI run: figures and scale only (3 rounds, 0 and 10 policies, 10 changes, 5 new
+#   --short: the CI run: figures and scale only (2 rounds, 0 and 10 policies, 10 changes, 5 new
 #            pods, one start at 1,000 pods / 200 policies) with the debug build the tests already
 #            made; its figures only prove that the comparison still runs.
 # Env:   NFTPOL_COMPARE_VM=1 forces the VM; =0 forbids it.
