@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use nftpol::dataplane::dns::{LearnSocket, Learned};
 use nftpol::policy::model::{ClusterState, ObjectKey};
+use nftpol_testbed::dns::Record;
 use nftpol_testbed::{Mode, NODE_NAME, Testbed};
 use serde_json::{Value, json};
-use simple_dns::rdata::{A, RData};
-use simple_dns::{CLASS, Name, Packet, ResourceRecord};
+use simple_dns::{CLASS, Name, Packet};
 
 const CLIENT: &str = "10.244.1.2";
 const RESOLVER: &str = "10.244.1.3";
@@ -59,27 +59,10 @@ fn objects(policy: bool) -> Vec<Value> {
 }
 
 fn serve(sock: UdpSocket) {
-    let mut buf = [0u8; 1500];
-    while let Ok((n, from)) = sock.recv_from(&mut buf) {
-        let Ok(q) = Packet::parse(&buf[..n]) else {
-            continue;
-        };
-        let Some(question) = q.questions.first().cloned() else {
-            continue;
-        };
-        let mut r = q.into_reply();
-        let a: Ipv4Addr = API.parse().unwrap();
-        r.answers.push(ResourceRecord::new(
-            Name::new_unchecked("api.example.com"),
-            CLASS::IN,
-            300,
-            RData::A(A { address: a.into() }),
-        ));
-        r.questions = vec![question];
-        if let Ok(out) = r.build_bytes_vec() {
-            let _ = sock.send_to(&out, from);
-        }
-    }
+    let api: Ipv4Addr = API.parse().expect("API is an address");
+    nftpol_testbed::dns::serve_udp(sock, move |name| {
+        (name == "api.example.com").then_some((Record::A(api), 300))
+    });
 }
 
 fn query() -> Vec<u8> {

@@ -127,10 +127,11 @@ mod bed {
     use std::time::{Duration, Instant};
 
     use nftpol::policy::model::{ClusterState, ObjectKey, Protocol};
+    use nftpol_testbed::dns::{self, Record};
     use nftpol_testbed::{Mode, NODE_NAME, Testbed, netns::Netns};
     use serde_json::{Value, json};
-    use simple_dns::rdata::{A, CNAME, RData};
-    use simple_dns::{CLASS, Name, Packet, ResourceRecord};
+    use simple_dns::rdata::RData;
+    use simple_dns::{CLASS, Name, Packet};
 
     pub const CLIENT: (&str, &str, &str) = ("x", "client", "10.244.1.2");
     pub const RESOLVER: (&str, &str, &str) = ("x", "dns", "10.244.1.3");
@@ -265,68 +266,22 @@ mod bed {
         bed
     }
 
-    fn reply(query: &[u8]) -> Option<Vec<u8>> {
-        let q = Packet::parse(query).ok()?;
-        let question = q.questions.first()?.clone();
-        let mut r = q.into_reply();
-        let zone = zone();
-        let mut name = nftpol::policy::domain::normalize(&question.qname.to_string());
-        for _ in 0..4 {
-            let Some((cname, addr, ttl)) = zone.get(name.as_str()) else {
-                break;
-            };
-            match cname {
-                Some(target) => {
-                    r.answers.push(ResourceRecord::new(
-                        Name::new_unchecked(zone.keys().find(|k| **k == name)?),
-                        CLASS::IN,
-                        *ttl,
-                        RData::CNAME(CNAME(Name::new_unchecked(target))),
-                    ));
-                    name = target.to_string();
-                }
-                None => {
-                    let a: Ipv4Addr = addr.parse().ok()?;
-                    r.answers.push(ResourceRecord::new(
-                        Name::new_unchecked(zone.keys().find(|k| **k == name)?),
-                        CLASS::IN,
-                        *ttl,
-                        RData::A(A { address: a.into() }),
-                    ));
-                    break;
-                }
-            }
-        }
-        r.questions = vec![question];
-        r.build_bytes_vec().ok()
+    /// The test zone as `nftpol_testbed::dns` serves it.
+    fn lookup(name: &str) -> Option<(Record, u32)> {
+        let (cname, addr, ttl) = zone().get(name).copied()?;
+        let record = match cname {
+            Some(target) => Record::Cname(target.to_string()),
+            None => Record::A(addr.parse().ok()?),
+        };
+        Some((record, ttl))
     }
 
     fn serve_udp(sock: UdpSocket) {
-        let mut buf = [0u8; 1500];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            if let Some(out) = reply(&buf[..n]) {
-                let _ = sock.send_to(&out, from);
-            }
-        }
+        dns::serve_udp(sock, lookup);
     }
 
     fn serve_tcp(l: TcpListener) {
-        for mut s in l.incoming().flatten() {
-            let mut len = [0u8; 2];
-            if s.read_exact(&mut len).is_err() {
-                continue;
-            }
-            let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
-            if s.read_exact(&mut q).is_err() {
-                continue;
-            }
-            if let Some(out) = reply(&q) {
-                // One segment: length and message in one write.
-                let mut framed = (out.len() as u16).to_be_bytes().to_vec();
-                framed.extend_from_slice(&out);
-                let _ = s.write_all(&framed);
-            }
-        }
+        dns::serve_tcp(l, lookup);
     }
 
     fn query(name: &str, id: u16) -> Vec<u8> {

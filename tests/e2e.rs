@@ -1305,8 +1305,9 @@ fn egress_to_nodes_peers_follows_node_labels(w: &mut World) -> Result<(), String
 /// its resolver and the name, nothing else: after resolving, a1 reaches b2 at once (the answer
 /// crossed node-a's forward hook and was held until the address was in a1's rule set), never b3.
 fn domain_names_learn_from_dns_answers(w: &mut World) -> Result<(), String> {
-    use simple_dns::rdata::{A, RData};
-    use simple_dns::{CLASS, Name, Packet, ResourceRecord};
+    use nftpol_testbed::dns::Record;
+    use simple_dns::rdata::RData;
+    use simple_dns::{CLASS, Name, Packet};
     use std::net::UdpSocket;
     let b1 = World::ip("b1");
     let b2 = World::ip("b2");
@@ -1315,30 +1316,13 @@ fn domain_names_learn_from_dns_answers(w: &mut World) -> Result<(), String> {
         .run(move || UdpSocket::bind(SocketAddr::new(b1, 53)))
         .map_err(|e| format!("{e:#}"))?
         .map_err(|e| format!("binding DNS on b1: {e}"))?;
+    let IpAddr::V4(b2_v4) = b2 else {
+        return Err("b2 has no IPv4 address".into());
+    };
     std::thread::spawn(move || {
-        let mut buf = [0u8; 1500];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let Ok(q) = Packet::parse(&buf[..n]) else {
-                continue;
-            };
-            let Some(question) = q.questions.first().cloned() else {
-                continue;
-            };
-            let IpAddr::V4(v4) = b2 else { continue };
-            let mut r = q.into_reply();
-            if question.qname.to_string() == "svc.e2e.example" {
-                r.answers.push(ResourceRecord::new(
-                    Name::new_unchecked("svc.e2e.example"),
-                    CLASS::IN,
-                    300,
-                    RData::A(A { address: v4.into() }),
-                ));
-            }
-            r.questions = vec![question];
-            if let Ok(out) = r.build_bytes_vec() {
-                let _ = sock.send_to(&out, from);
-            }
-        }
+        nftpol_testbed::dns::serve_udp(sock, move |name| {
+            (name == "svc.e2e.example").then_some((Record::A(b2_v4), 300))
+        })
     });
     let resolve_connect = |w: &World| -> Result<bool, String> {
         w.ns("a1")

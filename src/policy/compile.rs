@@ -880,14 +880,7 @@ impl Compiler {
             })
             .cloned()
             .collect();
-        for key in users {
-            if let Some(pod) = index.pod(&key)
-                && self.scope.includes(pod)
-                && self.compile_pod(index, pod)
-            {
-                changed.insert(key);
-            }
-        }
+        self.recompile(index, users, changed);
     }
 
     /// The resolved cluster policies whose rules a pod change can alter: a `namespaces` or
@@ -1027,7 +1020,18 @@ impl Compiler {
             self.resolved.remove(p);
             users.extend(self.selected_by.get(p).into_iter().flatten().cloned());
         }
-        for key in users {
+        self.recompile(index, users, changed);
+    }
+
+    /// Recompiles the endpoints `keys` that are still in the index and in scope; adds those
+    /// whose plan changed to `changed`.
+    fn recompile(
+        &mut self,
+        index: &ClusterIndex,
+        keys: impl IntoIterator<Item = ObjectKey>,
+        changed: &mut BTreeSet<ObjectKey>,
+    ) {
+        for key in keys {
             if let Some(pod) = index.pod(&key)
                 && self.scope.includes(pod)
                 && self.compile_pod(index, pod)
@@ -1186,35 +1190,19 @@ impl Compiler {
         self.recompile_users(index, &affected, &mut changed);
         let affected = self.cluster_policies_touching_namespace(index, old, new);
         self.recompile_cluster_users(index, &affected, &mut changed);
-        // A namespace relabel can make its pods subjects of cluster policies.
+        // The namespace's own pods, once: a relabel can make them subjects of cluster
+        // policies, and entering or leaving audit mode changes their endpoints.
         let relabelled = old.map(|n| &n.labels) != new.map(|n| &n.labels);
-        if relabelled
-            && index.cluster_policy_count() > 0
+        let audit_flipped = old.is_some_and(|n| n.audit) != new.is_some_and(|n| n.audit);
+        if ((relabelled && index.cluster_policy_count() > 0) || audit_flipped)
             && let Some(name) = old.or(new).map(|n| n.name.clone())
         {
-            let pods: Vec<&Pod> = index
+            let pods: Vec<ObjectKey> = index
                 .pods()
-                .filter(|p| p.key.namespace == name && self.scope.includes(p))
+                .filter(|p| p.key.namespace == name)
+                .map(|p| p.key.clone())
                 .collect();
-            for pod in pods {
-                if self.compile_pod(index, pod) {
-                    changed.insert(pod.key.clone());
-                }
-            }
-        }
-        // Entering or leaving audit mode changes the endpoints of the namespace's own pods.
-        if old.is_some_and(|n| n.audit) != new.is_some_and(|n| n.audit)
-            && let Some(name) = old.or(new).map(|n| n.name.clone())
-        {
-            let pods: Vec<&Pod> = index
-                .pods()
-                .filter(|p| p.key.namespace == name && self.scope.includes(p))
-                .collect();
-            for pod in pods {
-                if self.compile_pod(index, pod) {
-                    changed.insert(pod.key.clone());
-                }
-            }
+            self.recompile(index, pods, &mut changed);
         }
         changed
     }

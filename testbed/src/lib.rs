@@ -16,6 +16,7 @@
 
 pub mod cleanup;
 pub mod daemon;
+pub mod dns;
 pub mod echo;
 pub mod engine;
 pub mod kube;
