@@ -806,9 +806,9 @@ fn cheaper_to_rebuild<'a>(pairs: impl IntoIterator<Item = (&'a NamedSet, &'a Nam
 }
 
 /// Whether `rule` looks up one of the NetworkPolicy sets `sets`.
-fn uses_set(rule: &Rule, sets: &BTreeSet<&String>) -> bool {
+fn uses_set(rule: &Rule, sets: &BTreeSet<&str>) -> bool {
     rule.network_policy_set()
-        .is_some_and(|set| sets.iter().any(|s| s.as_str() == set))
+        .is_some_and(|set| sets.contains(set))
 }
 
 /// The changes from `old` to `new` as one transaction, or `None` when the shape changed
@@ -852,7 +852,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
     };
     // Shared NetworkPolicy sets whose element deletions would cost more than re-adding them
     // are deleted and added again whole, with the chains of every pod that uses them.
-    let rebuilt_sets: BTreeSet<&String> = old
+    let rebuilt_sets: BTreeSet<&str> = old
         .shared_sets
         .iter()
         .filter(|(name, os)| {
@@ -862,7 +862,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
                     .get(*name)
                     .is_some_and(|ns| cheaper_to_rebuild([(*os, ns)]))
         })
-        .map(|(name, _)| name)
+        .map(|(name, _)| name.as_str())
         .collect();
     // Pod directions whose element deletions would cost more than re-adding their sets are
     // taken out (map entries, chain, sets) and put back, in the same transaction.
@@ -909,7 +909,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
     }
     // Shared sets no pod chain uses any more, and those rebuilt (their chains are gone by now).
     for (name, set) in &old.shared_sets {
-        if !new.shared_sets.contains_key(name) || rebuilt_sets.contains(name) {
+        if !new.shared_sets.contains_key(name) || rebuilt_sets.contains(name.as_str()) {
             tx.delete_set(set)?;
         }
     }
@@ -918,7 +918,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
     let kept_shared_sets = old
         .shared_sets
         .iter()
-        .filter(|(name, _)| !rebuilt_sets.contains(name))
+        .filter(|(name, _)| !rebuilt_sets.contains(name.as_str()))
         .filter_map(|(name, os)| new.shared_sets.get(name).map(|ns| (os, ns)));
     for (os, ns) in old
         .node_sets
@@ -947,7 +947,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset, per_element: bool) -> Result<Option<Tx
     }
     // 4. New (and rebuilt) shared sets, then new (and rebuilt) pods: sets, then chains.
     for (name, set) in &new.shared_sets {
-        if !old.shared_sets.contains_key(name) || rebuilt_sets.contains(name) {
+        if !old.shared_sets.contains_key(name) || rebuilt_sets.contains(name.as_str()) {
             tx.add_set(set)?;
         }
     }
