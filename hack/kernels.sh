@@ -74,6 +74,7 @@ strip --strip-debug -o "$stage/nftpol/nftpol" "$nftpol_exe"
 # The corpus is read from CARGO_MANIFEST_DIR, compiled into the binaries as this path.
 cp -a "$repo/tests/conformance" "$stage$repo/tests/"
 install -m 0755 "$here/init" "$stage/init"
+cp "$here/keep-hooks.nft" "$stage/nftpol/"
 (cd "$stage" && find . | cpio -o -H newc --quiet) >"$bins/tests.cpio"
 
 accel=${NFTPOL_KERNELS_ACCEL:-}

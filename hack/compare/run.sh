@@ -87,7 +87,7 @@ if [ "$vm" = 1 ]; then
     for s in "${steps[@]}"; do cmd="$cmd/compare/compare $s && "; done
     bash hack/compare/vm.sh "${cmd}true" >"$out"
   fi
-  where="a VM (qemu TCG, 2 vCPUs, 6 GiB) booting Debian's $(cat /var/cache/nftpol-kernels/trixie/release) on"
+  where="a VM (qemu TCG, 2 vCPUs, 6 GiB) booting Debian's $(cat "${NFTPOL_KERNELS_CACHE:-/var/cache/nftpol-kernels}/trixie/release") on"
 else
   export NFTPOL_KNP_BIN=$knp NFTPOL_BIN=$target/$profile/nftpol NFTPOL_COMPARE_NPA_CRDS=$crds
   export bench
@@ -124,7 +124,7 @@ fi
 echo "# nftpol vs kube-network-policies"
 echo
 echo "- Machine: $where $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r), shared with other jobs)"
-echo "- Versions: nftpol $(git describe --always --dirty) ($profile build), kube-network-policies $(basename "$knp" | sed 's/kube-network-policies-//') (unchanged, $(go version | cut -d' ' -f3)), Kubernetes v$(cat /var/cache/nftpol-cluster/kube.version) ($kube)"
+echo "- Versions: nftpol $(git describe --always --dirty) ($profile build), kube-network-policies $(basename "$knp" | sed 's/kube-network-policies-//') (unchanged, $(go version | cut -d' ' -f3)), Kubernetes v$(cat "${NFTPOL_CLUSTER_CACHE:-/var/cache/nftpol-cluster}/kube.version") ($kube)"
 echo "- Command: hack/compare/run.sh $args; took $((SECONDS - t0)) s"
 echo
 cat "$out"

@@ -6,6 +6,7 @@ log=$1 suite=$2 accel=$3 secs=$4 qrc=$5
 tr -d '\r' <"$log" | awk -v suite="$suite" -v accel="$accel" -v secs="$secs" -v qrc="$qrc" '
 /^NFTPOL-KERNEL / { kernel = $2 }
 /^NFTPOL-MODPROBE-FAILED / { nomod = nomod " " $2 }
+/^NFTPOL-KEEP-HOOKS-FAILED/ { nokeep = 1 }
 /^NFTPOL-SUITE-BEGIN / { cur = $2; res[cur] = "no-result"; order[++n] = cur }
 /^test result: / {
 	p = 0; f = 0
@@ -28,5 +29,6 @@ END {
 	out = out sprintf(" passed=%d failed=%d duration=%ss", pass, fail, secs)
 	if (!done) out = out sprintf(" INCOMPLETE(qemu rc=%s)", qrc)
 	if (nomod != "") out = out " modprobe-failed:" nomod
+	if (nokeep) out = out " keep-hooks-failed"
 	print out
 }'
