@@ -22,7 +22,7 @@ CACHE=${NFTPOL_COMPARE_CACHE:-/var/cache/nftpol-compare}
 BIN=$CACHE/bin
 OUT=$BIN/kube-network-policies-$KNP_VERSION
 # The module cache is the one hack/cluster/build.sh fills (shared with the other Go builds).
-export GOMODCACHE=${NFTPOL_GOMODCACHE:-/var/cache/nftpol-cluster/gomod}
+export GOMODCACHE=${NFTPOL_GOMODCACHE:-${NFTPOL_CLUSTER_CACHE:-/var/cache/nftpol-cluster}/gomod}
 export GOCACHE=$CACHE/gocache GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 
 log() { echo "compare/build.sh: $*" >&2; }
