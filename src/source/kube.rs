@@ -303,18 +303,23 @@ where
     futures::stream::unfold(start, |mut w| async move {
         loop {
             let item = w.stream.next().await?;
-            match &item {
-                Err(e) if w.streaming && streaming_refused(e) => {
+            match item
+                .as_ref()
+                .err()
+                .filter(|_| w.streaming)
+                .and_then(streaming_refused)
+            {
+                Some(why) => {
                     tracing::info!(
                         resource = %w.api.resource_url(),
-                        "the API server refuses streaming lists ({e}): listing, then watching"
+                        "the API server refuses streaming lists ({why}): listing, then watching"
                     );
                     w.stream = watcher::watcher(w.api.clone(), w.config.clone())
                         .default_backoff()
                         .boxed();
                     w.streaming = false;
                 }
-                _ => return Some((item, w)),
+                None => return Some((item, w)),
             }
         }
     })
@@ -324,9 +329,14 @@ where
 /// before 1.27 forbid `resourceVersionMatch` on a watch, later ones with the WatchList feature
 /// gate off forbid `sendInitialEvents`, both as an invalid request (422; 400 from some
 /// proxies). Anything else (403, 5xx, an unreachable server) is retried as it is, as a list
-/// would be.
-fn streaming_refused(e: &watcher::Error) -> bool {
-    matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(s)) if matches!(s.code, 400 | 422))
+/// would be. Returns the server's message if so.
+fn streaming_refused(e: &watcher::Error) -> Option<&str> {
+    match e {
+        watcher::Error::WatchStartFailed(kube::Error::Api(s)) if matches!(s.code, 400 | 422) => {
+            Some(&s.message)
+        }
+        _ => None,
+    }
 }
 
 /// How often the own Node is read again.
