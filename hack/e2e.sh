@@ -18,8 +18,10 @@ state=$(mktemp -d /tmp/nftpol-e2e.XXXXXX)
 cleanup() { bash hack/kube/down.sh "$state" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 # Without the watch cache, a watch resumed from a compacted resourceVersion gets 410 Gone
-# at once (with it, the API server would answer from memory).
-NFTPOL_KUBE_BIN=$bin NFTPOL_KUBE_APISERVER_ARGS=--watch-cache=false bash hack/kube/up.sh "$state" >/dev/null
+# at once (with it, the API server would answer from memory). NFTPOL_E2E_APISERVER_ARGS adds
+# flags, for example --feature-gates=WatchList=false (the daemons then list instead of streaming).
+NFTPOL_KUBE_BIN=$bin NFTPOL_KUBE_APISERVER_ARGS="--watch-cache=false ${NFTPOL_E2E_APISERVER_ARGS:-}" \
+  bash hack/kube/up.sh "$state" >/dev/null
 NFTPOL_E2E_STATE=$state cargo test --quiet --test e2e -- --ignored --nocapture
 # The kubectl plugin on the same API server (its own namespaces; a fake kubelet needs python3).
 NFTPOL_E2E_STATE=$state cargo test --quiet --test kubectl_plugin -- --ignored --nocapture
