@@ -110,13 +110,14 @@ if [ "$scale" = 1 ]; then
       "$bench" scale --pods "$pods" --policies "$policies" --populate-only
       echo "compare/run.sh: $pods pods and $policies policies in the API server in $((SECONDS - t)) s" >&2
       run="scale --no-populate --pods $pods --policies $policies $scale_args $rows"
+      read -r -a a <<<"$run"
       if [ "$vm" = 1 ]; then
         NFTPOL_COMPARE_REMOTE_STATE=$NFTPOL_KUBE_STATE bash hack/compare/vm.sh "/compare/compare $run"
         # And nftpol alone on this machine'"'"'s kernel, not emulated: what its targets are about.
-        read -r -a a <<<"$run"
-        NFTPOL_BIN=$NFTPOL_BIN_DIR/nftpol "$bench" "${a[@]}" --rows-only --engines nftpol           --note "nftpol on this machine, not emulated"
+        NFTPOL_BIN=$NFTPOL_BIN_DIR/nftpol "$bench" "${a[@]}" --rows-only --engines nftpol \
+          --note "nftpol on this machine, not emulated"
       else
-        read -r -a a <<<"$run"; "$bench" "${a[@]}"
+        "$bench" "${a[@]}"
       fi
       rows=--rows-only
     done' >>"$out"

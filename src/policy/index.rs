@@ -5,7 +5,7 @@
 //! The index is plain data owned by one task; watchers and the file source feed it with
 //! upserts and deletes, and the compiler only reads it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -28,8 +28,10 @@ pub struct ClusterIndex {
     pods_by_port_name: HashMap<String, BTreeSet<ObjectKey>>,
     /// Almost always one pod an address: a sorted Vec, not a B-tree node per address.
     pods_by_ip: HashMap<IpAddr, Vec<ObjectKey>>,
-    /// One copy of each distinct label map of the indexed pods (replicas share theirs).
-    pod_labels: HashSet<Arc<Labels>>,
+    /// One copy of each distinct label map of the indexed pods (replicas share theirs), with
+    /// how many indexed pods use it: a count of our own, so that a copy someone else still
+    /// holds (a removed pod returned to the caller) does not keep it here.
+    pod_labels: HashMap<Arc<Labels>, usize>,
     policies_by_ns: HashMap<String, BTreeSet<ObjectKey>>,
     /// ClusterNetworkPolicies (and the v1alpha1 kinds), in evaluation order within a tier
     /// only after sorting by [`ClusterPolicy::order`].
@@ -91,12 +93,10 @@ impl ClusterIndex {
     pub fn upsert_pod(&mut self, mut pod: Pod) -> Option<Pod> {
         let old = self.remove_pod(&pod.key);
         let key = pod.key.clone();
-        match self.pod_labels.get(&*pod.labels) {
-            Some(shared) => pod.labels = shared.clone(),
-            None => {
-                self.pod_labels.insert(pod.labels.clone());
-            }
+        if let Some((shared, _)) = self.pod_labels.get_key_value(&*pod.labels) {
+            pod.labels = shared.clone();
         }
+        *self.pod_labels.entry(pod.labels.clone()).or_default() += 1;
         add(&mut self.pods_by_ns, key.namespace.clone(), &key);
         for (k, v) in pod.labels.iter() {
             add(&mut self.pods_by_label, (k.clone(), v.clone()), &key);
@@ -121,9 +121,11 @@ impl ClusterIndex {
 
     pub fn remove_pod(&mut self, key: &ObjectKey) -> Option<Pod> {
         let pod = self.pods.remove(key)?;
-        // The pod's copy and the index's: the last pod with these labels is gone.
-        if Arc::strong_count(&pod.labels) == 2 {
-            self.pod_labels.remove(&*pod.labels);
+        if let Some(users) = self.pod_labels.get_mut(&*pod.labels) {
+            *users -= 1;
+            if *users == 0 {
+                self.pod_labels.remove(&*pod.labels);
+            }
         }
         remove(&mut self.pods_by_ns, key.namespace.clone(), key);
         for (k, v) in pod.labels.iter() {
@@ -413,6 +415,13 @@ mod tests {
             index.pods_by_label[&("app".to_string(), "db".to_string())].len(),
             2
         );
+        // The last "db" pods removed while their caller still holds them: the copy goes too.
+        let held = [
+            index.remove_pod(&ObjectKey::new("ns", "a")),
+            index.remove_pod(&ObjectKey::new("ns", "c")),
+        ];
+        assert!(held.iter().all(Option::is_some));
+        assert!(index.pod_labels.is_empty());
     }
 
     #[test]
